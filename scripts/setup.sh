@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh machine: a virtual environment with the pinned package set,
+# and the two system packages the pipeline needs (Tesseract OCR with Korean data, a Hangul font).
+# Re-running it is cheap: it only reinstalls when pyproject.toml or constraints.txt changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
+  echo "setup: Python 3.11 or newer is required (found $("$PYTHON" --version 2>&1))" >&2
+  exit 1
+fi
+
+need_system=()
+command -v tesseract >/dev/null 2>&1 || need_system+=(tesseract-ocr tesseract-ocr-eng)
+if ! (command -v tesseract >/dev/null 2>&1 && tesseract --list-langs 2>/dev/null | grep -qx kor); then
+  need_system+=(tesseract-ocr-kor)
+fi
+if ! (command -v fc-list >/dev/null 2>&1 && fc-list :lang=ko 2>/dev/null | grep -q .); then
+  need_system+=(fonts-nanum)
+fi
+if [ ${#need_system[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing system packages: ${need_system[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_system[@]}" >/dev/null
+  else
+    echo "setup: missing system packages: ${need_system[*]}" >&2
+    echo "setup: install them (Debian/Ubuntu: sudo apt-get install ${need_system[*]}) and re-run" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.setup-stamp
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: installing Python packages (first run: a few minutes)"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+  echo "$want" > "$stamp"
+fi

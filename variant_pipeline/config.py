@@ -1,0 +1,156 @@
+"""Configuration in one place: environment variables over defaults.
+
+Every setting has an environment variable; nothing else in the project reads the
+environment for configuration. Defaults select the tiny offline model bundle that
+``variant-pipeline models build-tiny`` writes under ``$VARIANT_PIPELINE_HOME/models/tiny``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SQL_DIR = PROJECT_ROOT / "sql"
+
+# COCO class names that the text must not cover by default. The original listed "hand" and
+# "plate", which no COCO model has, so they silently never matched; names are now checked
+# against the detector's own class names when it loads.
+DEFAULT_FORBIDDEN_CLASSES: tuple[str, ...] = (
+    "person", "pizza", "sandwich", "cake", "donut", "hot dog", "banana", "apple",
+    "orange", "broccoli", "carrot", "bowl", "cup", "wine glass", "bottle",
+)
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = _env(name)
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be a boolean (1/0/true/false), got {value!r}")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = _env(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    value = _env(name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
+def home_dir() -> Path:
+    """Where runtime state lives: embedded database, Dagster home, asset files, tiny models."""
+    return Path(_env("VARIANT_PIPELINE_HOME", str(PROJECT_ROOT / "var"))).resolve()
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    # None: use the embedded PostgreSQL under home/pgdata.
+    database_url: str | None
+    assets_dir: Path
+    models_dir: Path
+    # Model locations: a local directory/file, or a hub id (needs VP_ALLOW_NETWORK=1 or a warm cache).
+    vlm_model: str
+    detector_model: str
+    text2img_model: str
+    inpaint_model: str
+    text_model: str
+    # "local" (transformers causal LM) or "openai" (OpenAI-compatible chat completions over HTTP).
+    text_backend: str
+    openai_base_url: str | None
+    openai_api_key: str | None
+    openai_model: str
+    openai_timeout_s: float
+    device: str  # "auto", "cpu", "cuda", "cuda:1", ...
+    dtype: str  # "auto", "float32", "float16", "bfloat16"
+    allow_network: bool
+    forbidden_classes: tuple[str, ...]
+    detector_conf: float
+    detector_iou: float
+    image_width: int
+    image_height: int
+    diffusion_steps: int
+    seed_base: int
+    font_path: str | None  # a Hangul-capable TTF/OTF; None: search the system
+    tesseract_cmd: str  # the tesseract binary
+    gpu_pool_limit: int
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def load_settings() -> Settings:
+    home = home_dir()
+    models_dir = Path(_env("VP_MODELS_DIR", str(home / "models" / "tiny"))).resolve()
+    forbidden = _env("VP_FORBIDDEN_CLASSES")
+    return Settings(
+        home=home,
+        database_url=_env("DATABASE_URL"),
+        assets_dir=Path(_env("VP_ASSETS_DIR", str(home / "assets"))).resolve(),
+        models_dir=models_dir,
+        vlm_model=_env("VP_VLM_MODEL", str(models_dir / "llava")),
+        detector_model=_env("VP_DETECTOR_MODEL", str(models_dir / "yolo" / "yolov8n.pt")),
+        text2img_model=_env("VP_TEXT2IMG_MODEL", str(models_dir / "sd-text2img")),
+        inpaint_model=_env("VP_INPAINT_MODEL", str(models_dir / "sd-inpaint")),
+        text_model=_env("VP_TEXT_MODEL", str(models_dir / "causal-lm")),
+        text_backend=_env("VP_TEXT_BACKEND", "local"),
+        openai_base_url=_env("VP_OPENAI_BASE_URL"),
+        openai_api_key=_env("VP_OPENAI_API_KEY"),
+        openai_model=_env("VP_OPENAI_MODEL", "gpt-4o-mini"),
+        openai_timeout_s=_env_float("VP_OPENAI_TIMEOUT_S", 60.0),
+        device=_env("VP_DEVICE", "auto"),
+        dtype=_env("VP_DTYPE", "auto"),
+        allow_network=_env_bool("VP_ALLOW_NETWORK", False),
+        forbidden_classes=(
+            tuple(c.strip() for c in forbidden.split(",") if c.strip())
+            if forbidden else DEFAULT_FORBIDDEN_CLASSES
+        ),
+        detector_conf=_env_float("VP_DETECTOR_CONF", 0.25),
+        detector_iou=_env_float("VP_DETECTOR_IOU", 0.45),
+        image_width=_env_int("VP_IMAGE_WIDTH", 256),
+        image_height=_env_int("VP_IMAGE_HEIGHT", 256),
+        diffusion_steps=_env_int("VP_DIFFUSION_STEPS", 4),
+        seed_base=_env_int("VP_SEED_BASE", 50),
+        font_path=_env("VP_FONT_PATH"),
+        tesseract_cmd=_env("VP_TESSERACT_CMD", "tesseract"),
+        gpu_pool_limit=_env_int("VP_GPU_POOL_LIMIT", 1),
+    )
+
+
+def apply_offline_defaults() -> None:
+    """Set the model libraries' offline switches unless the user allowed the network."""
+    if _env_bool("VP_ALLOW_NETWORK", False):
+        return
+    for name, value in (
+        ("HF_HUB_OFFLINE", "1"),
+        ("TRANSFORMERS_OFFLINE", "1"),
+        ("HF_DATASETS_OFFLINE", "1"),
+        ("HF_HUB_DISABLE_TELEMETRY", "1"),
+        ("DISABLE_TELEMETRY", "1"),
+        ("YOLO_OFFLINE", "1"),
+        ("YOLO_VERBOSE", "False"),
+    ):
+        os.environ.setdefault(name, value)
+    # Ultralytics writes settings (and would fetch fonts) under its config dir: keep it ours.
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(home_dir() / "ultralytics"))
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")

@@ -1,0 +1,86 @@
+"""The one declaration of the stage graph.
+
+Everything that needs to know the stages (the Dagster assets, the next-step rule, the SQL
+step names stored in ``pipeline_stages``, the docs) derives from ``STAGES``. Adding a stage
+means adding one entry here plus the stage's own work function and asset glue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Level = Literal["variant", "job"]
+
+# Model resources a stage may need; the names match the resource keys in Dagster.
+ModelKind = Literal["image_generator", "vlm", "detector", "ocr", "text_model"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    level: Level
+    model: ModelKind | None
+    description: str
+
+    @property
+    def position(self) -> int:
+        return STAGE_NAMES.index(self.name)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("img_gen", "variant", "image_generator",
+          "Background image for the variant (inpainting around the product photo, or text-to-image)."),
+    Stage("vlm_analyze", "variant", "vlm",
+          "Vision-language analysis of the image, ad-copy validation and a font recommendation."),
+    Stage("yolo_detect", "variant", "detector",
+          "Object detection; boxes of forbidden classes become regions the text must avoid."),
+    Stage("planner", "variant", None,
+          "Scored text-placement proposals that avoid the forbidden regions."),
+    Stage("overlay", "variant", None,
+          "Chosen placement with the short Korean ad copy rendered onto the image."),
+    Stage("vlm_judge", "variant", "vlm",
+          "Vision-language verdict on the overlaid ad against the brief."),
+    Stage("ocr_eval", "variant", "ocr",
+          "OCR read-back of the rendered text and its accuracy."),
+    Stage("readability_eval", "variant", None,
+          "WCAG contrast between the drawn text colour and the background under the text."),
+    Stage("iou_eval", "variant", None,
+          "Overlap of the placement and text boxes with forbidden detections."),
+    Stage("ad_copy_gen_kor", "job", "text_model",
+          "Korean ad copy for the job, translated from the English ad copy."),
+    Stage("instagram_feed_gen", "job", "text_model",
+          "Instagram feed post and hashtags for the job."),
+)
+
+STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+STAGES_BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
+VARIANT_STAGES: tuple[Stage, ...] = tuple(s for s in STAGES if s.level == "variant")
+JOB_STAGES: tuple[Stage, ...] = tuple(s for s in STAGES if s.level == "job")
+FIRST_VARIANT_STAGE = VARIANT_STAGES[0].name
+LAST_VARIANT_STAGE = VARIANT_STAGES[-1].name
+FIRST_JOB_STAGE = JOB_STAGES[0].name
+LAST_JOB_STAGE = JOB_STAGES[-1].name
+
+STATUSES: tuple[str, ...] = ("queued", "running", "done", "failed")
+
+
+def stage(name: str) -> Stage:
+    try:
+        return STAGES_BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown stage {name!r}; known stages: {', '.join(STAGE_NAMES)}") from None
+
+
+def next_stage(name: str) -> Stage | None:
+    """The stage that follows ``name`` at the same level, or None at the end of that level."""
+    current = stage(name)
+    same_level = [s for s in STAGES if s.level == current.level]
+    i = same_level.index(current)
+    return same_level[i + 1] if i + 1 < len(same_level) else None
+
+
+def stages_from(name: str) -> tuple[Stage, ...]:
+    """``name`` and every later stage of the same level, in pipeline order."""
+    current = stage(name)
+    return tuple(s for s in STAGES if s.level == current.level and s.position >= current.position)

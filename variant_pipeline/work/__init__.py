@@ -1,0 +1,1 @@
+"""Pure stage work: typed inputs in, typed outputs out; no Dagster, no SQL."""
