@@ -1,0 +1,121 @@
+"""Input limits and checks for job submission, defined once.
+
+Every check raises ``InputError`` with a message that says what is wrong; callers (the CLI)
+print it as one line. Nothing here touches the database or writes files.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+MIN_VARIANTS = 1
+MAX_VARIANTS = 16
+DEFAULT_VARIANTS = 3
+
+# Character limits (after trimming surrounding whitespace).
+MAX_DESCRIPTION_CHARS = 1000
+MAX_AD_COPY_EN_CHARS = 500
+MAX_AD_COPY_KOR_CHARS = 40  # drawn on the image, so it must stay short
+MAX_PROMPT_CHARS = 1000
+MAX_TENANT_NAME_CHARS = 200
+
+# Product photo limits.
+MAX_IMAGE_BYTES = 25 * 1024 * 1024
+MIN_IMAGE_SIDE = 16
+MAX_IMAGE_SIDE = 8192
+MAX_IMAGE_PIXELS = 40_000_000
+
+# Tenant ids are part of asset paths: one safe path segment (mirrors the CHECK in sql/001).
+TENANT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class InputError(ValueError):
+    """User input that fails a check; the message is meant to be shown as is."""
+
+
+def check_tenant_id(tenant_id: str) -> str:
+    if not isinstance(tenant_id, str) or not TENANT_ID_RE.fullmatch(tenant_id):
+        raise InputError(
+            f"invalid tenant id {tenant_id!r}: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return tenant_id
+
+
+def parse_uuid(value: str, what: str = "id") -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value).strip())
+    except ValueError:
+        raise InputError(f"malformed {what} {value!r}: expected a UUID like 123e4567-e89b-12d3-a456-426614174000") from None
+
+
+def check_text(value: str | None, what: str, limit: int, *, required: bool = False) -> str | None:
+    """Trimmed text within its limit; None stays None unless the field is required."""
+    if value is None:
+        if required:
+            raise InputError(f"{what} is required")
+        return None
+    text = value.strip()
+    if not text:
+        if required:
+            raise InputError(f"{what} must not be empty")
+        raise InputError(f"{what} must not be empty when given (leave it out instead)")
+    if len(text) > limit:
+        raise InputError(f"{what} is {len(text)} characters long; the limit is {limit}")
+    if "\x00" in text:
+        raise InputError(f"{what} contains a NUL character")
+    return text
+
+
+def check_variant_count(n: int) -> int:
+    if not MIN_VARIANTS <= n <= MAX_VARIANTS:
+        raise InputError(f"number of variants must be between {MIN_VARIANTS} and {MAX_VARIANTS}, got {n}")
+    return n
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    path: Path
+    width: int
+    height: int
+    format: str
+
+
+def check_image_file(path: Path) -> CheckedImage:
+    """The file exists, is a decodable image, and is within the size limits."""
+    if not path.exists():
+        raise InputError(f"image file not found: {path}")
+    if not path.is_file():
+        raise InputError(f"image path is not a file: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"image file is empty: {path}")
+    if size > MAX_IMAGE_BYTES:
+        raise InputError(f"image file is {size} bytes; the limit is {MAX_IMAGE_BYTES}: {path}")
+    try:
+        with Image.open(path) as img:
+            width, height, fmt = img.width, img.height, img.format or "unknown"
+            _check_dimensions(width, height, path)
+            img.verify()  # structure check without decoding everything
+        with Image.open(path) as img:
+            img.load()  # decode: truncated or corrupt pixel data fails here
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"not a readable image: {path} ({exc.__class__.__name__}: {exc})") from None
+    return CheckedImage(path=path, width=width, height=height, format=fmt)
+
+
+def _check_dimensions(width: int, height: int, path: Path) -> None:
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InputError(f"image is {width}x{height}; each side must be at least {MIN_IMAGE_SIDE} px: {path}")
+    if max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
+        raise InputError(
+            f"image is {width}x{height}; the limit is {MAX_IMAGE_SIDE} px a side and "
+            f"{MAX_IMAGE_PIXELS} pixels: {path}"
+        )
