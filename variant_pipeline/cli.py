@@ -1,0 +1,296 @@
+"""The ``variant-pipeline`` command line.
+
+Each subcommand is one ``_add_<name>(subparsers)`` function that registers its parser and
+handler (``set_defaults(handler=...)``); add it to ``COMMANDS`` to make it available. Handlers
+take the parsed arguments and return an exit code. Expected failures (bad input, unknown ids, an
+unreachable database) print one ``error: ...`` line on stderr and exit 2, having written nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A failure to report as one line (exit 2)."""
+
+
+# --- db ---------------------------------------------------------------------------------------
+
+
+def _add_db(sub: argparse._SubParsersAction) -> None:
+    db_parser = sub.add_parser("db", help="database: migrations, embedded server")
+    db_sub = db_parser.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
+    db_sub.add_parser("upgrade", help="apply pending migrations and sync the stage table").set_defaults(
+        handler=_db_upgrade
+    )
+    db_sub.add_parser("status", help="server, URL, applied and pending migrations").set_defaults(handler=_db_status)
+    db_sub.add_parser("start", help="start the embedded PostgreSQL (no-op with DATABASE_URL)").set_defaults(
+        handler=_db_start
+    )
+    db_sub.add_parser("stop", help="stop the embedded PostgreSQL").set_defaults(handler=_db_stop)
+    url = db_sub.add_parser("url", help="print the database URL")
+    url.add_argument("--dagster", action="store_true", help="the URL of Dagster's storage database instead")
+    url.set_defaults(handler=_db_url)
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from variant_pipeline import db
+
+    engine = db.get_engine()
+    applied = db.upgrade(engine)
+    if applied:
+        for migration in applied:
+            print(f"applied {migration.path.name}")
+    else:
+        print("database is up to date")
+    return EXIT_OK
+
+
+def _db_status(args: argparse.Namespace) -> int:
+    from variant_pipeline import db
+    from variant_pipeline.embedded_pg import embedded_server_state
+
+    if db.uses_embedded_server():
+        state = embedded_server_state()
+        print(f"server: embedded PostgreSQL, data {state.pgdata}, "
+              f"{'running (pid ' + str(state.pid) + ')' if state.running else 'stopped'}")
+    else:
+        print("server: DATABASE_URL")
+    url = db.app_database_url()
+    print(f"url: {db.redact(url)}")
+    status = db.migration_status(db.get_engine(url))
+    for applied in status.applied:
+        print(f"applied {applied.version}_{applied.name} at {applied.applied_at:%Y-%m-%d %H:%M:%S%z}")
+    for pending in status.pending:
+        print(f"pending {pending.path.name}")
+    for changed in status.changed:
+        print(f"CHANGED after it was applied: {changed}")
+    if not status.pending and not status.changed:
+        print("schema: up to date")
+    return EXIT_OK if not status.changed else EXIT_USAGE
+
+
+def _db_start(args: argparse.Namespace) -> int:
+    from variant_pipeline import db
+
+    if not db.uses_embedded_server():
+        print("DATABASE_URL is set: nothing to start")
+        return EXIT_OK
+    url = db.app_database_url()
+    db.dagster_database_url()
+    print(f"embedded PostgreSQL running: {db.redact(url)}")
+    return EXIT_OK
+
+
+def _db_stop(args: argparse.Namespace) -> int:
+    from variant_pipeline import db
+    from variant_pipeline.embedded_pg import stop_embedded_server
+
+    if not db.uses_embedded_server():
+        print("DATABASE_URL is set: nothing to stop")
+        return EXIT_OK
+    db.dispose_engines()
+    print("embedded PostgreSQL stopped" if stop_embedded_server() else "embedded PostgreSQL was not running")
+    return EXIT_OK
+
+
+def _db_url(args: argparse.Namespace) -> int:
+    from variant_pipeline import db
+
+    print(db.dagster_database_url() if args.dagster else db.app_database_url())
+    return EXIT_OK
+
+
+# --- tenant -----------------------------------------------------------------------------------
+
+
+def _add_tenant(sub: argparse._SubParsersAction) -> None:
+    tenant = sub.add_parser("tenant", help="tenants (every job belongs to one)")
+    tenant_sub = tenant.add_subparsers(dest="tenant_command", metavar="COMMAND", required=True)
+    add = tenant_sub.add_parser("add", help="add a tenant (does nothing if it exists)")
+    add.add_argument("tenant_id")
+    add.add_argument("--name", help="display name")
+    add.set_defaults(handler=_tenant_add)
+
+
+def _tenant_add(args: argparse.Namespace) -> int:
+    from variant_pipeline import db
+
+    created = db.add_tenant(db.get_engine(), args.tenant_id, args.name)
+    print(f"tenant {args.tenant_id} {'added' if created else 'already exists'}")
+    return EXIT_OK
+
+
+# --- submit / status --------------------------------------------------------------------------
+
+
+def _add_submit(sub: argparse._SubParsersAction) -> None:
+    from variant_pipeline.validation import DEFAULT_VARIANTS
+
+    submit = sub.add_parser("submit", help="submit an ad job (all rows in one transaction)")
+    submit.add_argument("--tenant", required=True, help="tenant id (see `tenant add`)")
+    submit.add_argument("--description", required=True, help="Korean product description")
+    submit.add_argument("--ad-copy-en", help="English ad copy")
+    submit.add_argument("--ad-copy-kor", help="short Korean ad copy drawn on the image")
+    submit.add_argument("--image", type=Path, help="product photo")
+    submit.add_argument("--prompt", help="image-generation prompt")
+    submit.add_argument("--variants", type=int, default=DEFAULT_VARIANTS,
+                        help=f"number of variants, 1-16 (default {DEFAULT_VARIANTS})")
+    submit.add_argument("--json", action="store_true", help="print the ids as JSON")
+    submit.set_defaults(handler=_submit)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from variant_pipeline import db
+    from variant_pipeline.config import load_settings
+    from variant_pipeline.storage import AssetStore
+
+    # Validate everything before touching the database or the disk.
+    request = db.JobRequest.build(
+        tenant_id=args.tenant,
+        description_kor=args.description,
+        ad_copy_eng=args.ad_copy_en,
+        ad_copy_kor=args.ad_copy_kor,
+        prompt=args.prompt,
+        image_path=args.image,
+        variants=args.variants,
+    )
+    store = AssetStore(load_settings().assets_dir) if request.image_path else None
+    job = db.submit_job(db.get_engine(), request, store)
+    if args.json:
+        print(json.dumps({"job_id": str(job.job_id), "variant_ids": [str(v) for v in job.variant_ids]}))
+    else:
+        print(f"job {job.job_id}")
+        for order, variant_id in enumerate(job.variant_ids, start=1):
+            print(f"variant {order} {variant_id}")
+    return EXIT_OK
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    status = sub.add_parser("status", help="a job's state and each variant's step, status, timings and error")
+    status.add_argument("job_id")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from variant_pipeline import db
+    from variant_pipeline.validation import parse_uuid
+
+    job_id = parse_uuid(args.job_id, "job id")  # before connecting: a typo needs no database
+    job = db.get_job_status(db.get_engine(), job_id)
+    if args.json:
+        print(json.dumps(job.to_dict(), indent=2, ensure_ascii=False))
+        return EXIT_OK
+    print(f"job {job.job_id}  tenant {job.tenant_id}  {job.step}/{job.status}  "
+          f"variants {len(job.variants)}/{job.expected_variants}")
+    print(f"  created {_ts(job.created_at)}  started {_ts(job.started_at)}  "
+          f"finished {_ts(job.finished_at)}  took {_took(job.started_at, job.finished_at)}")
+    if job.error:
+        print(f"  error: {job.error}")
+    for v in job.variants:
+        line = (f"  variant {v.creation_order} {v.job_variants_id}  {v.step}/{v.status}  "
+                f"started {_ts(v.started_at)}  finished {_ts(v.finished_at)}  took {_took(v.started_at, v.finished_at)}")
+        print(line)
+        if v.error:
+            print(f"    error: {v.error}")
+    return EXIT_OK
+
+
+def _ts(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _took(start: datetime | None, end: datetime | None) -> str:
+    return f"{(end - start).total_seconds():.1f}s" if start and end else "-"
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    models = sub.add_parser("models", help="model bundles")
+    models_sub = models.add_subparsers(dest="models_command", metavar="COMMAND", required=True)
+    tiny = models_sub.add_parser("build-tiny", help="build the tiny offline model bundle into DIR")
+    tiny.add_argument("dir", type=Path)
+    tiny.set_defaults(handler=_models_build_tiny)
+
+
+def _models_build_tiny(args: argparse.Namespace) -> int:
+    from variant_pipeline.models.tiny import build_tiny_bundle
+
+    build_tiny_bundle(Path(args.dir))
+    print(f"tiny model bundle written to {args.dir}")
+    return EXIT_OK
+
+
+# --- wiring -----------------------------------------------------------------------------------
+
+# One function per top-level subcommand; adding a subcommand means adding its function here.
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_db,
+    _add_tenant,
+    _add_submit,
+    _add_status,
+    _add_models,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="variant-pipeline",
+        description="Dagster-orchestrated ad-image pipeline over PostgreSQL.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import sqlalchemy as sa
+
+    from variant_pipeline.db import MigrationError, normalize_database_url, redact
+    from variant_pipeline.embedded_pg import EmbeddedServerError
+    from variant_pipeline.validation import InputError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed its message
+        return int(exc.code or 0)
+    try:
+        return int(args.handler(args))
+    except (InputError, CliError, MigrationError, EmbeddedServerError) as exc:
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        detail = _one_line(str(exc.orig) if getattr(exc, "orig", None) else str(exc))
+        url = os.environ.get("DATABASE_URL", "").strip()
+        where = f"the database at {redact(normalize_database_url(url))}" if url else "the embedded database"
+        print(f"error: cannot reach {where}: {detail}", file=sys.stderr)
+        return EXIT_USAGE
+    except sa.exc.ProgrammingError as exc:
+        detail = _one_line(str(exc.orig) if exc.orig else str(exc))
+        if "does not exist" in detail:
+            detail += " (has the schema been created? run: variant-pipeline db upgrade)"
+        print(f"error: database error: {detail}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
