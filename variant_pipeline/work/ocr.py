@@ -1,0 +1,327 @@
+"""ocr_eval: read the drawn text back and compare it with the intended copy (spec §3.6).
+
+The original used EasyOCR on a crop of the *placement* box and turned any OCR exception into
+zero scores. Here the engine is Tesseract (Debian ships its Korean and English data, so it works
+offline on a fresh machine); a missing binary or language is an ``OcrUnavailableError`` that says
+what to install, never a zero. The crop is the *tight* text box plus a margin, so text that
+overflowed its placement box is still read, and small text is upscaled (Tesseract reads glyphs
+under ~20 px badly).
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import shutil
+import subprocess
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image, ImageOps
+
+INSTALL_HINT = (
+    "install Tesseract with its Korean and English data "
+    "(Debian/Ubuntu: apt-get install tesseract-ocr tesseract-ocr-kor tesseract-ocr-eng) "
+    "or set VP_TESSERACT_CMD to the tesseract binary"
+)
+
+
+class OcrError(RuntimeError):
+    """The OCR engine ran and failed."""
+
+
+class OcrUnavailableError(OcrError):
+    """The OCR engine or one of its languages is not installed."""
+
+
+@dataclass(frozen=True)
+class OcrWord:
+    text: str
+    confidence: float  # 0..1
+    box_px: tuple[int, int, int, int]  # in the image given to the engine
+    line: int  # running line number, in reading order
+
+
+@dataclass(frozen=True)
+class OcrReading:
+    text: str  # lines joined by "\n", words by " "
+    confidence: float  # mean word confidence 0..1; 0 when nothing was read
+    words: tuple[OcrWord, ...]
+
+
+class OcrEngine(Protocol):
+    name: str
+
+    def read(self, image: Image.Image, *, text_height_px: float | None = None) -> OcrReading:
+        """Read a crop that contains only the text block. ``text_height_px``: the glyph size in
+        the crop, if known, so the engine can rescale to what it reads best."""
+        ...
+
+
+class TesseractOcr:
+    """Tesseract 4/5 through its command line (TSV output gives per-word confidences).
+
+    ``psm`` 6 reads "a single uniform block of text", which is what the overlay draws.
+    """
+
+    name = "tesseract"
+
+    def __init__(
+        self,
+        cmd: str | None = None,
+        languages: str = "kor+eng",
+        psm: int = 6,
+        tessdata_dir: str | None = None,
+        target_text_height_px: int = 48,
+        timeout_s: float = 60.0,
+        retry_below_confidence: float = 0.6,
+    ) -> None:
+        if cmd is None:
+            from variant_pipeline.config import load_settings
+
+            cmd = load_settings().tesseract_cmd
+        self.cmd = cmd
+        self.languages = languages
+        self.psm = psm
+        self.tessdata_dir = tessdata_dir
+        self.target_text_height_px = target_text_height_px
+        self.timeout_s = timeout_s
+        self.retry_below_confidence = retry_below_confidence
+        self._checked: str | None = None
+
+    def _base_args(self) -> list[str]:
+        exe = self._resolve_exe()
+        return [exe] + (["--tessdata-dir", self.tessdata_dir] if self.tessdata_dir else [])
+
+    def _resolve_exe(self) -> str:
+        exe = shutil.which(self.cmd) or (self.cmd if Path(self.cmd).is_file() else None)
+        if exe is None:
+            raise OcrUnavailableError(f"tesseract binary {self.cmd!r} not found; {INSTALL_HINT}")
+        return exe
+
+    def check(self) -> str:
+        """Verify the binary runs and has every language; returns its version line."""
+        if self._checked is not None:
+            return self._checked
+        args = self._base_args()
+        try:
+            version = subprocess.run(args[:1] + ["--version"], capture_output=True, text=True,
+                                     timeout=self.timeout_s, check=False)
+            langs = subprocess.run(args + ["--list-langs"], capture_output=True, text=True,
+                                   timeout=self.timeout_s, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise OcrUnavailableError(f"cannot run tesseract {self.cmd!r}: {exc}; {INSTALL_HINT}") from exc
+        if version.returncode != 0:
+            raise OcrUnavailableError(
+                f"{self.cmd!r} --version failed ({version.returncode}): {version.stderr.strip()}; {INSTALL_HINT}"
+            )
+        have = {line.strip() for line in langs.stdout.splitlines()[1:] if line.strip()}
+        missing = [lang for lang in self.languages.split("+") if lang not in have]
+        if missing:
+            pkgs = " ".join(f"tesseract-ocr-{m}" for m in missing)
+            raise OcrUnavailableError(
+                f"tesseract has no language data for {', '.join(missing)} (installed: "
+                f"{', '.join(sorted(have)) or 'none'}); install it (Debian/Ubuntu: apt-get install "
+                f"{pkgs}) or set TESSDATA_PREFIX / tessdata_dir to a directory holding "
+                f"{', '.join(m + '.traineddata' for m in missing)}"
+            )
+        self._checked = (version.stdout or version.stderr).splitlines()[0].strip()
+        return self._checked
+
+    def preprocess(self, image: Image.Image, text_height_px: float | None,
+                   binarize: bool = True) -> Image.Image:
+        """Dark text on a light ground, scaled so glyphs are about ``target_text_height_px``,
+        optionally Otsu-binarized, with a border of the ground colour.
+
+        Tesseract reads a grey ground badly when the crop is framed by another tone (it then
+        takes the ground for one big glyph), hence the binarization and matching border.
+        """
+        grey = image.convert("L")
+        if text_height_px and text_height_px > 0:
+            scale = self.target_text_height_px / text_height_px
+        else:
+            scale = self.target_text_height_px / max(1.0, min(grey.size) * 0.6)
+        scale = float(min(max(scale, 1.0), 8.0))  # only ever enlarge, within reason
+        if scale > 1.0:
+            grey = grey.resize((round(grey.width * scale), round(grey.height * scale)),
+                               Image.Resampling.LANCZOS)
+        arr = np.asarray(grey, dtype=np.float64)
+        thr = _otsu(arr)
+        # Polarity: the text is the minority side of the Otsu split; make it dark.
+        if float((arr <= thr).mean()) > 0.5:
+            grey = ImageOps.invert(grey)
+            arr = 255.0 - arr
+            thr = 255.0 - thr
+        if binarize:
+            grey = Image.fromarray(np.where(arr > thr, 255, 0).astype(np.uint8), "L")
+            ground = 255
+        else:
+            ground = int(np.median(arr[arr > thr])) if (arr > thr).any() else 255
+        pad = max(10, round(self.target_text_height_px * 0.5))
+        return ImageOps.expand(grey, border=pad, fill=ground)
+
+    def _run(self, prepared: Image.Image) -> OcrReading:
+        buf = io.BytesIO()
+        prepared.save(buf, format="PNG")
+        args = self._base_args() + ["stdin", "stdout", "-l", self.languages, "--psm", str(self.psm),
+                                    "-c", "preserve_interword_spaces=1", "tsv"]
+        try:
+            proc = subprocess.run(args, input=buf.getvalue(), capture_output=True,
+                                  timeout=self.timeout_s, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise OcrError(f"tesseract failed to run: {exc}") from exc
+        if proc.returncode != 0:
+            raise OcrError(f"tesseract exited {proc.returncode}: {proc.stderr.decode(errors='replace').strip()}")
+        return _parse_tsv(proc.stdout.decode("utf-8", errors="replace"))
+
+    def read(self, image: Image.Image, *, text_height_px: float | None = None) -> OcrReading:
+        """Binarized first; if that reads poorly (busy ground), also the grey image, and keep
+        the more confident reading (the choice never looks at the expected text)."""
+        self.check()
+        first = self._run(self.preprocess(image, text_height_px, binarize=True))
+        if first.text and first.confidence >= self.retry_below_confidence:
+            return first
+        second = self._run(self.preprocess(image, text_height_px, binarize=False))
+        return max((first, second), key=lambda r: (r.confidence * min(1, len(r.words)), bool(r.text)))
+
+
+def _otsu(arr: np.ndarray) -> float:
+    hist, edges = np.histogram(arr, bins=256, range=(0, 256))
+    p = hist.astype(np.float64) / max(1, hist.sum())
+    omega = np.cumsum(p)
+    mu = np.cumsum(p * np.arange(256))
+    mu_t = mu[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma_b = (mu_t * omega - mu) ** 2 / (omega * (1 - omega))
+    sigma_b = np.nan_to_num(sigma_b)
+    return float(edges[int(np.argmax(sigma_b))])
+
+
+def _parse_tsv(tsv: str) -> OcrReading:
+    words: list[OcrWord] = []
+    line_ids: dict[tuple[str, str, str, str], int] = {}
+    for row in csv.DictReader(io.StringIO(tsv), delimiter="\t", quoting=csv.QUOTE_NONE):
+        if row.get("level") != "5":
+            continue
+        text = (row.get("text") or "").strip()
+        conf = float(row.get("conf") or -1)
+        if not text or conf < 0:
+            continue
+        key = (row["page_num"], row["block_num"], row["par_num"], row["line_num"])
+        line = line_ids.setdefault(key, len(line_ids))
+        left, top = int(row["left"]), int(row["top"])
+        box = (left, top, left + int(row["width"]), top + int(row["height"]))
+        words.append(OcrWord(text=text, confidence=conf / 100.0, box_px=box, line=line))
+    lines: dict[int, list[str]] = {}
+    for wd in words:
+        lines.setdefault(wd.line, []).append(wd.text)
+    text = "\n".join(" ".join(ws) for _, ws in sorted(lines.items()))
+    conf = float(np.mean([wd.confidence for wd in words])) if words else 0.0
+    return OcrReading(text=text, confidence=conf, words=tuple(words))
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insert, delete, substitute each cost 1)."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def _squash(s: str) -> str:
+    return "".join(s.split())
+
+
+@dataclass(frozen=True)
+class OcrMetrics:
+    engine: str
+    original_text: str
+    recognized_text: str  # words joined by single spaces (lines too), as the original stored it
+    ocr_confidence: float
+    character_match_rate: float  # SequenceMatcher ratio, whitespace removed
+    word_match_rate: float  # share of original words found verbatim among the recognized words
+    ocr_accuracy: float  # mean of the two
+    edit_distance: int  # Levenshtein, whitespace removed
+    similarity: float  # SequenceMatcher ratio of the raw strings
+    crop_box_px: tuple[int, int, int, int]
+    scale_hint_px: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["crop_box_px"] = list(self.crop_box_px)
+        return d
+
+
+def text_metrics(original: str, recognized: str) -> dict[str, float | int]:
+    """Spec §3.6 metrics between the intended and the recognized text (NFC-normalized)."""
+    orig = unicodedata.normalize("NFC", original)
+    rec = unicodedata.normalize("NFC", recognized)
+    oc, rc = _squash(orig), _squash(rec)
+    if not oc:
+        raise ValueError("the original text is empty: nothing to compare the OCR result with")
+    if not rc:
+        return {"character_match_rate": 0.0, "word_match_rate": 0.0, "ocr_accuracy": 0.0,
+                "edit_distance": len(oc), "similarity": 0.0}
+    char_rate = difflib.SequenceMatcher(None, oc, rc).ratio()
+    orig_words = orig.split()
+    rec_words = set(rec.split())
+    word_rate = sum(1 for wd in orig_words if wd in rec_words) / len(orig_words)
+    return {
+        "character_match_rate": char_rate,
+        "word_match_rate": word_rate,
+        "ocr_accuracy": (char_rate + word_rate) / 2,
+        "edit_distance": levenshtein(oc, rc),
+        "similarity": difflib.SequenceMatcher(None, orig, rec).ratio(),
+    }
+
+
+def crop_box(
+    size: tuple[int, int], text_bbox_px: Sequence[int], margin_frac: float = 0.15, min_margin_px: int = 4
+) -> tuple[int, int, int, int]:
+    """The tight text box grown by a margin on every side, clamped to the image."""
+    w, h = size
+    x1, y1, x2, y2 = (int(v) for v in text_bbox_px)
+    m = max(min_margin_px, round(margin_frac * min(x2 - x1, y2 - y1)))
+    return (max(0, x1 - m), max(0, y1 - m), min(w, x2 + m), min(h, y2 + m))
+
+
+def evaluate_ocr(
+    engine: OcrEngine,
+    overlaid_image: Image.Image,
+    text_box_px: Sequence[int],
+    original_text: str,
+    *,
+    font_size_px: float | None = None,
+) -> OcrMetrics:
+    """Read the text inside the tight text box (plus a margin) and score it against the copy.
+
+    Engine errors propagate (OcrUnavailableError / OcrError): a failure is not a zero score.
+    ``font_size_px`` (the overlay's size) helps the engine scale small text.
+    """
+    if not original_text or not original_text.strip():
+        raise ValueError("the original text is empty: nothing to compare the OCR result with")
+    box = crop_box(overlaid_image.size, text_box_px)
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise ValueError(f"text box {tuple(text_box_px)} is empty or outside the image")
+    crop = overlaid_image.convert("RGB").crop(box)
+    reading = engine.read(crop, text_height_px=font_size_px)
+    recognized = " ".join(reading.text.split())
+    m = text_metrics(original_text, recognized)
+    return OcrMetrics(
+        engine=engine.name, original_text=original_text, recognized_text=recognized,
+        ocr_confidence=reading.confidence,
+        character_match_rate=float(m["character_match_rate"]),
+        word_match_rate=float(m["word_match_rate"]), ocr_accuracy=float(m["ocr_accuracy"]),
+        edit_distance=int(m["edit_distance"]), similarity=float(m["similarity"]),
+        crop_box_px=box, scale_hint_px=font_size_px,
+    )
