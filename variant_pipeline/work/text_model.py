@@ -196,6 +196,8 @@ class OpenAIChatBackend:
     configured timeout.
     """
 
+    provider = "openai"
+
     def __init__(
         self,
         base_url: str,
@@ -407,9 +409,14 @@ class LocalCausalLMBackend:
     cope with whatever comes back.
     """
 
+    provider = "local"
+
     def __init__(self, path: str | Path, device: str = "auto", dtype: str = "auto", *,
-                 min_new_tokens: int = 4, default_seed: int = 0) -> None:
+                 min_new_tokens: int = 4, default_seed: int = 0,
+                 max_new_tokens_cap: int | None = None) -> None:
         self.path = str(path)
+        # A ceiling over the callers' max_tokens: keeps CPU demos and tests of the tiny model quick.
+        self.max_new_tokens_cap = max_new_tokens_cap
         self.device = device
         self.dtype = dtype
         self.min_new_tokens = max(0, int(min_new_tokens))
@@ -458,6 +465,8 @@ class LocalCausalLMBackend:
             ids, prompt_text = self._prompt_ids(tokenizer, messages)
             limit = getattr(model.config, "max_position_embeddings", None)
             max_new = max_tokens
+            if self.max_new_tokens_cap:
+                max_new = min(max_new, self.max_new_tokens_cap)
             if limit:
                 if len(ids) >= limit:
                     raise TextModelError(
