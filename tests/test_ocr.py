@@ -1,0 +1,135 @@
+"""ocr_eval: the real Tesseract engine reads clean renders back; failures are errors, not zeros."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from tests.imaging import box_mask, detection, gradient, paint_food, solid
+from variant_pipeline.work.ocr import (
+    OcrError,
+    OcrReading,
+    OcrUnavailableError,
+    TesseractOcr,
+    crop_box,
+    evaluate_ocr,
+    levenshtein,
+    text_metrics,
+)
+from variant_pipeline.work.overlay import render_overlay
+from variant_pipeline.work.planner import plan_placements
+
+COPY = [
+    "바삭한 치킨 한입",
+    "Crispy chicken, one bite",
+    "오늘만 특가! 수제 버거 20% 할인",
+]
+
+
+@pytest.fixture(scope="module")
+def engine() -> TesseractOcr:
+    eng = TesseractOcr(cmd="tesseract")
+    eng.check()  # fails the module loudly, with install instructions, if Tesseract is missing
+    return eng
+
+
+def test_levenshtein() -> None:
+    assert levenshtein("", "") == 0
+    assert levenshtein("kitten", "sitting") == 3
+    assert levenshtein("바삭한치킨", "바삭치킨") == 1
+    assert levenshtein("abc", "") == 3 and levenshtein("", "abc") == 3
+
+
+def test_text_metrics_follow_the_spec() -> None:
+    m = text_metrics("바삭한 치킨 한입", "바삭한 치킨 한입")
+    assert m["ocr_accuracy"] == 1.0 and m["edit_distance"] == 0 and m["similarity"] == 1.0
+    m = text_metrics("바삭한 치킨 한입", "바삭한 치긴 한입")
+    assert m["word_match_rate"] == pytest.approx(2 / 3)
+    assert m["character_match_rate"] == pytest.approx(6 / 7)
+    assert m["ocr_accuracy"] == pytest.approx((6 / 7 + 2 / 3) / 2)
+    assert m["edit_distance"] == 1
+    m = text_metrics("바삭한 치킨", "")
+    assert m["ocr_accuracy"] == 0.0 and m["edit_distance"] == 5
+    with pytest.raises(ValueError):
+        text_metrics("  ", "abc")
+
+
+@pytest.mark.parametrize("size", [256, 1080])
+@pytest.mark.parametrize("text", COPY)
+def test_real_engine_reads_clean_renders(engine: TesseractOcr, size: int, text: str) -> None:
+    s = size / 256
+    food = (60 * s, 120 * s, 200 * s, 250 * s)
+    img = paint_food(gradient(size, seed=1), food)
+    plan = plan_placements(size, size, [detection(food, size, size)], box_mask(size, size, food))
+    r = render_overlay(img, text, plan)
+    assert r.fits
+    m = evaluate_ocr(engine, r.image, r.text_bbox_px, text, font_size_px=r.font_size_px)
+    assert m.ocr_accuracy >= 0.9, (m.recognized_text, m.ocr_accuracy)
+    assert m.ocr_confidence > 0.5
+    assert m.engine == "tesseract"
+
+
+def test_real_engine_reads_light_text_on_dark(engine: TesseractOcr) -> None:
+    plan = plan_placements(256, 256, [], None)
+    r = render_overlay(solid(256, 256, (25, 30, 45)), "바삭한 치킨 한입", plan)
+    assert r.color_rgb == (255, 255, 255)
+    m = evaluate_ocr(engine, r.image, r.text_bbox_px, "바삭한 치킨 한입", font_size_px=r.font_size_px)
+    assert m.ocr_accuracy >= 0.9, m.recognized_text
+
+
+def test_crop_covers_the_tight_box_with_a_margin() -> None:
+    assert crop_box((256, 256), (50, 40, 150, 70)) == (46, 36, 154, 74)
+    assert crop_box((256, 256), (0, 0, 256, 30)) == (0, 0, 256, 34)
+
+
+def test_missing_binary_is_a_clear_error(tmp_path) -> None:
+    eng = TesseractOcr(cmd=str(tmp_path / "no-such-tesseract"))
+    with pytest.raises(OcrUnavailableError, match="apt-get install tesseract-ocr"):
+        evaluate_ocr(eng, gradient(64), (0, 0, 64, 64), "바삭한 치킨")
+
+
+def test_missing_language_is_a_clear_error() -> None:
+    eng = TesseractOcr(cmd="tesseract", languages="kor+xyz")
+    with pytest.raises(OcrUnavailableError, match="xyz") as err:
+        eng.check()
+    assert "tesseract-ocr-xyz" in str(err.value)
+
+
+def test_missing_tessdata_is_a_clear_error(tmp_path) -> None:
+    eng = TesseractOcr(cmd="tesseract", tessdata_dir=str(tmp_path))
+    with pytest.raises(OcrUnavailableError, match="tesseract-ocr-kor"):
+        eng.check()
+
+
+class _FailingEngine:
+    name = "failing"
+
+    def read(self, image: Image.Image, *, text_height_px: float | None = None) -> OcrReading:
+        raise OcrError("engine crashed")
+
+
+class _FixedEngine:
+    name = "fixed"
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.seen: list[tuple[int, int]] = []
+
+    def read(self, image: Image.Image, *, text_height_px: float | None = None) -> OcrReading:
+        self.seen.append(image.size)
+        return OcrReading(text=self.text, confidence=0.8, words=())
+
+
+def test_engine_errors_propagate_instead_of_zero_scores() -> None:
+    with pytest.raises(OcrError, match="crashed"):
+        evaluate_ocr(_FailingEngine(), gradient(64), (0, 0, 64, 64), "바삭한 치킨")
+
+
+def test_metrics_plumbing_with_a_fixed_reading() -> None:
+    eng = _FixedEngine("바삭한 치킨\n한입")
+    m = evaluate_ocr(eng, gradient(128), (20, 20, 100, 50), "바삭한 치킨 한입")
+    assert m.recognized_text == "바삭한 치킨 한입" and m.ocr_accuracy == 1.0
+    assert eng.seen == [(88, 38)]  # the tight box plus a 4-px margin on each side
+    assert m.to_dict()["crop_box_px"] == [16, 16, 104, 54]
+    with pytest.raises(ValueError, match="empty"):
+        evaluate_ocr(eng, gradient(128), (20, 20, 100, 50), "")
