@@ -175,7 +175,7 @@ def test_factory(tmp_path: Path) -> None:
 
 def test_local_missing_model_is_clear(tmp_path: Path) -> None:
     backend = LocalCausalLMBackend(tmp_path / "nope", "cpu", "float32")
-    with pytest.raises(Exception, match="nope"):
+    with pytest.raises(Exception, match=r"text \(causal LM\) model not found at .*nope"):
         backend.complete(MESSAGES, temperature=0.3, max_tokens=5)
 
 

@@ -359,44 +359,12 @@ class OpenAIChatBackend:
 # --------------------------------------------------------------------------------------------
 
 
-def _load_causal_lm(path: str, device: str, dtype: str) -> tuple[Any, Any, Any]:
-    """(model, tokenizer, torch device) through the shared loader when present."""
-    try:
-        from variant_pipeline.models.causal_lm import load_causal_lm
-    except ImportError:
-        load_causal_lm = None
-    if load_causal_lm is not None:
-        loaded = load_causal_lm(path, device, dtype)
-        model, tokenizer = (loaded.model, loaded.tokenizer) if hasattr(loaded, "model") else loaded
-    else:
-        model, tokenizer = _load_with_transformers(path, device, dtype)
+def _load_causal_lm(path: str, device: str, dtype: str, allow_network: bool | None) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, torch device) through the shared load-once-per-process model cache."""
+    from variant_pipeline.models.causal_lm import load_causal_lm
+
+    model, tokenizer = load_causal_lm(path, device, dtype, allow_network=allow_network)
     return model, tokenizer, next(model.parameters()).device
-
-
-def _load_with_transformers(path: str, device: str, dtype: str) -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    p = Path(path)
-    if (p.is_absolute() or path.startswith(".")) and not p.exists():
-        raise TextModelConfigError(
-            f"text model not found at {path} (set VP_TEXT_MODEL, or run `variant-pipeline models build-tiny`)")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if dtype == "auto":
-        torch_dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    elif dtype in dtypes:
-        torch_dtype = dtypes[dtype]
-    else:
-        raise TextModelConfigError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-    except OSError as e:
-        raise TextModelConfigError(f"cannot load text model {path!r}: {e}") from e
-    model.to(device).eval()
-    return model, tokenizer
 
 
 class LocalCausalLMBackend:
@@ -413,8 +381,9 @@ class LocalCausalLMBackend:
 
     def __init__(self, path: str | Path, device: str = "auto", dtype: str = "auto", *,
                  min_new_tokens: int = 4, default_seed: int = 0,
-                 max_new_tokens_cap: int | None = None) -> None:
+                 max_new_tokens_cap: int | None = None, allow_network: bool | None = None) -> None:
         self.path = str(path)
+        self.allow_network = allow_network  # None: the VP_ALLOW_NETWORK setting decides
         # A ceiling over the callers' max_tokens: keeps CPU demos and tests of the tiny model quick.
         self.max_new_tokens_cap = max_new_tokens_cap
         self.device = device
@@ -431,7 +400,7 @@ class LocalCausalLMBackend:
     def load(self) -> tuple[Any, Any]:
         with self._lock:
             if self._loaded is None:
-                self._loaded = _load_causal_lm(self.path, self.device, self.dtype)
+                self._loaded = _load_causal_lm(self.path, self.device, self.dtype, self.allow_network)
             model, tokenizer, _ = self._loaded
             return model, tokenizer
 
@@ -485,7 +454,8 @@ class LocalCausalLMBackend:
             else:
                 gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
             used_seed = self.default_seed if seed is None else seed
-            fork_devices = [dev] if dev.type == "cuda" else []
+            fork_devices = ([dev.index if dev.index is not None else torch.cuda.current_device()]
+                            if dev.type == "cuda" else [])
             with torch.random.fork_rng(devices=fork_devices), torch.inference_mode():
                 torch.manual_seed(used_seed)
                 out = model.generate(input_ids=input_ids,
@@ -531,6 +501,7 @@ def text_model_from_settings(settings: Settings) -> TextModel:
     if backend == "local":
         if not settings.text_model:
             raise TextModelConfigError("VP_TEXT_BACKEND=local needs VP_TEXT_MODEL (a directory or hub id)")
-        return LocalCausalLMBackend(settings.text_model, settings.device, settings.dtype)
+        return LocalCausalLMBackend(settings.text_model, settings.device, settings.dtype,
+                                    allow_network=settings.allow_network)
     raise TextModelConfigError(
         f"unknown text backend {settings.text_backend!r} (VP_TEXT_BACKEND): use 'local' or 'openai'")
