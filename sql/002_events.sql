@@ -27,7 +27,8 @@ DECLARE
     step_level text;
 BEGIN
     SELECT level INTO step_level FROM pipeline_stages WHERE name = NEW.current_step;
-    IF row_level = 'variant' AND step_level IS DISTINCT FROM 'variant' THEN
+    -- (An unknown step has no level; its foreign key reports it.)
+    IF row_level = 'variant' AND step_level <> 'variant' THEN
         RAISE EXCEPTION 'jobs_variants.current_step % is not a variant-level stage', NEW.current_step
             USING ERRCODE = 'check_violation';
     END IF;
@@ -157,6 +158,10 @@ BEGIN
         -- All existing variants finished but more are expected: the missing ones start at the first stage.
         new_step := coalesce(least_step, first_step);
         new_status := 'running';
+    ELSIF job.status IN ('done', 'failed') THEN
+        -- Nothing started, yet the job looks finished: a variant was reset for a retry.
+        new_step := first_step;
+        new_status := 'queued';
     ELSE
         new_step := job.current_step;  -- nothing started yet: leave the state as it is
         new_status := job.status;
