@@ -243,7 +243,7 @@ def _norm_key(key: Any) -> str:
 def labelled(text: str, *labels: str) -> str | None:
     """The value of the first ``Label: value`` line (markdown bullets/bold tolerated)."""
     alt = "|".join(re.escape(lb).replace(r"\ ", r"[\s_-]*") for lb in labels)
-    m = re.search(rf"^[\s>*#\-\d.)]*\**\s*(?:{alt})\s*\**\s*[:：=]\s*\**\s*(.*?)\s*\**\s*$", text, re.I | re.M)
+    m = re.search(rf"^[\s>*#\-\d.)]*\**\s*(?:{alt})\s*\**\s*(?:[:：=]|[-–—](?=\s))\s*\**\s*(.*?)\s*\**\s*$", text, re.I | re.M)
     if not m:
         return None
     value = m.group(1).strip().strip('"').strip()
