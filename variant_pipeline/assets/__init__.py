@@ -1,0 +1,1 @@
+"""Stage assets (one per stage in the stage graph) and their partitions."""

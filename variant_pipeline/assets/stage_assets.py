@@ -1,0 +1,160 @@
+"""One Dagster asset per stage, built from the stage graph declaration.
+
+The assets are thin: each builds a ``HandlerContext`` from its resources and calls
+``execute_stage``, which claims the partition, runs the pure stage work, writes its outputs and
+marks the stage done (or failed, with the reason) in PostgreSQL. The asset adds what people look
+at in the UI: thumbnails, scores, the model used, latency and model loads in this run process.
+"""
+
+
+from typing import Any
+
+import dagster as dg
+from dagster import AssetExecutionContext
+
+from variant_pipeline import stages as stage_graph
+from variant_pipeline.assets.partitions import JobVariantsPartitionMapping, job_partitions, variant_partitions
+from variant_pipeline.config import load_settings
+from variant_pipeline.handlers import HandlerContext, StageFailed, StageOutcome, execute_stage
+from variant_pipeline.handlers.base import thumbnail_markdown
+from variant_pipeline.resources.models import model_load_counts
+
+GPU_POOL = "gpu"
+# Models that want the accelerator; their stages share the "gpu" concurrency pool.
+GPU_MODELS = frozenset({"image_generator", "vlm", "detector", "text_model"})
+KINDS: dict[str | None, set[str]] = {
+    "image_generator": {"diffusers", "pytorch"},
+    "vlm": {"transformers", "pytorch"},
+    "detector": {"ultralytics", "pytorch"},
+    "ocr": {"tesseract"},
+    "text_model": {"transformers"},
+    None: {"python"},
+}
+RUN_ORIGIN_PREFIX = "dagster-run:"
+
+
+class ResourceModels:
+    """The handlers' view of the model resources of one asset execution."""
+
+    def __init__(self, resources: Any) -> None:
+        self._resources = resources
+
+    def _resource(self, kind: str) -> Any:
+        try:
+            return getattr(self._resources, kind)
+        except AttributeError:
+            raise RuntimeError(f"this stage did not declare the {kind!r} resource") from None
+
+    def vlm(self) -> Any:
+        return self._resource("vlm").get()
+
+    def detector(self) -> Any:
+        return self._resource("detector").get()
+
+    def image_generator(self) -> Any:
+        return self._resource("image_generator").get()
+
+    def text_model(self) -> Any:
+        return self._resource("text_model").get()
+
+    def ocr(self) -> Any:
+        return self._resource("ocr").get()
+
+    def describe(self, kind: str) -> str:
+        resource = self._resource(kind)
+        if hasattr(resource, "location"):
+            return resource.location()
+        settings = load_settings()
+        if kind == "text_model":
+            return f"{settings.text_backend}:{settings.openai_model if settings.text_backend == 'openai' else settings.text_model}"
+        if kind == "ocr":
+            return f"tesseract ({settings.tesseract_cmd})"
+        return kind
+
+
+def _metadata_value(value: Any) -> Any:
+    if value is None:
+        return dg.MetadataValue.null()
+    if isinstance(value, bool | int | float | str):
+        return value
+    return dg.MetadataValue.json(value)
+
+
+def result_metadata(outcome: StageOutcome, latency_s: float) -> dict[str, Any]:
+    metadata: dict[str, Any] = {k: _metadata_value(v) for k, v in outcome.metadata.items()}
+    for thumb in outcome.thumbnails:
+        metadata[f"image: {thumb.label}"] = dg.MetadataValue.md(thumbnail_markdown(thumb.image, thumb.label))
+        if thumb.path:
+            metadata[f"file: {thumb.label}"] = dg.MetadataValue.path(thumb.path)
+    if outcome.model:
+        metadata["model"] = outcome.model
+    # Loads of each model in this run process so far: 1 means the model was loaded once and shared.
+    metadata["model_loads_in_run"] = dg.MetadataValue.json(model_load_counts())
+    metadata["stage_seconds"] = round(latency_s, 3)
+    return metadata
+
+
+def build_stage_asset(stage: stage_graph.Stage) -> dg.AssetsDefinition:
+    previous = [s for s in stage_graph.STAGES if s.position == stage.position - 1]
+    deps: list[dg.AssetDep] = []
+    if previous:
+        upstream = previous[0]
+        mapping = JobVariantsPartitionMapping() if upstream.level != stage.level else None
+        deps.append(dg.AssetDep(upstream.name, partition_mapping=mapping))
+    # Every stage may need the text model: the job's brief (English copy, short Korean line) is
+    # written lazily, once per job, by whichever stage first reads a missing text.
+    resource_keys = {"database", "asset_storage", "text_model"} | ({stage.model} if stage.model else set())
+
+    @dg.asset(
+        name=stage.name,
+        description=stage.description,
+        partitions_def=variant_partitions if stage.level == "variant" else job_partitions,
+        deps=deps,
+        group_name=f"{stage.level}_stages",
+        kinds=KINDS[stage.model],
+        pool=GPU_POOL if stage.model in GPU_MODELS else None,
+        required_resource_keys=resource_keys,
+        metadata={"stage_position": stage.position, "level": stage.level, "model_resource": stage.model or "none"},
+    )
+    def _stage_asset(context: AssetExecutionContext) -> dg.MaterializeResult:
+        import time
+
+        resources = context.resources
+        ctx = HandlerContext(
+            engine=resources.database.engine(),
+            store=resources.asset_storage.store(),
+            settings=load_settings(),
+            models=ResourceModels(resources),
+            origin=f"{RUN_ORIGIN_PREFIX}{context.run.run_id}",
+            partition_key=context.partition_key,
+            log=context.log.info,
+        )
+        start = time.perf_counter()
+        try:
+            outcome = execute_stage(stage.name, ctx)
+        except StageFailed as exc:
+            # The reason is already stored on the row; the step fails with the same message.
+            raise dg.Failure(description=str(exc), metadata={"reason": exc.reason}) from exc
+        return dg.MaterializeResult(metadata=result_metadata(outcome, time.perf_counter() - start))
+
+    return _stage_asset
+
+
+STAGE_ASSETS: list[dg.AssetsDefinition] = [build_stage_asset(s) for s in stage_graph.STAGES]
+VARIANT_ASSETS = [a for a, s in zip(STAGE_ASSETS, stage_graph.STAGES, strict=True) if s.level == "variant"]
+JOB_ASSETS = [a for a, s in zip(STAGE_ASSETS, stage_graph.STAGES, strict=True) if s.level == "job"]
+
+variant_pipeline_job = dg.define_asset_job(
+    "variant_pipeline",
+    selection=dg.AssetSelection.assets(*VARIANT_ASSETS),
+    partitions_def=variant_partitions,
+    executor_def=dg.in_process_executor,
+    description="The variant stages for one variant partition (all of them, or the ones selected).",
+)
+job_pipeline_job = dg.define_asset_job(
+    "job_pipeline",
+    selection=dg.AssetSelection.assets(*JOB_ASSETS),
+    partitions_def=job_partitions,
+    executor_def=dg.in_process_executor,
+    description="The job-level stages for one job partition.",
+)

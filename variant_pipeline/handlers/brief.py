@@ -1,0 +1,147 @@
+"""The job's brief: the texts every stage reads, filled in once per job when a job arrives without them.
+
+A job may be submitted with only its Korean description. The English description, the English
+ad copy (vlm_analyze validates against it) and the short Korean line (overlay draws it) are then
+written by the text model, once per job even when all variants ask at the same moment: an
+advisory lock serializes the askers, and whoever gets it second finds the texts already there.
+The lock is taken in a transaction that writes nothing, so it assigns no transaction id and never
+holds back the outbox reader while the model is generating.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from variant_pipeline.db import transaction
+from variant_pipeline.handlers.base import HandlerContext, JobInputsRow, jsonable, load_job_inputs
+
+BRIEF_FIELDS = ("desc_eng", "ad_copy_eng", "ad_copy_kor")
+
+
+@dataclass(frozen=True)
+class Brief:
+    desc_kor: str
+    desc_eng: str
+    ad_copy_eng: str
+    ad_copy_kor: str
+    generated: tuple[str, ...]  # which fields the text model wrote (the rest came with the job)
+
+
+def _lock_key(job_id: str) -> int:
+    return zlib.crc32(f"brief:{job_id}".encode()) - 2**31
+
+
+def ensure_brief(ctx: HandlerContext, job_id: str, need: Iterable[str] = BRIEF_FIELDS) -> Brief:
+    needed = set(need)
+    unknown = needed - set(BRIEF_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown brief fields: {sorted(unknown)}")
+    with ctx.engine.connect() as lock_conn, lock_conn.begin():
+        lock_conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(job_id)})
+        inputs = load_job_inputs(lock_conn, job_id)
+        missing = [f for f in _closure(needed) if not (getattr(inputs, f) or "").strip()]
+        if missing:
+            inputs = _generate(ctx, inputs, missing)
+        return Brief(
+            desc_kor=inputs.desc_kor,
+            desc_eng=inputs.desc_eng or "",
+            ad_copy_eng=inputs.ad_copy_eng or "",
+            ad_copy_kor=inputs.ad_copy_kor or "",
+            generated=tuple(missing),
+        )
+
+
+def _closure(needed: set[str]) -> list[str]:
+    # Each text is written from the one before it: ad copy from the English description, the
+    # short Korean line from the description and the English copy.
+    order = []
+    if needed & {"desc_eng", "ad_copy_eng", "ad_copy_kor"}:
+        order.append("desc_eng")
+    if needed & {"ad_copy_eng", "ad_copy_kor"}:
+        order.append("ad_copy_eng")
+    if "ad_copy_kor" in needed:
+        order.append("ad_copy_kor")
+    return order
+
+
+def _generate(ctx: HandlerContext, inputs: JobInputsRow, missing: list[str]) -> JobInputsRow:
+    from variant_pipeline.work import copywriting
+
+    model = ctx.models.text_model()
+    values = {f: getattr(inputs, f) for f in BRIEF_FIELDS}
+    traces: list[tuple[str, dict]] = []
+    if "desc_eng" in missing:
+        result = copywriting.translate_description_to_english(model, inputs.desc_kor, seed=ctx.settings.seed_base)
+        values["desc_eng"] = result.text
+        traces.append(("kor_to_eng", result.trace()))
+    if "ad_copy_eng" in missing:
+        result = copywriting.write_english_ad_copy(model, values["desc_eng"], seed=ctx.settings.seed_base)
+        values["ad_copy_eng"] = result.text
+        traces.append(("ad_copy_eng", result.trace()))
+    if "ad_copy_kor" in missing:
+        result = copywriting.write_short_korean_ad_copy(
+            model, inputs.desc_kor, values["ad_copy_eng"], seed=ctx.settings.seed_base
+        )
+        values["ad_copy_kor"] = result.text
+        traces.append(("ad_copy_kor", result.trace()))
+    ctx.log(f"job {inputs.job_id}: wrote missing brief texts {missing} with {model.name}")
+    with transaction(ctx.engine, ctx.origin) as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE job_inputs SET desc_eng = :desc_eng, ad_copy_eng = :ad_copy_eng, "
+                "ad_copy_kor = :ad_copy_kor WHERE job_id = :job"
+            ),
+            {**values, "job": inputs.job_id},
+        )
+        for operation, trace in traces:
+            trace_id = upsert_llm_trace(conn, inputs.job_id, operation, trace)
+            upsert_ad_copy(conn, inputs.job_id, operation, values[_FIELD_OF[operation]], trace_id)
+    return JobInputsRow(**{**inputs.__dict__, **values})
+
+
+_FIELD_OF = {"kor_to_eng": "desc_eng", "ad_copy_eng": "ad_copy_eng", "ad_copy_kor": "ad_copy_kor"}
+
+
+def upsert_llm_trace(conn: Connection, job_id: str, operation: str, trace: dict) -> str:
+    """One current trace per (job, operation): re-running replaces it."""
+    return str(
+        conn.execute(
+            sa.text(
+                """INSERT INTO llm_traces (job_id, operation_type, provider, model, request, response,
+                                           prompt_tokens, completion_tokens, total_tokens, latency_ms)
+                   VALUES (:job, :op, :provider, :model, CAST(:request AS jsonb), CAST(:response AS jsonb),
+                           :pt, :ct, :tt, :latency)
+                   ON CONFLICT (job_id, operation_type) DO UPDATE SET
+                       provider = EXCLUDED.provider, model = EXCLUDED.model, request = EXCLUDED.request,
+                       response = EXCLUDED.response, prompt_tokens = EXCLUDED.prompt_tokens,
+                       completion_tokens = EXCLUDED.completion_tokens, total_tokens = EXCLUDED.total_tokens,
+                       latency_ms = EXCLUDED.latency_ms, updated_at = now()
+                   RETURNING llm_trace_id::text"""
+            ),
+            {
+                "job": job_id, "op": operation, "provider": trace.get("provider"), "model": trace.get("model"),
+                "request": json.dumps(jsonable(trace.get("request", {})), ensure_ascii=False),
+                "response": json.dumps(jsonable(trace.get("response", {})), ensure_ascii=False),
+                "pt": trace.get("prompt_tokens"), "ct": trace.get("completion_tokens"),
+                "tt": trace.get("total_tokens"),
+                "latency": None if trace.get("latency_ms") is None else int(trace["latency_ms"]),
+            },
+        ).scalar_one()
+    )
+
+
+def upsert_ad_copy(conn: Connection, job_id: str, kind: str, text: str, llm_trace_id: str | None) -> None:
+    conn.execute(
+        sa.text(
+            """INSERT INTO ad_copies (job_id, kind, text, llm_trace_id) VALUES (:job, :kind, :text, :trace)
+               ON CONFLICT (job_id, kind) DO UPDATE SET text = EXCLUDED.text,
+                   llm_trace_id = EXCLUDED.llm_trace_id, updated_at = now()"""
+        ),
+        {"job": job_id, "kind": kind, "text": text, "trace": llm_trace_id},
+    )

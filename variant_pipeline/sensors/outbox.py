@@ -1,0 +1,192 @@
+"""The outbox sensor: pipeline_events in, dynamic partitions and runs out.
+
+Each tick reads the events after its cursor with the never-skip reader, adds a partition for
+every variant and job it has not seen, and requests one run per partition that needs work, all
+in one ``SensorResult`` (the daemon applies the partition adds before it creates the runs, and
+saves the cursor only after both). Run keys are derived from event ids, so a repeated or
+crashed tick never launches a second run for the same event.
+
+Latency: the daemon evaluates sensors on a 5 s loop. A tick that finds nothing LISTENs for the
+NOTIFY that accompanies every outbox row for most of that interval and returns as soon as
+events arrive, so a new event usually waits milliseconds, not seconds, for its tick.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import dagster as dg
+
+from variant_pipeline import stages as stage_graph
+from variant_pipeline.assets.partitions import job_partitions, variant_partitions
+from variant_pipeline.outbox import CHANNELS, Event, NotifyListener, read_events_after
+
+OUTBOX_SENSOR_NAME = "outbox_sensor"
+LAUNCHED_BY_TAG = "variant_pipeline/launched_by"
+EVENT_TAG = "variant_pipeline/event_id"
+START_STAGE_TAG = "variant_pipeline/start_stage"
+# Origins written by this project's own runs (see assets/glue.py): their (step, done) writes are
+# progress inside a run that carries on by itself, never a reason to start another run.
+RUN_ORIGIN_PREFIX = "dagster-run:"
+
+MAX_EVENTS_PER_TICK = 300  # keeps partition adds per tick cheap (about 15 ms each in the daemon)
+LISTEN_BUDGET_S = 4.0  # under the daemon's 5 s loop, so ticks do not pile up
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    level: str  # 'variant' | 'job'
+    partition_key: str
+    start_stage: str
+    event_id: int
+
+    @property
+    def run_key(self) -> str:
+        return f"{self.level}:{self.partition_key}:from:{self.start_stage}:event:{self.event_id}"
+
+    @property
+    def asset_selection(self) -> list[dg.AssetKey]:
+        return [dg.AssetKey(s.name) for s in stage_graph.stages_from(self.start_stage)]
+
+
+@dataclass(frozen=True)
+class TickPlan:
+    new_variant_keys: list[str]
+    new_job_keys: list[str]
+    runs: list[PlannedRun]
+
+
+def start_stage_for(event: Event) -> str | None:
+    """Which stage a state change asks to run next, or None.
+
+    ``queued`` asks for its own step (an external system queued it); ``done`` for the next step of
+    the same level. The last variant stage done for a job is the rollup: the job stages start.
+    ``running`` and ``failed`` ask for nothing here (recovery is a separate concern).
+    """
+    if event.new_status == "queued":
+        return event.new_step
+    if event.new_status != "done":
+        return None
+    if event.kind == "job" and event.new_step == stage_graph.LAST_VARIANT_STAGE:
+        return stage_graph.FIRST_JOB_STAGE
+    following = stage_graph.next_stage(event.new_step)
+    return following.name if following else None
+
+
+def is_own_run_write(event: Event) -> bool:
+    return event.origin.startswith(RUN_ORIGIN_PREFIX)
+
+
+def plan_tick(events: Sequence[Event], known_variant_keys: Iterable[str], known_job_keys: Iterable[str]) -> TickPlan:
+    """Pure decision of what one batch of events asks for.
+
+    Only the latest event per partition counts: if an external system queued a variant and then
+    marked its image done within one batch, one run starts from the later state.
+    """
+    known_variants, known_jobs = set(known_variant_keys), set(known_job_keys)
+    new_variants: list[str] = []
+    new_jobs: list[str] = []
+    latest: dict[tuple[str, str], Event] = {}
+    for event in events:
+        job_key = str(event.job_id)
+        if job_key not in known_jobs:
+            known_jobs.add(job_key)
+            new_jobs.append(job_key)
+        if event.kind == "variant" and event.job_variants_id is not None:
+            variant_key = str(event.job_variants_id)
+            if variant_key not in known_variants:
+                known_variants.add(variant_key)
+                new_variants.append(variant_key)
+            latest[("variant", variant_key)] = event
+        elif event.kind == "job":
+            latest[("job", job_key)] = event
+
+    runs: list[PlannedRun] = []
+    for (level, key), event in latest.items():
+        # A job's rollup is written inside the transaction of its last variant's write, so it
+        # carries that run's origin; it is still the signal for the job stages.
+        rollup = level == "job" and event.new_step == stage_graph.LAST_VARIANT_STAGE
+        if is_own_run_write(event) and not rollup:
+            continue
+        start = start_stage_for(event)
+        if start is None or stage_graph.stage(start).level != level:
+            continue
+        runs.append(PlannedRun(level=level, partition_key=key, start_stage=start, event_id=event.id))
+    return TickPlan(new_variant_keys=new_variants, new_job_keys=new_jobs, runs=runs)
+
+
+def _read_with_wakeup(cursor: str | None, budget_s: float) -> tuple[list[Event], str]:
+    from variant_pipeline.db import get_engine
+
+    engine = get_engine()
+    # LISTEN before the first read: an event committed after the read still wakes us.
+    with NotifyListener(engine, CHANNELS) as listener:
+        events, new_cursor = read_events_after(engine, cursor, limit=MAX_EVENTS_PER_TICK)
+        deadline = time.monotonic() + budget_s
+        while not events and (remaining := deadline - time.monotonic()) > 0:
+            # Re-read on a notification, and every half second anyway: an event can become
+            # readable only when an older transaction ends, which sends no notification.
+            listener.wait(min(remaining, 0.5))
+            events, new_cursor = read_events_after(engine, cursor, limit=MAX_EVENTS_PER_TICK)
+        return events, new_cursor
+
+
+def build_outbox_sensor(variant_job: dg.UnresolvedAssetJobDefinition, job_level_job: dg.UnresolvedAssetJobDefinition,
+                        listen_budget_s: float = LISTEN_BUDGET_S) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=OUTBOX_SENSOR_NAME,
+        jobs=[variant_job, job_level_job],
+        minimum_interval_seconds=1,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Reads pipeline_events (the trigger-fed outbox) after its cursor; adds partitions "
+        "for new variants and jobs and launches the runs their state changes ask for.",
+    )
+    def outbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        events, cursor = _read_with_wakeup(context.cursor, listen_budget_s)
+        if not events:
+            return dg.SkipReason("no new pipeline events")
+        instance = context.instance
+        plan = plan_tick(
+            events,
+            known_variant_keys=_existing(instance, variant_partitions.name, events, "variant"),
+            known_job_keys=_existing(instance, job_partitions.name, events, "job"),
+        )
+        run_requests = [
+            dg.RunRequest(
+                run_key=run.run_key,
+                partition_key=run.partition_key,
+                job_name=(variant_job if run.level == "variant" else job_level_job).name,
+                asset_selection=run.asset_selection,
+                tags={
+                    LAUNCHED_BY_TAG: OUTBOX_SENSOR_NAME,
+                    EVENT_TAG: str(run.event_id),
+                    START_STAGE_TAG: run.start_stage,
+                },
+            )
+            for run in plan.runs
+        ]
+        partition_requests = []
+        if plan.new_variant_keys:
+            partition_requests.append(variant_partitions.build_add_request(plan.new_variant_keys))
+        if plan.new_job_keys:
+            partition_requests.append(job_partitions.build_add_request(plan.new_job_keys))
+        context.log.info(
+            f"{len(events)} events -> {len(run_requests)} runs, "
+            f"{len(plan.new_variant_keys)} new variants, {len(plan.new_job_keys)} new jobs"
+        )
+        return dg.SensorResult(
+            run_requests=run_requests, dynamic_partitions_requests=partition_requests, cursor=cursor
+        )
+
+    return outbox_sensor
+
+
+def _existing(instance: dg.DagsterInstance, partitions_name: str, events: Sequence[Event], level: str) -> set[str]:
+    keys = {
+        str(e.job_variants_id) if level == "variant" else str(e.job_id)
+        for e in events
+        if (level == "job" or (e.kind == "variant" and e.job_variants_id is not None))
+    }
+    return {k for k in keys if instance.has_dynamic_partition(partitions_name, k)}
