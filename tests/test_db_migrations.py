@@ -143,6 +143,9 @@ def test_dagster_database_is_created_on_the_same_server(pg_admin_url: str, db_ur
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", db_url)
     monkeypatch.delenv("DAGSTER_DATABASE_URL", raising=False)
+    admin = db.make_engine(pg_admin_url, pool=False)
+    with admin.connect() as conn:
+        existed = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = 'dagster'")).first() is not None
     url = db.dagster_database_url()
     assert sa.make_url(url).database == "dagster"
     assert sa.make_url(url).query == sa.make_url(db_url).query  # same server (socket or host)
@@ -152,3 +155,7 @@ def test_dagster_database_is_created_on_the_same_server(pg_admin_url: str, db_ur
             assert conn.execute(sa.text("SELECT current_database()")).scalar_one() == "dagster"
     finally:
         engine.dispose()
+        if not existed:  # leave a shared server (VP_TEST_DATABASE_URL) as we found it
+            with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql('DROP DATABASE IF EXISTS "dagster" WITH (FORCE)')
+        admin.dispose()
