@@ -133,3 +133,25 @@ def test_metrics_plumbing_with_a_fixed_reading() -> None:
     assert m.to_dict()["crop_box_px"] == [16, 16, 104, 54]
     with pytest.raises(ValueError, match="empty"):
         evaluate_ocr(eng, gradient(128), (20, 20, 100, 50), "")
+
+
+def _tsv(rows: list[tuple[int, str, int, int, int, int]]) -> str:
+    head = "level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext"
+    lines = [head]
+    for i, (line, text, left, top, width, height) in enumerate(rows):
+        lines.append(f"5\t1\t1\t1\t{line}\t{i}\t{left}\t{top}\t{width}\t{height}\t90\t{text}")
+    return "\n".join(lines) + "\n"
+
+
+def test_split_hangul_syllables_are_rejoined_but_real_spaces_kept() -> None:
+    from variant_pipeline.work.ocr import _parse_tsv
+
+    # Tesseract's Korean model often splits "주문하면" into syllables a few pixels apart;
+    # the space before "배달비" is much wider than that.
+    reading = _parse_tsv(_tsv([
+        (1, "지금", 40, 10, 110, 60), (1, "주", 180, 10, 50, 60), (1, "문", 236, 10, 50, 60),
+        (1, "하면", 292, 10, 100, 60), (1, "배달비", 430, 10, 150, 60),
+        (2, "chicken", 40, 90, 150, 45), (2, "one", 196, 90, 60, 45),
+    ]))
+    assert reading.text == "지금 주문하면 배달비\nchicken one"
+    assert reading.confidence == pytest.approx(0.9)
