@@ -213,3 +213,10 @@ def test_device_and_dtype_selection():
     if not torch.cuda.is_available():
         with pytest.raises(DeviceConfigError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+def test_detector_leaves_torch_threads_alone(tiny_models):
+    det = Detector.load(str(tiny_models["yolo"]), "cpu")
+    before = torch.get_num_threads()
+    det.predict([_noise(9, (64, 64))])
+    assert torch.get_num_threads() == before

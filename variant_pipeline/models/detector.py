@@ -64,7 +64,14 @@ class Detector:
         if imgsz is not None:
             kwargs["imgsz"] = imgsz
         with self._lock:
-            results = self.model.predict([im.convert("RGB") for im in images], **kwargs)
+            # ultralytics' device selection calls torch.set_num_threads(cpu_count - 1) on CPU, a
+            # process-wide change that would slow every other model in the run: put it back.
+            threads = torch.get_num_threads()
+            try:
+                results = self.model.predict([im.convert("RGB") for im in images], **kwargs)
+            finally:
+                if torch.get_num_threads() != threads:
+                    torch.set_num_threads(threads)
         out: list[list[RawDetection]] = []
         for r in results:
             boxes = r.boxes

@@ -48,6 +48,8 @@ class ImageGenerator:
     allow_network: bool | None = None
     cache: ModelCache = MODEL_CACHE
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Pipelines built in memory (the benchmark's full-size random models); None: load by location.
+    _pipes: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def create(cls, text2img_location: str, inpaint_location: str, device: str | torch.device = "auto",
@@ -57,11 +59,22 @@ class ImageGenerator:
         dev, dt = resolve(device, dtype)
         return cls(text2img_location, inpaint_location, dev, dt, allow_network, cache)
 
+    @classmethod
+    def from_pipelines(cls, text2img: Any, inpaint: Any, device: torch.device, dtype: torch.dtype) -> ImageGenerator:
+        """Wrap pipelines already in memory (benchmarks of random full-size architectures)."""
+        gen = cls("<in-memory>", "<in-memory>", device, dtype)
+        gen._pipes.update(text2img=text2img, inpaint=inpaint)
+        return gen
+
     def text2img_pipeline(self) -> Any:
+        if "text2img" in self._pipes:
+            return self._pipes["text2img"]
         return _load_pipeline("text2img", self.text2img_location, self.device, self.dtype,
                               self.allow_network, self.cache)
 
     def inpaint_pipeline(self) -> Any:
+        if "inpaint" in self._pipes:
+            return self._pipes["inpaint"]
         return _load_pipeline("inpaint", self.inpaint_location, self.device, self.dtype,
                               self.allow_network, self.cache)
 
