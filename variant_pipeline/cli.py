@@ -234,6 +234,25 @@ def _models_build_tiny(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- demo -------------------------------------------------------------------------------------
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from variant_pipeline.demo import add_demo_arguments
+
+    demo = sub.add_parser(
+        "demo", help="start the database, Dagster daemon and UI, run a sample job end to end, keep serving"
+    )
+    add_demo_arguments(demo)
+    demo.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from variant_pipeline.demo import run_demo
+
+    return run_demo(args)
+
+
 # --- wiring -----------------------------------------------------------------------------------
 
 # One function per top-level subcommand; adding a subcommand means adding its function here.
@@ -243,6 +262,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_submit,
     _add_status,
     _add_models,
+    _add_demo,
 ]
 
 

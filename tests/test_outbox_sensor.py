@@ -1,0 +1,129 @@
+"""The outbox sensor: what a batch of events asks for, and a real tick against PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import dagster as dg
+import sqlalchemy as sa
+
+from tests.fixtures.db import create_job
+from variant_pipeline import db
+from variant_pipeline import stages as stage_graph
+from variant_pipeline.outbox import Event
+from variant_pipeline.sensors.outbox import EVENT_TAG, LAUNCHED_BY_TAG, plan_tick, start_stage_for
+
+JOB = uuid.uuid4()
+VARIANT = uuid.uuid4()
+
+
+def event(event_id: int, step: str, status: str, *, kind: str = "variant", origin: str = "external",
+          variant: uuid.UUID | None = VARIANT, job: uuid.UUID = JOB) -> Event:
+    return Event(
+        id=event_id, xid=1000 + event_id, created_at=datetime.now(UTC), kind=kind,
+        job_variants_id=variant if kind == "variant" else None, job_id=job, tenant_id="t",
+        old_step=None, old_status=None, new_step=step, new_status=status, error=None, origin=origin,
+    )
+
+
+def test_start_stage_follows_the_stage_graph() -> None:
+    assert start_stage_for(event(1, "img_gen", "queued")) == "img_gen"
+    assert start_stage_for(event(1, "img_gen", "done")) == "vlm_analyze"
+    assert start_stage_for(event(1, "planner", "done")) == "overlay"
+    assert start_stage_for(event(1, "overlay", "queued")) == "overlay"
+    assert start_stage_for(event(1, "iou_eval", "done")) is None  # variants end there
+    assert start_stage_for(event(1, "overlay", "running")) is None
+    assert start_stage_for(event(1, "overlay", "failed")) is None
+    assert start_stage_for(event(1, "iou_eval", "done", kind="job")) == "ad_copy_gen_kor"
+    assert start_stage_for(event(1, "ad_copy_gen_kor", "done", kind="job")) == "instagram_feed_gen"
+    assert start_stage_for(event(1, "instagram_feed_gen", "done", kind="job")) is None
+
+
+def test_new_variant_gets_a_partition_and_one_run_through_every_stage() -> None:
+    plan = plan_tick([event(7, "img_gen", "queued")], known_variant_keys=[], known_job_keys=[])
+    assert plan.new_variant_keys == [str(VARIANT)]
+    assert plan.new_job_keys == [str(JOB)]
+    [run] = plan.runs
+    assert (run.level, run.partition_key, run.start_stage) == ("variant", str(VARIANT), "img_gen")
+    assert [k.to_user_string() for k in run.asset_selection] == [s.name for s in stage_graph.VARIANT_STAGES]
+    assert "event:7" in run.run_key
+
+
+def test_pipeline_own_done_writes_never_start_a_run() -> None:
+    own = "dagster-run:4b8c0d5e"
+    events = [event(i, s.name, "done", origin=own) for i, s in enumerate(stage_graph.VARIANT_STAGES, 1)]
+    plan = plan_tick(events, known_variant_keys=[str(VARIANT)], known_job_keys=[str(JOB)])
+    assert plan.runs == []
+    assert plan.new_variant_keys == [] and plan.new_job_keys == []
+
+
+def test_external_img_gen_done_runs_the_rest_from_vlm_analyze() -> None:
+    plan = plan_tick([event(3, "img_gen", "done")], known_variant_keys=[], known_job_keys=[])
+    [run] = plan.runs
+    assert run.start_stage == "vlm_analyze"
+    assert "img_gen" not in [k.to_user_string() for k in run.asset_selection]
+
+
+def test_only_the_latest_event_of_a_partition_counts() -> None:
+    plan = plan_tick([event(1, "img_gen", "queued"), event(2, "img_gen", "done")], [], [])
+    [run] = plan.runs
+    assert (run.start_stage, run.event_id) == ("vlm_analyze", 2)
+
+
+def test_job_rollup_written_inside_a_pipeline_run_still_starts_the_job_stages() -> None:
+    rollup = event(9, "iou_eval", "done", kind="job", origin="dagster-run:abc", variant=None)
+    plan = plan_tick([rollup], known_variant_keys=[], known_job_keys=[str(JOB)])
+    [run] = plan.runs
+    assert (run.level, run.partition_key, run.start_stage) == ("job", str(JOB), "ad_copy_gen_kor")
+    # ...but the job stages' own progress does not start more runs.
+    own = event(10, "ad_copy_gen_kor", "done", kind="job", origin="dagster-run:def", variant=None)
+    assert plan_tick([own], [], [str(JOB)]).runs == []
+
+
+def test_failed_rollup_starts_nothing() -> None:
+    failed = event(4, "iou_eval", "failed", kind="job", variant=None)
+    assert plan_tick([failed], [], []).runs == []
+
+
+def _sensor_tick(instance: dg.DagsterInstance, cursor: str | None):
+    from variant_pipeline.definitions import defs
+
+    sensor = defs.resolve_sensor_def("outbox_sensor")
+    context = dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=cursor,
+                                      definitions=defs)
+    return sensor.evaluate_tick(context)
+
+
+def test_sensor_tick_adds_partitions_and_requests_one_run_per_new_variant(pipeline_env, dagster_instance,
+                                                                            monkeypatch) -> None:
+    monkeypatch.setattr("variant_pipeline.sensors.outbox.LISTEN_BUDGET_S", 0.2)
+    engine = db.get_engine(pipeline_env.app_url)
+    job = create_job(engine, variants=3)
+
+    data = _sensor_tick(dagster_instance, None)
+    requested = sorted(r.partition_key for r in data.run_requests)
+    assert requested == sorted(str(v) for v in job.variant_ids)
+    for request in data.run_requests:
+        assert request.tags[LAUNCHED_BY_TAG] == "outbox_sensor"
+        assert request.asset_selection[0] == dg.AssetKey("img_gen")
+    added = {k for req in data.dynamic_partitions_requests for k in req.partition_keys}
+    assert added == {str(v) for v in job.variant_ids} | {str(job.job_id)}
+    assert data.cursor
+
+    # Replaying the same tick (a crash before the cursor was saved) asks for the same run keys,
+    # which the daemon de-duplicates; with the saved cursor nothing is asked again.
+    replay = _sensor_tick(dagster_instance, None)
+    assert sorted(r.run_key for r in replay.run_requests) == sorted(r.run_key for r in data.run_requests)
+    after = _sensor_tick(dagster_instance, data.cursor)
+    assert after.run_requests == []
+
+    # Another system marks a variant's image done: one run, from vlm_analyze.
+    with db.transaction(engine) as conn:
+        conn.execute(sa.text("UPDATE jobs_variants SET current_step = 'img_gen', status = 'done' "
+                             "WHERE job_variants_id = :v"), {"v": str(job.variant_ids[0])})
+    later = _sensor_tick(dagster_instance, data.cursor)
+    [run] = later.run_requests
+    assert run.partition_key == str(job.variant_ids[0])
+    assert run.asset_selection[0] == dg.AssetKey("vlm_analyze")
+    assert int(run.tags[EVENT_TAG]) > 0

@@ -1,0 +1,193 @@
+"""Starting the whole thing: database, schema, models, Dagster instance, daemon and web UI.
+
+Used by ``variant-pipeline demo`` (scripts/demo.sh) and by the end-to-end tests, so the tests
+start the system exactly the way a user does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from variant_pipeline.config import PROJECT_ROOT, Settings, load_settings
+
+DAGSTER_YAML = PROJECT_ROOT / "dagster.yaml"
+WORKSPACE_YAML = PROJECT_ROOT / "workspace.yaml"
+SAMPLE_PRODUCT = Path(__file__).resolve().parent / "data" / "coffee.jpg"
+
+
+@dataclass
+class Environment:
+    settings: Settings
+    app_url: str
+    dagster_url: str
+    dagster_home: Path
+    env: dict[str, str]  # what the daemon, the web server and their run workers inherit
+    embedded: bool  # True when this process started (or found) the embedded PostgreSQL
+
+
+def prepare_environment(log=print) -> Environment:
+    """Database up, schema applied, tiny models built if absent, Dagster home written."""
+    from variant_pipeline import db
+
+    settings = load_settings()
+    embedded = db.uses_embedded_server()
+    app_url = db.app_database_url()
+    dagster_url = db.dagster_database_url()
+    applied = db.upgrade(db.get_engine(app_url))
+    log(f"database: {db.redact(app_url)} ({len(applied)} migrations applied now)")
+
+    if not Path(settings.vlm_model).exists() and settings.models_dir.as_posix() in settings.vlm_model:
+        from variant_pipeline.models.tiny import build_tiny_bundle
+
+        log(f"building the tiny offline model bundle in {settings.models_dir} (first run only)")
+        build_tiny_bundle(settings.models_dir)
+
+    dagster_home = settings.home / "dagster"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    target = dagster_home / "dagster.yaml"
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    shutil.copyfile(DAGSTER_YAML, target)
+
+    env = dict(os.environ)
+    env.update(
+        DAGSTER_HOME=str(dagster_home),
+        VP_DAGSTER_STORAGE_URL=dagster_url,
+        DATABASE_URL=app_url,
+        VARIANT_PIPELINE_HOME=str(settings.home),
+        PYTHONUNBUFFERED="1",
+    )
+    # Create Dagster's schema once, before the daemon and the web server race to create it.
+    os.environ.update({k: env[k] for k in ("DAGSTER_HOME", "VP_DAGSTER_STORAGE_URL", "DATABASE_URL")})
+    from dagster import DagsterInstance
+
+    with DagsterInstance.get() as instance:
+        instance.event_log_storage.set_concurrency_slots("gpu", settings.gpu_pool_limit)
+    return Environment(settings, app_url, dagster_url, dagster_home, env, embedded)
+
+
+@dataclass
+class Services:
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    logs: dict[str, Path] = field(default_factory=dict)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        for proc in reversed(list(self.processes.values())):
+            if proc.poll() is None:
+                # Each service leads its own process group: its code servers and run workers go too.
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        deadline = time.monotonic() + timeout_s
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.processes.clear()
+
+
+def _bin(name: str) -> str:
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else name
+
+
+def start_services(environment: Environment, *, webserver_port: int | None = 3000, log=print) -> Services:
+    services = Services()
+    log_dir = environment.settings.home / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    commands = {"daemon": [_bin("dagster-daemon"), "run", "-w", str(WORKSPACE_YAML)]}
+    if webserver_port is not None:
+        commands["webserver"] = [_bin("dagster-webserver"), "-h", "127.0.0.1", "-p", str(webserver_port),
+                                  "-w", str(WORKSPACE_YAML)]
+    try:
+        for name, command in commands.items():
+            path = log_dir / f"{name}.log"
+            handle = path.open("ab")
+            services.processes[name] = subprocess.Popen(
+                command, cwd=PROJECT_ROOT, env=environment.env, stdout=handle, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            services.logs[name] = path
+            log(f"started {name} (pid {services.processes[name].pid}, log {path})")
+        if webserver_port is not None:
+            _wait_http(f"http://127.0.0.1:{webserver_port}/server_info", services, timeout_s=180)
+    except BaseException:
+        services.stop()
+        raise
+    return services
+
+
+def _wait_http(url: str, services: Services, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for name, proc in services.processes.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {proc.returncode}; see {services.logs[name]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+SAMPLE_JOB = {
+    "tenant_id": "demo-cafe",
+    "description_kor": "갓 구운 크루아상과 따뜻한 카페라떼 세트",
+    "ad_copy_eng": "Warm latte, flaky croissant: your morning, perfected.",
+    "ad_copy_kor": "따뜻한 라떼 한 잔",
+    "prompt": "a cozy cafe table by the window, soft morning light",
+}
+
+
+def submit_sample_job(app_url: str, variants: int = 3):
+    from variant_pipeline import db
+    from variant_pipeline.storage import AssetStore
+
+    engine = db.get_engine(app_url)
+    db.add_tenant(engine, SAMPLE_JOB["tenant_id"], "Demo cafe")
+    request = db.JobRequest.build(
+        tenant_id=SAMPLE_JOB["tenant_id"], description_kor=SAMPLE_JOB["description_kor"],
+        ad_copy_eng=SAMPLE_JOB["ad_copy_eng"], ad_copy_kor=SAMPLE_JOB["ad_copy_kor"],
+        prompt=SAMPLE_JOB["prompt"], image_path=SAMPLE_PRODUCT, variants=variants,
+    )
+    return db.submit_job(engine, request, store=AssetStore(load_settings().assets_dir), origin="demo:submit")
+
+
+def wait_for_job(app_url: str, job_id, *, timeout_s: float = 1800, log=print, poll_s: float = 1.0):
+    """Print each change of the job's and its variants' states until the job ends; return the last status."""
+    from variant_pipeline import db
+    from variant_pipeline.stages import LAST_JOB_STAGE
+
+    engine = db.get_engine(app_url)
+    seen: dict[str, tuple[str, str]] = {}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = db.get_job_status(engine, job_id)
+        for v in status.variants:
+            state = (v.step, v.status)
+            if seen.get(str(v.job_variants_id)) != state:
+                seen[str(v.job_variants_id)] = state
+                extra = f"  error: {v.error}" if v.error else ""
+                log(f"  variant {v.creation_order}: {v.step:<17} {v.status}{extra}")
+        job_state = (status.step, status.status)
+        if seen.get("job") != job_state:
+            seen["job"] = job_state
+            log(f"  job: {status.step:<17} {status.status}" + (f"  error: {status.error}" if status.error else ""))
+        if job_state == (LAST_JOB_STAGE, "done") or status.status == "failed":
+            return status
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} did not finish within {timeout_s:.0f} s (now {job_state})")
+        time.sleep(poll_s)
