@@ -97,7 +97,7 @@ def _sensor_tick(instance: dg.DagsterInstance, cursor: str | None):
 
 def test_sensor_tick_adds_partitions_and_requests_one_run_per_new_variant(pipeline_env, dagster_instance,
                                                                             monkeypatch) -> None:
-    monkeypatch.setattr("variant_pipeline.sensors.outbox.LISTEN_BUDGET_S", 0.2)
+    monkeypatch.setenv("VP_SENSOR_LISTEN_S", "0.2")
     engine = db.get_engine(pipeline_env.app_url)
     job = create_job(engine, variants=3)
 

@@ -96,6 +96,8 @@ class Settings:
     font_path: str | None  # a Hangul-capable TTF/OTF; None: search the system
     tesseract_cmd: str  # the tesseract binary
     gpu_pool_limit: int
+    # How long an idle outbox-sensor tick waits on LISTEN for new events (0: plain polling).
+    sensor_listen_s: float
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -134,6 +136,7 @@ def load_settings() -> Settings:
         font_path=_env("VP_FONT_PATH"),
         tesseract_cmd=_env("VP_TESSERACT_CMD", "tesseract"),
         gpu_pool_limit=_env_int("VP_GPU_POOL_LIMIT", 1),
+        sensor_listen_s=_env_float("VP_SENSOR_LISTEN_S", 4.0),
     )
 
 

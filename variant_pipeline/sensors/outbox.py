@@ -32,7 +32,7 @@ START_STAGE_TAG = "variant_pipeline/start_stage"
 RUN_ORIGIN_PREFIX = "dagster-run:"
 
 MAX_EVENTS_PER_TICK = 300  # keeps partition adds per tick cheap (about 15 ms each in the daemon)
-LISTEN_BUDGET_S = 4.0  # under the daemon's 5 s loop, so ticks do not pile up
+MAX_LISTEN_S = 4.5  # under the daemon's 5 s loop, so ticks do not pile up
 
 
 @dataclass(frozen=True)
@@ -133,8 +133,15 @@ def _read_with_wakeup(cursor: str | None, budget_s: float) -> tuple[list[Event],
         return events, new_cursor
 
 
-def build_outbox_sensor(variant_job: dg.UnresolvedAssetJobDefinition, job_level_job: dg.UnresolvedAssetJobDefinition,
-                        listen_budget_s: float = LISTEN_BUDGET_S) -> dg.SensorDefinition:
+def listen_budget_s() -> float:
+    """VP_SENSOR_LISTEN_S (default 4 s), capped below the daemon's 5 s sensor loop."""
+    from variant_pipeline.config import load_settings
+
+    return max(0.0, min(load_settings().sensor_listen_s, MAX_LISTEN_S))
+
+
+def build_outbox_sensor(variant_job: dg.UnresolvedAssetJobDefinition,
+                        job_level_job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
     @dg.sensor(
         name=OUTBOX_SENSOR_NAME,
         jobs=[variant_job, job_level_job],
@@ -144,7 +151,7 @@ def build_outbox_sensor(variant_job: dg.UnresolvedAssetJobDefinition, job_level_
         "for new variants and jobs and launches the runs their state changes ask for.",
     )
     def outbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        events, cursor = _read_with_wakeup(context.cursor, listen_budget_s)
+        events, cursor = _read_with_wakeup(context.cursor, listen_budget_s())
         if not events:
             return dg.SkipReason("no new pipeline events")
         instance = context.instance
