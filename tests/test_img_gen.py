@@ -44,6 +44,8 @@ def test_text_to_image_seeds_distinct_and_reproducible(generator):
     assert [v.seed for v in first] == [50, 100, 150] and [v.creation_order for v in first] == [1, 2, 3]
     assert all(v.mode == "text2img" and v.image.size == (64, 48) for v in first)
     assert first[0].prompt == req.prompt and "watermark" in first[0].negative_prompt
+    assert first[1].metadata() == {"creation_order": 2, "seed": 100, "mode": "text2img", "prompt": req.prompt,
+                                   "negative_prompt": req.negative_prompt, "product_box": None}
     arrays = [np.asarray(v.image) for v in first]
     assert not np.array_equal(arrays[0], arrays[1]) and not np.array_equal(arrays[1], arrays[2])
     again = generate_variants(generator, req)

@@ -25,7 +25,9 @@ def _load_pipeline(kind: str, location: str, dev: torch.device, dt: torch.dtype,
 
     def _load() -> Any:
         from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
+        from diffusers.utils import logging as diffusers_logging
 
+        diffusers_logging.disable_progress_bar()  # "Loading pipeline components" bars in run logs
         auto = AutoPipelineForText2Image if kind == "text2img" else AutoPipelineForInpainting
         pipe = auto.from_pretrained(source, dtype=dt).to(dev)
         pipe.set_progress_bar_config(disable=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -75,6 +75,12 @@ class GeneratedVariant:
     negative_prompt: str
     product_mask: Image.Image | None = None  # "L", 255 on the product's (preserved) pixels
     product_box: NormBox | None = None  # the product's bounding box on the canvas
+
+    def metadata(self) -> dict[str, Any]:
+        """What to store beside the image (the image and mask themselves go to asset storage)."""
+        return {"creation_order": self.creation_order, "seed": self.seed, "mode": self.mode,
+                "prompt": self.prompt, "negative_prompt": self.negative_prompt,
+                "product_box": self.product_box.as_list() if self.product_box else None}
 
 
 def variant_seed(seed_base: int, seed_step: int, creation_order: int) -> int:
