@@ -32,6 +32,34 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+class _SeededSampler:
+    """Temperature sampling with one RNG per batch row, as a logits processor under greedy search.
+
+    Each row draws its token from its own ``torch.Generator`` and every other token is masked, so
+    greedy search picks the draw. A batch thus samples reproducibly per item (same seed → same
+    answer, up to batch numerics) without one generate call per item or the global RNG.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float) -> None:
+        self.seeds = [int(s) for s in seeds]
+        self.temperature = max(float(temperature), 1e-5)
+        self._gens: list[torch.Generator] | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self._gens is None:
+            self._gens = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        out = torch.full_like(scores, float("-inf"))
+        for i, gen in enumerate(self._gens):
+            row = probs[i]
+            if not torch.isfinite(row).all() or float(row.sum()) <= 0:
+                token = int(torch.argmax(torch.nan_to_num(scores[i], nan=float("-inf"))))  # degenerate logits
+            else:
+                token = int(torch.multinomial(row, 1, generator=gen))
+            out[i, token] = 0.0
+        return out
+
+
 @dataclass
 class VlmBackend:
     model: Any
@@ -42,8 +70,8 @@ class VlmBackend:
     quantized_8bit: bool = False
 
     def __post_init__(self) -> None:
-        # Generation seeds the global torch RNG and the processor is not re-entrant: one batch at a
-        # time per model instance. Throughput comes from batching several variants per call.
+        # One batch at a time per model instance (the processor is not re-entrant, and concurrent
+        # generate calls on one GPU model only contend). Throughput comes from batching variants.
         self._lock = threading.Lock()
 
     @classmethod
@@ -99,18 +127,21 @@ class VlmBackend:
         )
         if do_sample:
             gen_kwargs["temperature"] = temperature
+        if do_sample and seed is not None:
+            seeds = [seed] * len(rgb) if isinstance(seed, int) else list(seed)
+            if len(seeds) != len(rgb):
+                raise ValueError(f"{len(rgb)} images but {len(seeds)} seeds")
+            # Seeded: per-row RNGs inside one batched call, so an item's answer follows its own seed.
+            from transformers import LogitsProcessorList
+
+            gen_kwargs.pop("temperature")
+            gen_kwargs["do_sample"] = False
+            gen_kwargs["logits_processor"] = LogitsProcessorList([_SeededSampler(seeds, temperature)])
         with self._lock:
-            if do_sample and seed is not None:
-                seeds = [seed] * len(rgb) if isinstance(seed, int) else list(seed)
-                if len(seeds) != len(rgb):
-                    raise ValueError(f"{len(rgb)} images but {len(seeds)} seeds")
-                # Per item, so an answer does not depend on its batch neighbours.
-                return [self._run([im], [t], gen_kwargs, s)[0] for im, t, s in zip(rgb, texts, seeds, strict=True)]
-            return self._run(rgb, texts, gen_kwargs, seed if isinstance(seed, int) else None)
+            return self._run(rgb, texts, gen_kwargs)
 
     @torch.inference_mode()
-    def _run(self, images: list[Image.Image], texts: list[str], gen_kwargs: dict[str, Any],
-             seed: int | None) -> list[str]:
+    def _run(self, images: list[Image.Image], texts: list[str], gen_kwargs: dict[str, Any]) -> list[str]:
         inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
         inputs = inputs.to(self.device)
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
@@ -118,8 +149,6 @@ class VlmBackend:
         attempts = 3 if self.quantized_8bit else 1
         for attempt in range(1, attempts + 1):
             try:
-                if seed is not None:
-                    torch.manual_seed(seed)
                 out = self.model.generate(**inputs, **gen_kwargs)
                 break
             except AttributeError as e:
