@@ -151,6 +151,9 @@ def apply_offline_defaults() -> None:
         ("HF_HUB_DISABLE_TELEMETRY", "1"),
         ("DISABLE_TELEMETRY", "1"),
         ("YOLO_OFFLINE", "1"),
+        # Ultralytics pip-installs missing extras on the fly (it patches PIL's Image.open to fetch
+        # a HEIF plugin when a file is not a known image): never at run time.
+        ("YOLO_AUTOINSTALL", "false"),
         ("YOLO_VERBOSE", "False"),
     ):
         os.environ.setdefault(name, value)

@@ -150,8 +150,10 @@ def open_image(store: AssetStore, relative_path: str, what: str) -> Image.Image:
             return img.copy()
     except FileNotFoundError:
         raise StageInputError(f"{what} file is missing: {relative_path}") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise StageInputError(f"{what} file {relative_path} is not a readable image: {exc}") from None
+    except Exception as exc:  # PIL raises many types for broken files (ultralytics' patch adds ImportError)
+        raise StageInputError(
+            f"{what} file {relative_path} is not a readable image: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def replace_image_asset(

@@ -49,10 +49,14 @@ def build_continuation_sensor(variant_job: dg.UnresolvedAssetJobDefinition,
         partition = run.tags.get("dagster/partition")
         if not partition:
             return dg.SkipReason(f"run {run.run_id} has no single partition")
-        materialized = [key.to_user_string() for key in (run.asset_selection or [])]
+        # What the run actually materialized (its selection may be unset, e.g. a whole job).
+        records = context.instance.get_records_for_run(
+            run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=1000
+        ).records
+        materialized = {r.event_log_entry.dagster_event.asset_key.to_user_string() for r in records}
         start = continuation_start(materialized)
         if start is None:
-            return dg.SkipReason(f"run {run.run_id} ended at the last stage of its level")
+            return dg.SkipReason(f"run {run.run_id} materialized {sorted(materialized)}: nothing to continue")
         level = stage_graph.stage(start).level
         return dg.RunRequest(
             run_key=f"continue:{run.run_id}",
