@@ -1,0 +1,444 @@
+#!/usr/bin/env python
+"""Browser check of a running variant-pipeline Dagster UI with headless Chromium.
+
+Opens the lineage page (global asset graph) and one partition of the ``overlay``
+asset, checks in the DOM that each page shows what it should, and saves 1400x900
+PNG screenshots under ``docs/screenshots/``:
+
+- ``lineage.png``: all eleven stage assets in their groups ``variant_stages`` and
+  ``job_stages``, each drawn as materialized;
+- ``overlay-partition.png``: the partition's key headed "Materialized", its latest
+  materialization and metadata;
+- ``overlay-thumbnail.png``: the same page with the metadata's "image: overlaid"
+  entry opened, the inline thumbnail (a data: URI) loaded;
+- ``runs.png``: the runs list with successful runs (skip with ``--no-runs``).
+
+Start the demo first (it prints the UI links and keeps serving), then, for example:
+
+    .venv/bin/python -m variant_pipeline.cli demo --port 3400 &
+    .venv/bin/python scripts/browser_check.py --base-url http://127.0.0.1:3400
+
+Needs Debian's ``chromium`` (``apt-get install chromium``), ``websockets`` and
+``Pillow`` (both already in the project's environment). Chromium is driven over
+the DevTools protocol directly; no browser-automation package is needed.
+Exits non-zero, naming what is missing, if a page does not show what it should.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import io
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from PIL import Image
+from websockets.sync.client import connect
+
+REPO = Path(__file__).resolve().parent.parent
+
+VARIANT_ASSETS = [
+    "img_gen",
+    "vlm_analyze",
+    "yolo_detect",
+    "planner",
+    "overlay",
+    "vlm_judge",
+    "ocr_eval",
+    "readability_eval",
+    "iou_eval",
+]
+JOB_ASSETS = ["ad_copy_gen_kor", "instagram_feed_gen"]
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--remote-debugging-port=0",
+]
+
+# The Dagster UI opens a "Join the Dagster community" dialog on a first visit from
+# localhost; it stays closed once this localStorage flag is set.
+# The navigation sidebar is collapsed to give the asset graph more room.
+PREPARE_STORAGE = """
+try {
+  localStorage.setItem('communityNux', '1');
+  localStorage.setItem('dagster-nav-collapsed', 'true');
+} catch (e) {}
+"""
+
+
+class CheckFailed(Exception):
+    pass
+
+
+class Chromium:
+    """A headless Chromium and one page in it, driven over the DevTools protocol."""
+
+    def __init__(self, binary: str, width: int, height: int) -> None:
+        self.profile = tempfile.mkdtemp(prefix="vp-chromium-")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={self.profile}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        port_file = Path(self.profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text().count("\n") >= 1):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise CheckFailed(f"{binary} did not start its DevTools endpoint")
+            time.sleep(0.2)
+        port, path = port_file.read_text().split("\n")[:2]
+        self.stack = contextlib.ExitStack()
+        self.ws = self.stack.enter_context(
+            connect(f"ws://127.0.0.1:{port}{path}", max_size=None, open_timeout=30)
+        )
+        self.ids = itertools.count(1)
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self.call("Page.enable", session=True)
+        self.call("Runtime.enable", session=True)
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            session=True,
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        self.call("Page.addScriptToEvaluateOnNewDocument", session=True, source=PREPARE_STORAGE)
+
+    def call(self, method: str, session: bool = False, timeout: float = 60, **params):
+        msg_id = next(self.ids)
+        msg = {"id": msg_id, "method": method, "params": params}
+        if session:
+            msg["sessionId"] = self.session
+        self.ws.send(json.dumps(msg))
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CheckFailed(f"DevTools call {method} timed out")
+            reply = json.loads(self.ws.recv(timeout=left))
+            if reply.get("id") == msg_id:
+                if "error" in reply:
+                    raise CheckFailed(f"DevTools call {method} failed: {reply['error']}")
+                return reply.get("result", {})
+
+    def evaluate(self, expression: str):
+        result = self.call(
+            "Runtime.evaluate", session=True, expression=expression, returnByValue=True, awaitPromise=True
+        )
+        if "exceptionDetails" in result:
+            raise CheckFailed(f"page script failed: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def navigate(self, url: str) -> None:
+        self.call("Page.navigate", session=True, url=url)
+
+    def press(self, key: str, code: str, keycode: int, modifiers: int = 0) -> None:
+        for kind in ("keyDown", "keyUp"):
+            self.call(
+                "Input.dispatchKeyEvent",
+                session=True,
+                type=kind,
+                key=key,
+                code=code,
+                windowsVirtualKeyCode=keycode,
+                modifiers=modifiers,
+            )
+
+    def click(self, selector_js: str) -> bool:
+        """Scroll the element that selector_js evaluates to into view and click its centre."""
+        box = self.evaluate(f"""
+          (() => {{
+            const el = {selector_js};
+            if (!el) return null;
+            el.scrollIntoView({{block: "center"}});
+            const r = el.getBoundingClientRect();
+            return [r.x + r.width / 2, r.y + r.height / 2];
+          }})()""")
+        if not box:
+            return False
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call(
+                "Input.dispatchMouseEvent",
+                session=True,
+                type=kind,
+                x=box[0],
+                y=box[1],
+                button="left",
+                clickCount=1,
+            )
+        return True
+
+    def screenshot(self) -> bytes:
+        data = self.call("Page.captureScreenshot", session=True, format="png")["data"]
+        return base64.b64decode(data)
+
+    def close(self) -> None:
+        stack = getattr(self, "stack", None)
+        if stack is not None:
+            with contextlib.suppress(Exception):
+                stack.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def graphql(base_url: str, query: str, variables: dict | None = None) -> dict:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    req = urllib.request.Request(
+        f"{base_url}/graphql", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            reply = json.load(resp)
+    except (urllib.error.URLError, OSError) as exc:
+        raise CheckFailed(f"no Dagster UI answers at {base_url}: {exc}") from exc
+    if reply.get("errors"):
+        raise CheckFailed(f"GraphQL errors: {reply['errors']}")
+    return reply["data"]
+
+
+def latest_overlay_partition(base_url: str) -> str:
+    data = graphql(
+        base_url,
+        """
+        query {
+          assetOrError(assetKey: {path: ["overlay"]}) {
+            ... on Asset { assetMaterializations(limit: 1) { partition runId } }
+            ... on AssetNotFoundError { message }
+          }
+        }""",
+    )
+    mats = (data.get("assetOrError") or {}).get("assetMaterializations") or []
+    if not mats or not mats[0].get("partition"):
+        raise CheckFailed(
+            "the overlay asset has no partitioned materialization yet; wait for the demo job to finish"
+        )
+    return mats[0]["partition"]
+
+
+PAGE_STATE = r"""
+(() => {
+  const text = document.body ? document.body.innerText : "";
+  const all = document.body ? document.body.textContent : "";
+  const imgs = [...document.querySelectorAll("img")]
+    .filter(i => i.src.startsWith("data:image") && i.complete && i.naturalWidth > 0)
+    .map(i => { const r = i.getBoundingClientRect();
+                return {w: i.naturalWidth, h: i.naturalHeight, shownW: r.width, top: r.top}; });
+  const spinners = document.querySelectorAll('[class*="Spinner"], [role="progressbar"]').length;
+  // Asset graph nodes: name -> how the node is drawn. Zoomed out, Dagster draws
+  // "minimal" nodes whose colour (a CSS variable) is the status: green = materialized.
+  const nodes = {};
+  for (const el of document.querySelectorAll('[class*="AssetNode_assetName"]')) {
+    const box = el.closest('[class*="AssetNode_minimalAssetNodeBox"], [class*="AssetNode_assetNodeContainer"]');
+    const style = box ? (box.getAttribute("style") || "") : "";
+    nodes[el.textContent.trim()] = {
+      green: /--minimal-bg:\s*var\(--color-background-green\)/.test(style),
+      text: box ? box.innerText : "",
+    };
+  }
+  return {text, all, imgs, spinners, nodes, title: document.title};
+})()
+"""
+
+
+def dismiss_dialogs(browser: Chromium) -> bool:
+    """Click "Skip" on the community dialog if it shows anyway; True if it did."""
+    return bool(
+        browser.evaluate("""
+      (() => {
+        const dlg = [...document.querySelectorAll('.bp5-dialog, [role="dialog"]')]
+          .find(d => d.textContent.includes("Join the Dagster community"));
+        if (!dlg) return false;
+        const skip = [...dlg.querySelectorAll("button")].find(b => b.textContent.trim() === "Skip");
+        if (skip) skip.click();
+        return true;
+      })()""")
+    )
+
+
+def wait_for(browser: Chromium, url: str, check, timeout: float, settle: float, fix=None) -> dict:
+    """Load url and poll the DOM until check(state) returns no missing items.
+
+    fix(browser, state), if given, may act on the page (once) while items are missing.
+    """
+    browser.navigate(url)
+    deadline = time.monotonic() + timeout
+    missing: list[str] = ["page not loaded"]
+    stable_since = None
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if dismiss_dialogs(browser):
+            stable_since = None
+            continue
+        state = browser.evaluate(PAGE_STATE)
+        missing = check(state)
+        if missing and fix is not None and fix(browser, state):
+            fix = None
+        if missing or state["spinners"]:
+            stable_since = None
+            continue
+        stable_since = stable_since or time.monotonic()
+        if time.monotonic() - stable_since >= settle:
+            return state
+    raise CheckFailed(f"{url}: after {timeout:.0f}s the page still lacks: {', '.join(missing)}")
+
+
+def save_png(data: bytes, path: Path, max_bytes: int) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if len(data) > max_bytes:
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+        buf = io.BytesIO()
+        img.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(buf, "PNG", optimize=True)
+        data = buf.getvalue()
+    path.write_bytes(data)
+    return len(data)
+
+
+def check_lineage(state: dict) -> list[str]:
+    missing = [g for g in ("variant_stages", "job_stages") if g not in state["all"]]
+    for name in VARIANT_ASSETS + JOB_ASSETS:
+        node = state["nodes"].get(name)
+        if node is None:
+            missing.append(f"asset node {name}")
+        elif not (node["green"] or "Materialized" in node["text"]):
+            missing.append(f"{name} drawn as materialized")
+    return missing
+
+
+def expand_groups(browser: Chromium, state: dict) -> bool:
+    """With several groups the global graph starts collapsed to one box per group;
+    once those show, expand them all (the UI's Alt+E shortcut)."""
+    if "variant_stages" in state["text"] and "job_stages" in state["text"]:
+        browser.press("e", "KeyE", 69, modifiers=1)
+        return True
+    return False
+
+
+def show_thumbnail(browser: Chromium, state: dict) -> bool:
+    """Dagster shows markdown metadata behind a "[Show Markdown]" link; open the one of
+    the "image: ..." entry (the thumbnail as a data URI) once the metadata table shows."""
+    if "Metadata" not in state["text"]:
+        return False
+    return browser.click("""[...document.querySelectorAll("tr")]
+        .filter(r => r.innerText.trim().startsWith("image:"))
+        .map(r => [...r.querySelectorAll("a, button, span")]
+                    .find(e => e.textContent.trim() === "[Show Markdown]"))
+        .find(e => e)""")
+
+
+def make_partition_check(partition: str, thumbnail: bool):
+    def check(state: dict) -> list[str]:
+        text = state["text"]
+        missing = [
+            s for s in ("overlay", partition, "Latest materialization", "image: overlaid") if s not in text
+        ]
+        # The partition's heading: its key, then its status badge.
+        if not re.search(re.escape(partition) + r"\s+Materialized\b", text):
+            missing.append(f'"{partition}" headed as "Materialized"')
+        if thumbnail and not state["imgs"]:
+            missing.append("the inline thumbnail image (data: URI) from the metadata")
+        return missing
+
+    return check
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--base-url", default="http://127.0.0.1:3000", help="the running Dagster UI (default %(default)s)"
+    )
+    ap.add_argument(
+        "--partition",
+        help="the overlay partition (a job_variants_id) to open; "
+        "default: that of the latest overlay materialization",
+    )
+    ap.add_argument("--out-dir", type=Path, default=REPO / "docs" / "screenshots")
+    ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    ap.add_argument("--width", type=int, default=1400)
+    ap.add_argument("--height", type=int, default=900)
+    ap.add_argument("--timeout", type=float, default=90, help="seconds to wait for each page")
+    ap.add_argument(
+        "--settle", type=float, default=2.0, help="seconds a page must stay complete before its screenshot"
+    )
+    ap.add_argument("--max-kb", type=int, default=400, help="quantize PNGs larger than this")
+    ap.add_argument("--no-runs", action="store_true", help="skip the runs page screenshot")
+    args = ap.parse_args(argv)
+    base = args.base_url.rstrip("/")
+
+    try:
+        partition = args.partition or latest_overlay_partition(base)
+        partition_url = f"{base}/assets/overlay?view=partitions&partition={partition}"
+        pages = [
+            ("lineage.png", f"{base}/asset-groups", check_lineage, expand_groups),
+            ("overlay-partition.png", partition_url, make_partition_check(partition, False), None),
+            ("overlay-thumbnail.png", partition_url, make_partition_check(partition, True), show_thumbnail),
+        ]
+        if not args.no_runs:
+            pages.append(
+                (
+                    "runs.png",
+                    f"{base}/runs",
+                    lambda s: [] if "Success" in s["text"] else ['a run with "Success"'],
+                    None,
+                )
+            )
+        browser = Chromium(args.chromium, args.width, args.height)
+        try:
+            for name, url, check, fix in pages:
+                try:
+                    state = wait_for(browser, url, check, args.timeout, args.settle, fix)
+                except CheckFailed:
+                    failed = args.out_dir / name.replace(".png", ".failed.png")
+                    save_png(browser.screenshot(), failed, args.max_kb * 1024)
+                    print(f"(what the page showed: {failed})", file=sys.stderr)
+                    raise
+                size = save_png(browser.screenshot(), args.out_dir / name, args.max_kb * 1024)
+                extra = ""
+                if state["imgs"]:
+                    extra = f", {len(state['imgs'])} inline image(s) " + " ".join(
+                        f"{i['w']}x{i['h']}" for i in state["imgs"]
+                    )
+                print(f"ok  {name:24s} {size // 1024:4d} KB  {url}{extra}")
+        finally:
+            browser.close()
+    except CheckFailed as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
