@@ -212,7 +212,12 @@ class Chromium:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        shutil.rmtree(self.profile, ignore_errors=True)
+        # Chromium's helper processes may still write into the profile for a moment.
+        for _ in range(10):
+            shutil.rmtree(self.profile, ignore_errors=True)
+            if not Path(self.profile).exists():
+                break
+            time.sleep(0.5)
 
 
 def graphql(base_url: str, query: str, variables: dict | None = None) -> dict:
