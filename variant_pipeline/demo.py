@@ -6,13 +6,14 @@ import argparse
 import signal
 import sys
 import time
+from pathlib import Path
 
 import sqlalchemy as sa
 
 from variant_pipeline.services import prepare_environment, start_services, submit_sample_job, wait_for_job
 
 
-def _summary(app_url: str, job_id: str) -> list[str]:
+def _summary(app_url: str, job_id: str, assets_dir: Path) -> list[str]:
     from variant_pipeline import db
 
     lines = []
@@ -40,7 +41,7 @@ def _summary(app_url: str, job_id: str) -> list[str]:
 
         lines.append(
             f"  variant {r.creation_order}: OCR accuracy {fmt(r.ocr)}, contrast {fmt(r.contrast)}:1, "
-            f"text/forbidden IoU {fmt(r.iou, 3)}, image var/assets/{r.path}"
+            f"text/forbidden IoU {fmt(r.iou, 3)}, image {assets_dir / r.path if r.path else '-'}"
         )
     if feed:
         lines.append(f"  instagram feed: {feed.instagram_ad_copy[:200]!r}")
@@ -57,14 +58,14 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     env = prepare_environment()
     services = start_services(env, webserver_port=args.port)
-    stop_requested = False
 
     def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stop_requested
-        stop_requested = True
         raise KeyboardInterrupt
 
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, so Ctrl-C/kill -INT would
+    # otherwise do nothing when the demo runs with '&'.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     started = time.monotonic()
     try:
         job = submit_sample_job(env.app_url, variants=args.variants)
@@ -72,7 +73,7 @@ def run_demo(args: argparse.Namespace) -> int:
         status = wait_for_job(env.app_url, job.job_id)
         elapsed = time.monotonic() - started
         print(f"job {job.job_id} ended at ({status.step}, {status.status}) after {elapsed:.0f} s")
-        for line in _summary(env.app_url, str(job.job_id)):
+        for line in _summary(env.app_url, str(job.job_id), env.settings.assets_dir):
             print(line)
         base = f"http://127.0.0.1:{args.port}"
         print("\nIn the Dagster UI:")
@@ -91,7 +92,7 @@ def run_demo(args: argparse.Namespace) -> int:
                     return 1
             time.sleep(1)
     except KeyboardInterrupt:
-        print("\nstopping" + (" (SIGTERM)" if stop_requested else ""))
+        print("\nstopping: daemon, web server" + (", embedded PostgreSQL" if env.embedded else ""))
         return 0
     finally:
         services.stop()

@@ -377,6 +377,17 @@ def _upsert_evaluation(conn: Connection, variant: VariantRow, overlay_id: str, k
     )
 
 
+def _evaluation_outcome(variant: VariantRow, overlay_id: str, kind: str, metrics: dict[str, Any],
+                        latency_ms: int, summary: dict[str, Any], model: str | None = None) -> StageOutcome:
+    """The outcome of an evaluation stage: one ``evaluations`` row of ``kind`` for the variant."""
+    record = {**metrics, "latency_ms": latency_ms}
+
+    def write(conn: Connection) -> None:
+        _upsert_evaluation(conn, variant, overlay_id, kind, record)
+
+    return StageOutcome(write=write, metadata={**summary, "latency_ms": latency_ms}, model=model)
+
+
 # --- vlm_judge --------------------------------------------------------------------------------
 
 
@@ -423,17 +434,10 @@ def ocr_eval(ctx: HandlerContext) -> StageOutcome:
     start = time.perf_counter()
     metrics = evaluate_ocr(ctx.models.ocr(), overlaid, layout["text_bbox_px"], layout["text"],
                            font_size_px=layout.get("font_size"))
-    latency = _ms(start)
-    record = {**metrics.to_dict(), "latency_ms": latency}
-
-    def write(conn: Connection) -> None:
-        _upsert_evaluation(conn, variant, overlay_id, "ocr", record)
-
-    return StageOutcome(
-        write=write,
-        metadata={"ocr_accuracy": metrics.ocr_accuracy, "recognized_text": metrics.recognized_text,
-                  "original_text": metrics.original_text, "ocr_confidence": metrics.ocr_confidence,
-                  "latency_ms": latency},
+    return _evaluation_outcome(
+        variant, overlay_id, "ocr", metrics.to_dict(), _ms(start),
+        {"ocr_accuracy": metrics.ocr_accuracy, "recognized_text": metrics.recognized_text,
+         "original_text": metrics.original_text, "ocr_confidence": metrics.ocr_confidence},
         model=ctx.models.describe("ocr"),
     )
 
@@ -454,17 +458,11 @@ def readability_eval(ctx: HandlerContext) -> StageOutcome:
     start = time.perf_counter()
     metrics = evaluate_readability(background, glyph_mask, tuple(layout["text_bbox_px"]),
                                    layout["text_color_rgb"], layout["font_size"], bold=bool(layout.get("bold")))
-    latency = _ms(start)
-    record = {**metrics.to_dict(), "latency_ms": latency}
-
-    def write(conn: Connection) -> None:
-        _upsert_evaluation(conn, variant, overlay_id, "readability", record)
-
-    return StageOutcome(
-        write=write,
-        metadata={"contrast_ratio": metrics.contrast_ratio, "contrast_ratio_p10": metrics.contrast_ratio_p10,
-                  "wcag_aa": metrics.wcag_aa_compliant, "wcag_aaa": metrics.wcag_aaa_compliant,
-                  "readability_score": metrics.readability_score, "latency_ms": latency},
+    return _evaluation_outcome(
+        variant, overlay_id, "readability", metrics.to_dict(), _ms(start),
+        {"contrast_ratio": metrics.contrast_ratio, "contrast_ratio_p10": metrics.contrast_ratio_p10,
+         "wcag_aa": metrics.wcag_aa_compliant, "wcag_aaa": metrics.wcag_aaa_compliant,
+         "readability_score": metrics.readability_score},
     )
 
 
@@ -480,15 +478,8 @@ def iou_eval(ctx: HandlerContext) -> StageOutcome:
         detections = _load_detections(conn, variant, overlaid.width, overlaid.height)
     start = time.perf_counter()
     metrics = evaluate_iou(NormBox(*layout["box"]), NormBox(*layout["text_box"]), detections)
-    latency = _ms(start)
-    record = {**metrics.to_dict(), "latency_ms": latency}
-
-    def write(conn: Connection) -> None:
-        _upsert_evaluation(conn, variant, overlay_id, "iou", record)
-
-    return StageOutcome(
-        write=write,
-        metadata={"max_iou_text": metrics.max_iou_text, "max_iou_placement": metrics.max_iou_placement,
-                  "overlap_detected": metrics.overlap_detected, "forbidden_detections": metrics.detection_count,
-                  "latency_ms": latency},
+    return _evaluation_outcome(
+        variant, overlay_id, "iou", metrics.to_dict(), _ms(start),
+        {"max_iou_text": metrics.max_iou_text, "max_iou_placement": metrics.max_iou_placement,
+         "overlap_detected": metrics.overlap_detected, "forbidden_detections": metrics.detection_count},
     )
