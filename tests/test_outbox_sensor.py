@@ -127,3 +127,57 @@ def test_sensor_tick_adds_partitions_and_requests_one_run_per_new_variant(pipeli
     assert run.partition_key == str(job.variant_ids[0])
     assert run.asset_selection[0] == dg.AssetKey("vlm_analyze")
     assert int(run.tags[EVENT_TAG]) > 0
+
+
+def test_a_request_is_not_hidden_by_a_later_own_write_in_the_same_batch() -> None:
+    external = event(1, "img_gen", "done")
+    own = event(2, "vlm_analyze", "running", origin="dagster-run:abc")
+    [run] = plan_tick([external, own], [str(VARIANT)], [str(JOB)]).runs
+    assert (run.start_stage, run.event_id) == ("vlm_analyze", 1)
+
+
+def test_idle_tick_keeps_listening_past_events_that_ask_for_nothing(pipeline_env) -> None:
+    import threading
+    import time
+
+    from variant_pipeline.sensors.outbox import next_plan
+
+    engine = db.get_engine(pipeline_env.app_url)
+    job = create_job(engine, variants=1)
+    variant = str(job.variant_ids[0])
+    _, cursor, _ = next_plan(None, 0.0, lambda events: plan_tick(events, [], []))  # past the submit
+
+    def writes() -> None:
+        time.sleep(0.3)  # a run's own progress first: asks for nothing
+        with db.transaction(engine, "dagster-run:r1") as conn:
+            conn.execute(sa.text("UPDATE jobs_variants SET status = 'running' WHERE job_variants_id = :v"),
+                         {"v": variant})
+        time.sleep(0.7)  # then another system marks the image done: asks for vlm_analyze
+        with db.transaction(engine) as conn:
+            conn.execute(sa.text("UPDATE jobs_variants SET status = 'done' WHERE job_variants_id = :v"),
+                         {"v": variant})
+
+    writer = threading.Thread(target=writes)
+    writer.start()
+    tick, _, read = next_plan(cursor, 20.0, lambda events: plan_tick(events, [variant], [str(job.job_id)]))
+    writer.join()
+    assert tick is not None, "the external event was not picked up within the listen budget"
+    [run] = tick.runs
+    assert (run.partition_key, run.start_stage) == (variant, "vlm_analyze")
+    assert read >= 2  # the own write was read (and passed over) before the external one
+
+
+def test_idle_tick_with_only_own_writes_moves_the_cursor_and_asks_for_nothing(pipeline_env) -> None:
+    from variant_pipeline.outbox import decode_cursor
+    from variant_pipeline.sensors.outbox import next_plan
+
+    engine = db.get_engine(pipeline_env.app_url)
+    job = create_job(engine, variants=1)
+    _, cursor, _ = next_plan(None, 0.0, lambda events: plan_tick(events, [], []))
+    with db.transaction(engine, "dagster-run:r2") as conn:
+        conn.execute(sa.text("UPDATE jobs_variants SET status = 'running' WHERE job_variants_id = :v"),
+                     {"v": str(job.variant_ids[0])})
+    tick, after, read = next_plan(cursor, 0.5, lambda events: plan_tick(events, [str(job.variant_ids[0])],
+                                                                          [str(job.job_id)]))
+    assert tick is None and read >= 1
+    assert decode_cursor(after) > decode_cursor(cursor)

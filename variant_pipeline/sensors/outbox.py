@@ -6,15 +6,17 @@ in one ``SensorResult`` (the daemon applies the partition adds before it creates
 saves the cursor only after both). Run keys are derived from event ids, so a repeated or
 crashed tick never launches a second run for the same event.
 
-Latency: the daemon evaluates sensors on a 5 s loop. A tick that finds nothing LISTENs for the
-NOTIFY that accompanies every outbox row for most of that interval and returns as soon as
-events arrive, so a new event usually waits milliseconds, not seconds, for its tick.
+Latency: the daemon evaluates sensors on a 5 s loop. A tick that finds nothing to do LISTENs
+for the NOTIFY that accompanies every outbox row for most of that interval (VP_SENSOR_LISTEN_S)
+and returns as soon as an event asks for work, so a new event usually waits milliseconds, not
+seconds, for its tick. Events that ask for nothing (a run's own progress) move the cursor on
+without ending the wait.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import dagster as dg
@@ -79,6 +81,15 @@ def is_own_run_write(event: Event) -> bool:
     return event.origin.startswith(RUN_ORIGIN_PREFIX)
 
 
+def _is_request_candidate(event: Event) -> bool:
+    if event.kind == "variant" and event.job_variants_id is None:
+        return False
+    # A job's rollup is written inside the transaction of its last variant's write, so it carries
+    # that run's origin; it is still the signal for the job stages.
+    rollup = event.kind == "job" and event.new_step == stage_graph.LAST_VARIANT_STAGE
+    return rollup or not is_own_run_write(event)
+
+
 def plan_tick(events: Sequence[Event], known_variant_keys: Iterable[str], known_job_keys: Iterable[str]) -> TickPlan:
     """Pure decision of what one batch of events asks for.
 
@@ -99,17 +110,13 @@ def plan_tick(events: Sequence[Event], known_variant_keys: Iterable[str], known_
             if variant_key not in known_variants:
                 known_variants.add(variant_key)
                 new_variants.append(variant_key)
-            latest[("variant", variant_key)] = event
-        elif event.kind == "job":
-            latest[("job", job_key)] = event
+        # A run's own progress is not a request, and must not hide an earlier request in the batch.
+        if _is_request_candidate(event):
+            partition = str(event.job_variants_id) if event.kind == "variant" else job_key
+            latest[(event.kind, partition)] = event
 
     runs: list[PlannedRun] = []
     for (level, key), event in latest.items():
-        # A job's rollup is written inside the transaction of its last variant's write, so it
-        # carries that run's origin; it is still the signal for the job stages.
-        rollup = level == "job" and event.new_step == stage_graph.LAST_VARIANT_STAGE
-        if is_own_run_write(event) and not rollup:
-            continue
         start = start_stage_for(event)
         if start is None or stage_graph.stage(start).level != level:
             continue
@@ -117,20 +124,37 @@ def plan_tick(events: Sequence[Event], known_variant_keys: Iterable[str], known_
     return TickPlan(new_variant_keys=new_variants, new_job_keys=new_jobs, runs=runs)
 
 
-def _read_with_wakeup(cursor: str | None, budget_s: float) -> tuple[list[Event], str]:
+def next_plan(cursor: str | None, budget_s: float,
+              plan: Callable[[list[Event]], TickPlan]) -> tuple[TickPlan | None, str, int]:
+    """Read events until some ask for work (or add a partition), or the budget runs out.
+
+    Returns the plan (None when nothing asked for anything), the cursor after every event read,
+    and how many events were read. Events that ask for nothing, like a run's own progress, move
+    the cursor on without ending the wait, so an external event arriving a moment later is still
+    picked up within milliseconds.
+    """
     from variant_pipeline.db import get_engine
 
     engine = get_engine()
+    deadline = time.monotonic() + budget_s
+    read = 0
     # LISTEN before the first read: an event committed after the read still wakes us.
     with NotifyListener(engine, CHANNELS) as listener:
-        events, new_cursor = read_events_after(engine, cursor, limit=MAX_EVENTS_PER_TICK)
-        deadline = time.monotonic() + budget_s
-        while not events and (remaining := deadline - time.monotonic()) > 0:
+        while True:
+            events, cursor = read_events_after(engine, cursor, limit=MAX_EVENTS_PER_TICK)
+            read += len(events)
+            if events:
+                tick = plan(events)
+                if tick.runs or tick.new_variant_keys or tick.new_job_keys:
+                    return tick, cursor, read
+                if len(events) == MAX_EVENTS_PER_TICK:
+                    continue  # more are waiting
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None, cursor, read
             # Re-read on a notification, and every half second anyway: an event can become
             # readable only when an older transaction ends, which sends no notification.
             listener.wait(min(remaining, 0.5))
-            events, new_cursor = read_events_after(engine, cursor, limit=MAX_EVENTS_PER_TICK)
-        return events, new_cursor
 
 
 def listen_budget_s() -> float:
@@ -151,15 +175,20 @@ def build_outbox_sensor(variant_job: dg.UnresolvedAssetJobDefinition,
         "for new variants and jobs and launches the runs their state changes ask for.",
     )
     def outbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        events, cursor = _read_with_wakeup(context.cursor, listen_budget_s())
-        if not events:
-            return dg.SkipReason("no new pipeline events")
         instance = context.instance
-        plan = plan_tick(
-            events,
-            known_variant_keys=_existing(instance, variant_partitions.name, events, "variant"),
-            known_job_keys=_existing(instance, job_partitions.name, events, "job"),
-        )
+
+        def plan(events: list[Event]) -> TickPlan:
+            return plan_tick(
+                events,
+                known_variant_keys=_existing(instance, variant_partitions.name, events, "variant"),
+                known_job_keys=_existing(instance, job_partitions.name, events, "job"),
+            )
+
+        tick, cursor, read = next_plan(context.cursor, listen_budget_s(), plan)
+        if tick is None:
+            if read:  # only events that ask for nothing: keep the cursor moving
+                return dg.SensorResult(run_requests=[], cursor=cursor)
+            return dg.SkipReason("no new pipeline events")
         run_requests = [
             dg.RunRequest(
                 run_key=run.run_key,
@@ -172,16 +201,16 @@ def build_outbox_sensor(variant_job: dg.UnresolvedAssetJobDefinition,
                     START_STAGE_TAG: run.start_stage,
                 },
             )
-            for run in plan.runs
+            for run in tick.runs
         ]
         partition_requests = []
-        if plan.new_variant_keys:
-            partition_requests.append(variant_partitions.build_add_request(plan.new_variant_keys))
-        if plan.new_job_keys:
-            partition_requests.append(job_partitions.build_add_request(plan.new_job_keys))
+        if tick.new_variant_keys:
+            partition_requests.append(variant_partitions.build_add_request(tick.new_variant_keys))
+        if tick.new_job_keys:
+            partition_requests.append(job_partitions.build_add_request(tick.new_job_keys))
         context.log.info(
-            f"{len(events)} events -> {len(run_requests)} runs, "
-            f"{len(plan.new_variant_keys)} new variants, {len(plan.new_job_keys)} new jobs"
+            f"{read} events -> {len(run_requests)} runs, "
+            f"{len(tick.new_variant_keys)} new variants, {len(tick.new_job_keys)} new jobs"
         )
         return dg.SensorResult(
             run_requests=run_requests, dynamic_partitions_requests=partition_requests, cursor=cursor
