@@ -6,6 +6,7 @@ start the system exactly the way a user does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -94,7 +95,21 @@ class Services:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            # Children outlive their leader (a code server was seen to): the group goes with it.
+            _reap_group(proc.pid, grace_s=max(1.0, deadline - time.monotonic()))
         self.processes.clear()
+
+
+def _reap_group(pgid: int, grace_s: float) -> None:
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)  # anyone left in the group?
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _bin(name: str) -> str:
