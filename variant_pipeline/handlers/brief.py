@@ -45,7 +45,7 @@ def ensure_brief(ctx: HandlerContext, job_id: str, need: Iterable[str] = BRIEF_F
     with ctx.engine.connect() as lock_conn, lock_conn.begin():
         lock_conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(job_id)})
         inputs = load_job_inputs(lock_conn, job_id)
-        missing = [f for f in _closure(needed) if not (getattr(inputs, f) or "").strip()]
+        missing = _missing(inputs, needed)
         if missing:
             inputs = _generate(ctx, inputs, missing)
         return Brief(
@@ -57,17 +57,19 @@ def ensure_brief(ctx: HandlerContext, job_id: str, need: Iterable[str] = BRIEF_F
         )
 
 
-def _closure(needed: set[str]) -> list[str]:
-    # Each text is written from the one before it: ad copy from the English description, the
-    # short Korean line from the description and the English copy.
-    order = []
-    if needed & {"desc_eng", "ad_copy_eng", "ad_copy_kor"}:
-        order.append("desc_eng")
-    if needed & {"ad_copy_eng", "ad_copy_kor"}:
-        order.append("ad_copy_eng")
-    if "ad_copy_kor" in needed:
-        order.append("ad_copy_kor")
-    return order
+def _missing(inputs: JobInputsRow, needed: set[str]) -> list[str]:
+    """The texts to write, in order: each is written from the one before it (the English copy
+    from the English description, the short Korean line from the description and English copy)."""
+
+    def present(name: str) -> bool:
+        return bool((getattr(inputs, name) or "").strip())
+
+    want = set(needed)
+    if "ad_copy_kor" in want and not present("ad_copy_eng"):
+        want.add("ad_copy_eng")
+    if "ad_copy_eng" in want and not present("ad_copy_eng"):
+        want.add("desc_eng")
+    return [f for f in BRIEF_FIELDS if f in want and not present(f)]
 
 
 def _generate(ctx: HandlerContext, inputs: JobInputsRow, missing: list[str]) -> JobInputsRow:
