@@ -36,26 +36,28 @@ def _engine() -> sa.Engine:
 def variant_ids_of_jobs(job_ids: Sequence[str]) -> list[str]:
     if not job_ids:
         return []
-    rows = _engine().connect().execute(
-        sa.text(
-            "SELECT job_variants_id::text FROM jobs_variants WHERE job_id = ANY(CAST(:ids AS uuid[])) "
-            "ORDER BY job_id, creation_order"
-        ),
-        {"ids": [str(uuid.UUID(j)) for j in job_ids]},
-    )
+    with _engine().connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT job_variants_id::text FROM jobs_variants WHERE job_id = ANY(CAST(:ids AS uuid[])) "
+                "ORDER BY job_id, creation_order"
+            ),
+            {"ids": [str(uuid.UUID(j)) for j in job_ids]},
+        ).all()
     return [r[0] for r in rows]
 
 
 def job_ids_of_variants(variant_ids: Sequence[str]) -> list[str]:
     if not variant_ids:
         return []
-    rows = _engine().connect().execute(
-        sa.text(
-            "SELECT DISTINCT job_id::text FROM jobs_variants "
-            "WHERE job_variants_id = ANY(CAST(:ids AS uuid[]))"
-        ),
-        {"ids": [str(uuid.UUID(v)) for v in variant_ids]},
-    )
+    with _engine().connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT DISTINCT job_id::text FROM jobs_variants "
+                "WHERE job_variants_id = ANY(CAST(:ids AS uuid[]))"
+            ),
+            {"ids": [str(uuid.UUID(v)) for v in variant_ids]},
+        ).all()
     return [r[0] for r in rows]
 
 

@@ -30,9 +30,9 @@ HANDLERS: dict[str, Handler] = {
     "ad_copy_gen_kor": job.ad_copy_gen_kor,
     "instagram_feed_gen": job.instagram_feed_gen,
 }
-missing = set(stage_graph.STAGE_NAMES) ^ set(HANDLERS)
-if missing:  # the stage graph and the handlers must name the same stages
-    raise RuntimeError(f"stages without a handler (or handlers without a stage): {sorted(missing)}")
+_unmatched = set(stage_graph.STAGE_NAMES) ^ set(HANDLERS)
+if _unmatched:  # the stage graph and the handlers must name the same stages
+    raise RuntimeError(f"stages without a handler (or handlers without a stage): {sorted(_unmatched)}")
 
 MAX_ERROR_CHARS = 2000
 
