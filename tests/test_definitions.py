@@ -1,0 +1,39 @@
+"""The code location as Dagster loads it: one asset per stage, lineage, executor, pools, sensors."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from variant_pipeline import stages as stage_graph
+from variant_pipeline.definitions import defs
+
+
+def test_one_asset_per_stage_in_pipeline_order() -> None:
+    graph = defs.resolve_asset_graph()
+    names = [k.to_user_string() for k in graph.toposorted_asset_keys]
+    assert names == list(stage_graph.STAGE_NAMES)
+    for stage in stage_graph.STAGES[1:]:
+        parents = [p.to_user_string() for p in graph.get(dg.AssetKey(stage.name)).parent_keys]
+        assert parents == [stage_graph.STAGES[stage.position - 1].name]
+
+
+def test_partitions_groups_and_gpu_pool() -> None:
+    graph = defs.resolve_asset_graph()
+    for stage in stage_graph.STAGES:
+        node = graph.get(dg.AssetKey(stage.name))
+        assert node.partitions_def.name == ("job_variants" if stage.level == "variant" else "jobs")
+        assert node.group_name == f"{stage.level}_stages"
+        assert node.description
+        uses_gpu = stage.model in {"image_generator", "vlm", "detector", "text_model"}
+        assert (node.pools == {"gpu"}) == uses_gpu, stage.name
+
+
+def test_every_job_runs_in_process() -> None:
+    assert defs.resolve_implicit_global_asset_job_def().executor_def.name == "in_process"
+    for name in ("variant_pipeline", "job_pipeline"):
+        assert defs.resolve_job_def(name).executor_def.name == "in_process"
+
+
+def test_sensors_run_by_default() -> None:
+    for name in ("outbox_sensor", "manual_run_continuation_sensor"):
+        assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
