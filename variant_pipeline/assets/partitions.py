@@ -27,38 +27,30 @@ variant_partitions = dg.DynamicPartitionsDefinition(name=VARIANT_PARTITIONS_NAME
 job_partitions = dg.DynamicPartitionsDefinition(name=JOB_PARTITIONS_NAME)
 
 
-def _engine() -> sa.Engine:
+def _lookup(select: str, ids: Sequence[str]) -> list[str]:
+    """Run ``select`` (one text column, ``:ids`` a uuid[] parameter) against jobs_variants."""
+    if not ids:
+        return []
     from variant_pipeline.db import get_engine
 
-    return get_engine()
+    with get_engine().connect() as conn:
+        rows = conn.execute(sa.text(select), {"ids": [str(uuid.UUID(i)) for i in ids]}).all()
+    return [r[0] for r in rows]
 
 
 def variant_ids_of_jobs(job_ids: Sequence[str]) -> list[str]:
-    if not job_ids:
-        return []
-    with _engine().connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT job_variants_id::text FROM jobs_variants WHERE job_id = ANY(CAST(:ids AS uuid[])) "
-                "ORDER BY job_id, creation_order"
-            ),
-            {"ids": [str(uuid.UUID(j)) for j in job_ids]},
-        ).all()
-    return [r[0] for r in rows]
+    return _lookup(
+        "SELECT job_variants_id::text FROM jobs_variants WHERE job_id = ANY(CAST(:ids AS uuid[])) "
+        "ORDER BY job_id, creation_order",
+        job_ids,
+    )
 
 
 def job_ids_of_variants(variant_ids: Sequence[str]) -> list[str]:
-    if not variant_ids:
-        return []
-    with _engine().connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT DISTINCT job_id::text FROM jobs_variants "
-                "WHERE job_variants_id = ANY(CAST(:ids AS uuid[]))"
-            ),
-            {"ids": [str(uuid.UUID(v)) for v in variant_ids]},
-        ).all()
-    return [r[0] for r in rows]
+    return _lookup(
+        "SELECT DISTINCT job_id::text FROM jobs_variants WHERE job_variants_id = ANY(CAST(:ids AS uuid[]))",
+        variant_ids,
+    )
 
 
 class JobVariantsPartitionMapping(
