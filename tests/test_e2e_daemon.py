@@ -16,7 +16,12 @@ from tests.fixtures.pipeline import submit_sample
 from variant_pipeline import db
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.sensors.outbox import EVENT_TAG, LAUNCHED_BY_TAG
-from variant_pipeline.services import prepare_environment, start_services, wait_for_job
+from variant_pipeline.services import (
+    prepare_environment,
+    start_services,
+    wait_for_job,
+    wait_for_runs_to_settle,
+)
 
 
 @pytest.mark.e2e
@@ -31,17 +36,19 @@ def test_daemon_runs_a_submitted_job_to_its_instagram_feed(pipeline_env, monkeyp
     try:
         job = submit_sample(env.app_url, variants=3)
         status = wait_for_job(env.app_url, job.job_id, timeout_s=1200, log=lambda _msg: None)
+        in_flight = wait_for_runs_to_settle(timeout_s=120)
     finally:
         services.stop()
 
     daemon_log = services.logs["daemon"].read_text(errors="replace")[-3000:]
     assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), daemon_log
+    assert in_flight == 0, daemon_log
     for variant in status.variants:
         assert (variant.step, variant.status) == (stage_graph.LAST_VARIANT_STAGE, "done"), variant.error
 
     with dg.DagsterInstance.get() as instance:
         runs = instance.get_runs()
-        assert runs and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        assert runs and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), [(r.run_id, r.status) for r in runs]
         # One run per variant and one for the job: nothing ran twice, no event started two runs.
         assert len(runs) == 4
         assert all(r.tags.get(LAUNCHED_BY_TAG) == "outbox_sensor" for r in runs)

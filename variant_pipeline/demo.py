@@ -10,7 +10,13 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from variant_pipeline.services import prepare_environment, start_services, submit_sample_job, wait_for_job
+from variant_pipeline.services import (
+    prepare_environment,
+    start_services,
+    submit_sample_job,
+    wait_for_job,
+    wait_for_runs_to_settle,
+)
 
 
 def _summary(app_url: str, job_id: str, assets_dir: Path) -> list[str]:
@@ -83,6 +89,9 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"  sensors:        {base}/automation")
         print(f"  job status:     variant-pipeline status {job.job_id}")
         if args.exit_when_done:
+            left = wait_for_runs_to_settle()
+            if left:
+                print(f"{left} Dagster runs were still in flight when the demo stopped", file=sys.stderr)
             return 0 if status.status == "done" else 1
         print("\nServing until interrupted (Ctrl-C).")
         while True:

@@ -206,3 +206,24 @@ def wait_for_job(app_url: str, job_id, *, timeout_s: float = 1800, log=print, po
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} did not finish within {timeout_s:.0f} s (now {job_state})")
         time.sleep(poll_s)
+
+
+IN_FLIGHT_RUN_STATUSES = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
+
+
+def wait_for_runs_to_settle(*, timeout_s: float = 120, poll_s: float = 0.5) -> int:
+    """Wait until Dagster has no run in flight; return how many still were at the deadline.
+
+    A job's last stage writes ``(instagram_feed_gen, done)`` before its run reports SUCCESS, so
+    stopping the daemon the moment the job looks done can kill that run mid-report.
+    """
+    import dagster as dg
+
+    statuses = [dg.DagsterRunStatus[name] for name in IN_FLIGHT_RUN_STATUSES]
+    deadline = time.monotonic() + timeout_s
+    with dg.DagsterInstance.get() as instance:
+        while True:
+            in_flight = instance.get_runs_count(dg.RunsFilter(statuses=statuses))
+            if in_flight == 0 or time.monotonic() > deadline:
+                return in_flight
+            time.sleep(poll_s)
