@@ -215,6 +215,38 @@ def _took(start: datetime | None, end: datetime | None) -> str:
     return f"{(end - start).total_seconds():.1f}s" if start and end else "-"
 
 
+# --- retry ------------------------------------------------------------------------------------
+
+
+def _add_retry(sub: argparse._SubParsersAction) -> None:
+    retry = sub.add_parser(
+        "retry", help="run a failed variant or job again (or redo stages with --from), with a fresh attempt budget",
+        description="Queue a variant or job again. Without --from: a variant from its failed stage; a job, "
+        "its failed variants (each from where it failed) or its failed job stage. With --from STAGE: from "
+        "that stage (for a job and a variant stage: all its variants). The outbox sensor starts the runs, "
+        "and the job's own stages run again when its variants are done. Re-materializing a stage in the "
+        "Dagster UI goes through the same claim and attempt bookkeeping.",
+    )
+    retry.add_argument("target", help="a job_variants_id or a job_id")
+    retry.add_argument("--from", dest="from_stage", metavar="STAGE", help="the stage to start from")
+    retry.set_defaults(handler=_retry)
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from variant_pipeline import db
+    from variant_pipeline.recovery import RetryError, request_retry
+    from variant_pipeline.validation import parse_uuid
+
+    target = str(parse_uuid(args.target, "variant or job id"))
+    try:
+        requests = request_retry(db.get_engine(), target, args.from_stage)
+    except RetryError as exc:
+        raise CliError(str(exc)) from None
+    for r in requests:
+        print(f"{r.level} {r.partition_key}: {r.previous[0]}/{r.previous[1]} -> {r.stage}/queued")
+    return EXIT_OK
+
+
 # --- models -----------------------------------------------------------------------------------
 
 
@@ -261,6 +293,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_tenant,
     _add_submit,
     _add_status,
+    _add_retry,
     _add_models,
     _add_demo,
 ]

@@ -98,6 +98,18 @@ class Settings:
     gpu_pool_limit: int
     # How long an idle outbox-sensor tick waits on LISTEN for new events (0: plain polling).
     sensor_listen_s: float
+    # Recovery: attempts per (partition, stage), the first retry's delay (doubling after that),
+    # the default time limit of one stage, per-stage limits ("img_gen=600,ocr_eval=60"), how long
+    # a partition may sit between stages with no run before it counts as stalled, and how often
+    # the recovery sensor looks.
+    max_attempts: int = 3
+    retry_backoff_s: float = 10.0
+    stage_timeout_s: float = 1800.0
+    stage_timeouts: dict[str, float] = field(default_factory=dict)
+    stall_after_s: float = 300.0
+    recovery_interval_s: float = 15.0
+    run_lease_grace_s: float = 60.0  # a STARTED run without its lease for this long is dead
+    faults: str = ""  # VP_FAULTS fault drills (variant_pipeline/faults.py); empty: none
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -137,7 +149,42 @@ def load_settings() -> Settings:
         tesseract_cmd=_env("VP_TESSERACT_CMD", "tesseract"),
         gpu_pool_limit=_env_int("VP_GPU_POOL_LIMIT", 1),
         sensor_listen_s=_env_float("VP_SENSOR_LISTEN_S", 4.0),
+        max_attempts=_at_least("VP_MAX_ATTEMPTS", _env_int("VP_MAX_ATTEMPTS", 3), 1),
+        retry_backoff_s=_env_float("VP_RETRY_BACKOFF_S", 10.0),
+        stage_timeout_s=_env_float("VP_STAGE_TIMEOUT_S", 1800.0),
+        stage_timeouts=_stage_timeouts(_env("VP_STAGE_TIMEOUTS")),
+        stall_after_s=_env_float("VP_STALL_AFTER_S", 300.0),
+        recovery_interval_s=_env_float("VP_RECOVERY_INTERVAL_S", 15.0),
+        run_lease_grace_s=_env_float("VP_RUN_LEASE_GRACE_S", 60.0),
+        faults=_env("VP_FAULTS", "") or "",
     )
+
+
+def _at_least(name: str, value: int, minimum: int) -> int:
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _stage_timeouts(spec: str | None) -> dict[str, float]:
+    """``"img_gen=600,ocr_eval=60"`` -> per-stage time limits in seconds."""
+    from variant_pipeline.stages import STAGES_BY_NAME
+
+    limits: dict[str, float] = {}
+    for item in (spec or "").split(","):
+        if not item.strip():
+            continue
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in STAGES_BY_NAME:
+            raise ValueError(f"VP_STAGE_TIMEOUTS: unknown stage {name!r} in {spec!r}")
+        try:
+            limits[name] = float(value)
+        except ValueError:
+            raise ValueError(f"VP_STAGE_TIMEOUTS: {item.strip()!r} is not STAGE=SECONDS") from None
+        if limits[name] <= 0:
+            raise ValueError(f"VP_STAGE_TIMEOUTS: the limit of {name} must be positive")
+    return limits
 
 
 def apply_offline_defaults() -> None:

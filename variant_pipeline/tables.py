@@ -40,6 +40,12 @@ tenants = sa.Table(
     _created(),
 )
 
+def _attempt_columns() -> list[sa.Column]:
+    """The attempt in progress on a variant or job row (sql/003_attempts.sql)."""
+    return [sa.Column("attempt", sa.Integer, nullable=False), sa.Column("run_id", sa.Text),
+            sa.Column("retry_at", _TS)]
+
+
 jobs = sa.Table(
     "jobs", metadata,
     sa.Column("job_id", _UUID, primary_key=True, server_default=sa.func.gen_random_uuid()),
@@ -52,6 +58,7 @@ jobs = sa.Table(
     _updated(),
     sa.Column("started_at", _TS),
     sa.Column("finished_at", _TS),
+    *_attempt_columns(),
 )
 
 jobs_variants = sa.Table(
@@ -68,6 +75,7 @@ jobs_variants = sa.Table(
     _updated(),
     sa.Column("started_at", _TS),
     sa.Column("finished_at", _TS),
+    *_attempt_columns(),
 )
 
 image_assets = sa.Table(
@@ -258,4 +266,22 @@ pipeline_events = sa.Table(
     sa.Column("new_status", sa.Text, nullable=False),
     sa.Column("error", sa.Text),
     sa.Column("origin", sa.Text, nullable=False),
+)
+
+stage_attempts = sa.Table(
+    "stage_attempts", metadata,
+    sa.Column("attempt_id", sa.BigInteger, primary_key=True),
+    sa.Column("level", sa.Text, nullable=False),
+    sa.Column("job_id", _UUID, sa.ForeignKey("jobs.job_id"), nullable=False),
+    sa.Column("job_variants_id", _UUID, sa.ForeignKey("jobs_variants.job_variants_id")),
+    sa.Column("stage", sa.Text, sa.ForeignKey("pipeline_stages.name"), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.Text),
+    sa.Column("origin", sa.Text, nullable=False),
+    sa.Column("worker", sa.Text),
+    sa.Column("started_at", _TS, nullable=False),
+    sa.Column("finished_at", _TS),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("will_retry", sa.Boolean),
 )

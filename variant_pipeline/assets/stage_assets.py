@@ -14,10 +14,12 @@ from dagster import AssetExecutionContext
 
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.assets.partitions import JobVariantsPartitionMapping, job_partitions, variant_partitions
+from variant_pipeline.claims import ClaimRefused
 from variant_pipeline.config import load_settings
 from variant_pipeline.handlers import HandlerContext, StageFailed, StageOutcome, execute_stage
 from variant_pipeline.handlers.base import thumbnail_markdown
 from variant_pipeline.resources.models import model_load_counts
+from variant_pipeline.sensors.outbox import CONTINUES_ATTEMPTS_TAG
 
 GPU_POOL = "gpu"
 # Models that want the accelerator; their stages share the "gpu" concurrency pool.
@@ -128,13 +130,19 @@ def build_stage_asset(stage: stage_graph.Stage) -> dg.AssetsDefinition:
             origin=f"{RUN_ORIGIN_PREFIX}{context.run.run_id}",
             partition_key=context.partition_key,
             log=context.log.info,
+            run_id=context.run.run_id,
+            continues_attempts=context.run.tags.get(CONTINUES_ATTEMPTS_TAG) == "1",
         )
         start = time.perf_counter()
         try:
             outcome = execute_stage(stage.name, ctx)
         except StageFailed as exc:
             # The reason is already stored on the row; the step fails with the same message.
-            raise dg.Failure(description=str(exc), metadata={"reason": exc.reason}) from exc
+            raise dg.Failure(description=str(exc),
+                             metadata={"reason": exc.reason, "retry_scheduled": exc.will_retry}) from exc
+        except ClaimRefused as exc:
+            # Another run holds this partition, or took it over: this run wrote nothing.
+            raise dg.Failure(description=f"{stage.name} not run for {context.partition_key}: {exc}") from exc
         return dg.MaterializeResult(metadata=result_metadata(outcome, time.perf_counter() - start))
 
     return _stage_asset

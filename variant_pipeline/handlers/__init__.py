@@ -1,17 +1,21 @@
-"""Running one stage for one partition: claim, work, write, done (or failed, with the reason).
+"""Running one stage for one partition: lock, claim, work, write, done (or failed, with the reason).
 
 This is the whole state protocol, without Dagster: the assets call ``execute_stage`` and add
 only metadata. Every write carries the caller's origin (the Dagster run id) into the outbox.
+The lock, the fence and the attempt records are in ``variant_pipeline/claims.py``.
 """
 
 from __future__ import annotations
 
+import threading
+import uuid
 from collections.abc import Callable
+from typing import Any, NoReturn
 
-import sqlalchemy as sa
-
+from variant_pipeline import claims
 from variant_pipeline import stages as stage_graph
-from variant_pipeline.db import transaction
+from variant_pipeline.config import Settings
+from variant_pipeline.faults import inject, parse_faults
 from variant_pipeline.handlers import job, variant
 from variant_pipeline.handlers.base import HandlerContext, StageInputError, StageOutcome
 
@@ -40,58 +44,138 @@ MAX_ERROR_CHARS = 2000
 class StageFailed(RuntimeError):
     """The stage failed; the reason is stored on the variant/job row as well."""
 
-    def __init__(self, stage: str, partition_key: str, reason: str) -> None:
-        super().__init__(f"{stage} failed for {partition_key}: {reason}")
+    def __init__(self, stage: str, partition_key: str, reason: str, *, will_retry: bool = False) -> None:
+        retry_note = " (another attempt is scheduled)" if will_retry else ""
+        super().__init__(f"{stage} failed for {partition_key}: {reason}{retry_note}")
         self.stage = stage
         self.partition_key = partition_key
         self.reason = reason
+        self.will_retry = will_retry
 
 
-def _table(level: str) -> tuple[str, str]:
-    return ("jobs_variants", "job_variants_id") if level == "variant" else ("jobs", "job_id")
+class StageTimeout(TimeoutError):
+    """The stage ran past its time limit (it is retried like any transient failure)."""
 
 
-def _set(conn: sa.Connection, level: str, key: str, step: str, status: str, error: str | None) -> int:
-    table, id_column = _table(level)
-    last = stage_graph.LAST_VARIANT_STAGE if level == "variant" else stage_graph.LAST_JOB_STAGE
-    finished = status == "failed" or (status == "done" and step == last)
-    return conn.execute(
-        sa.text(
-            f"""UPDATE {table} SET current_step = :step, status = :status, error = :error,
-                       started_at = CASE WHEN :status = 'running' THEN COALESCE(started_at, now()) ELSE started_at END,
-                       finished_at = CASE WHEN :finished THEN now() WHEN :status = 'running' THEN NULL
-                                          ELSE finished_at END
-                 WHERE {id_column} = CAST(:key AS uuid)"""
-        ),
-        {"step": step, "status": status, "error": error, "key": key, "finished": finished},
-    ).rowcount
+def stage_timeout_s(settings: Settings, stage_name: str) -> float:
+    return settings.stage_timeouts.get(stage_name, settings.stage_timeout_s)
+
+
+def _run_with_timeout(work: Callable[[], StageOutcome], timeout_s: float, name: str) -> StageOutcome:
+    """Run ``work`` in a daemon thread and stop waiting after ``timeout_s``.
+
+    Python cannot stop a thread stuck in native code; the abandoned thread can no longer write
+    anything (writes happen here, after it returns, under the fence) and dies with its run
+    worker, which exits when the failed run ends.
+    """
+    result: dict[str, Any] = {}
+    finished = threading.Event()
+
+    def target() -> None:
+        try:
+            result["outcome"] = work()
+        except BaseException as exc:  # handed to the waiting thread as is
+            result["error"] = exc
+        finally:
+            finished.set()
+
+    threading.Thread(target=target, name=f"stage-{name}", daemon=True).start()
+    if not finished.wait(timeout_s):
+        raise StageTimeout(f"{name} did not finish within its time limit of {timeout_s:g} s")
+    if "error" in result:
+        raise result["error"]
+    return result["outcome"]
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".replace("\x00", "\ufffd")[:MAX_ERROR_CHARS]
+
+
+def retry_policy(settings: Settings) -> claims.RetryPolicy:
+    return claims.RetryPolicy(max_attempts=settings.max_attempts, backoff_s=settings.retry_backoff_s)
 
 
 def execute_stage(stage_name: str, ctx: HandlerContext) -> StageOutcome:
+    """Run one stage for one partition under its lock, as one recorded attempt.
+
+    Raises ``StageFailed`` when the stage failed (its reason stored, a retry scheduled if it may
+    be retried), and ``ClaimRefused`` when this worker may not run it (another worker holds the
+    partition, or the attempt was superseded): then nothing of this attempt was written.
+    """
     stage = stage_graph.stage(stage_name)
     key = ctx.partition_key
     try:
-        with transaction(ctx.engine, ctx.origin) as conn:
-            if _set(conn, stage.level, key, stage.name, "running", None) != 1:
-                raise StageInputError(f"{stage.level} {key} does not exist")
-    except StageInputError as exc:
-        raise StageFailed(stage.name, key, str(exc)) from exc
-    except (ValueError, sa.exc.DataError) as exc:  # e.g. a partition key that is not a UUID
-        raise StageFailed(stage.name, key, f"bad partition key: {exc}") from exc
+        uuid.UUID(key)
+    except ValueError:
+        raise StageFailed(stage.name, key, f"bad partition key {key!r}: expected a UUID") from None
+    run_id = ctx.run_id or ctx.origin
+    policy = retry_policy(ctx.settings)
+    lock = claims.PartitionLock(ctx.engine, key)
+    if not lock.try_acquire():
+        raise claims.PartitionBusy(f"{stage.level} {key} is being worked on by another run; {stage.name} not started")
     try:
-        outcome = HANDLERS[stage.name](ctx)
-        with transaction(ctx.engine, ctx.origin) as conn:
-            outcome.write(conn)
-            _set(conn, stage.level, key, stage.name, "done", None)
-        return outcome
-    except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}".replace("\x00", "\ufffd")[:MAX_ERROR_CHARS]
         try:
-            with transaction(ctx.engine, ctx.origin) as conn:
-                _set(conn, stage.level, key, stage.name, "failed", reason)
-        except Exception as mark_exc:  # the database itself may be what failed
-            ctx.log(f"could not record the failure of {stage.name} for {key}: {mark_exc}")
-        raise StageFailed(stage.name, key, reason) from exc
+            conn = lock.connection()
+            with conn.begin():
+                claims.set_origin(conn, ctx.origin)
+                claim = claims.claim(conn, stage=stage.name, partition_key=key, run_id=run_id,
+                                     origin=ctx.origin, continues_attempts=ctx.continues_attempts)
+        except claims.PartitionMissing as exc:
+            raise StageFailed(stage.name, key, str(exc)) from exc
+        ctx.log(f"{stage.name} attempt {claim.attempt} for {stage.level} {key}")
+
+        faults = parse_faults(ctx.settings.faults)
+
+        def work() -> StageOutcome:
+            inject(faults, stage.name, claim.attempt, claim.creation_order)
+            return HANDLERS[stage.name](ctx)
+
+        try:
+            outcome = _run_with_timeout(work, stage_timeout_s(ctx.settings, stage.name), stage.name)
+        except Exception as exc:
+            _record_failure(lock, ctx, claim, exc, policy)
+        conn = lock.connection()
+        try:
+            with conn.begin():
+                claims.set_origin(conn, ctx.origin)
+                claims.check_fence(conn, claim)
+                outcome.write(conn)
+                claims.mark_done(conn, claim)
+        except claims.AttemptSuperseded as exc:
+            with conn.begin():
+                claims.mark_superseded(conn, claim, str(exc))
+            raise
+        except Exception as exc:  # the write itself failed (a constraint, a lost server)
+            _record_failure(lock, ctx, claim, exc, policy)
+        return outcome
+    finally:
+        lock.release()
 
 
-__all__ = ["HANDLERS", "HandlerContext", "StageFailed", "StageInputError", "StageOutcome", "execute_stage"]
+def _record_failure(lock: claims.PartitionLock, ctx: HandlerContext, claim: claims.Claim,
+                    exc: Exception, policy: claims.RetryPolicy) -> NoReturn:
+    """Store the failed attempt (and the retry, if one remains), then raise ``StageFailed``."""
+    reason = _reason(exc)
+    retryable = not isinstance(exc, StageInputError)
+    will_retry = False
+    try:
+        conn = lock.connection()
+        with conn.begin():
+            claims.set_origin(conn, ctx.origin)
+            claims.check_fence(conn, claim)
+            will_retry = claims.mark_failed(
+                conn, level=claim.level, partition_key=claim.partition_key, stage=claim.stage,
+                attempt=claim.attempt, attempt_id=claim.attempt_id, reason=reason,
+                retryable=retryable, policy=policy)
+    except claims.AttemptSuperseded as superseded:
+        with conn.begin():
+            claims.mark_superseded(conn, claim, str(superseded))
+        raise superseded from exc
+    except Exception as mark_exc:  # the database itself may be what failed; recovery will see the row
+        ctx.log(f"could not record the failure of {claim.stage} for {claim.partition_key}: {mark_exc}")
+        will_retry = retryable
+    raise StageFailed(claim.stage, claim.partition_key, reason, will_retry=will_retry) from exc
+
+
+__all__ = ["HANDLERS", "HandlerContext", "StageFailed", "StageInputError", "StageOutcome", "StageTimeout",
+           "execute_stage"]

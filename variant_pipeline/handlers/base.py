@@ -46,6 +46,9 @@ class HandlerContext:
     origin: str  # recorded on every outbox event this stage's writes cause
     partition_key: str  # job_variants_id or job_id
     log: Callable[[str], None] = print
+    run_id: str | None = None  # the Dagster run; None outside Dagster (the origin names the caller)
+    # True for automatic retries: attempts count on from the last one instead of starting at 1.
+    continues_attempts: bool = False
 
 
 @dataclass

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+from pydantic import PrivateAttr
 from sqlalchemy.engine import Engine
 
 from variant_pipeline.config import load_settings
@@ -12,9 +14,26 @@ from variant_pipeline.storage import AssetStore
 
 
 class DatabaseResource(dg.ConfigurableResource):
-    """The application database. Empty ``url``: DATABASE_URL, else the embedded server."""
+    """The application database. Empty ``url``: DATABASE_URL, else the embedded server.
+
+    While a run uses it, the run holds its lease (``claims.RunLease``): how the recovery sensor
+    tells a live run worker from a killed one.
+    """
 
     url: str = ""
+    _lease: Any = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if context.run_id:
+            from variant_pipeline.claims import RunLease
+
+            self._lease = RunLease(self.engine(), context.run_id)
+            self._lease.acquire()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
     def engine(self) -> Engine:
         from variant_pipeline.db import get_engine

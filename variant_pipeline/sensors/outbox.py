@@ -29,9 +29,13 @@ OUTBOX_SENSOR_NAME = "outbox_sensor"
 LAUNCHED_BY_TAG = "variant_pipeline/launched_by"
 EVENT_TAG = "variant_pipeline/event_id"
 START_STAGE_TAG = "variant_pipeline/start_stage"
-# Origins written by this project's own runs (see assets/glue.py): their (step, done) writes are
-# progress inside a run that carries on by itself, never a reason to start another run.
+# Set ("1") on automatic retries: their attempts count on from the last failed one.
+CONTINUES_ATTEMPTS_TAG = "variant_pipeline/continues_attempts"
+# Origins written by this project's own runs (see assets/stage_assets.py): their (step, done)
+# writes are progress inside a run that carries on by itself, never a reason to start another
+# run. The recovery sensor's writes are followed by the runs it launches itself.
 RUN_ORIGIN_PREFIX = "dagster-run:"
+RECOVERY_ORIGIN_PREFIX = "recovery:"
 
 MAX_EVENTS_PER_TICK = 300  # keeps partition adds per tick cheap (about 15 ms each in the daemon)
 MAX_LISTEN_S = 4.5  # under the daemon's 5 s loop, so ticks do not pile up
@@ -78,7 +82,7 @@ def start_stage_for(event: Event) -> str | None:
 
 
 def is_own_run_write(event: Event) -> bool:
-    return event.origin.startswith(RUN_ORIGIN_PREFIX)
+    return event.origin.startswith((RUN_ORIGIN_PREFIX, RECOVERY_ORIGIN_PREFIX))
 
 
 def _is_request_candidate(event: Event) -> bool:

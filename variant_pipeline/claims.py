@@ -1,0 +1,330 @@
+"""Who may work on a partition, and the bookkeeping of every attempt.
+
+Three mechanisms, each for one failure:
+
+- **The partition lock**: a PostgreSQL session advisory lock, held by the worker for the whole
+  stage on a connection of its own. A second worker cannot take it (no stage runs twice at once),
+  and the server drops it the moment the worker's session ends, whatever killed it. A row that
+  says ``running`` while nobody holds its lock therefore belongs to a dead worker.
+- **The fence**: the partition row names the attempt in progress (``attempt``, ``run_id``). A
+  worker writes its outputs and ``done`` only if the row still names its own attempt, in one
+  transaction under the lock; a worker that lost its session and was replaced writes nothing.
+- **Attempts**: every try is a ``stage_attempts`` row (when, which run, which process, outcome,
+  error). A failed try is retried with backoff while attempts remain, by the recovery sensor; the
+  last one leaves the row ``failed`` with its reason. Bad input is not retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from variant_pipeline import stages as stage_graph
+from variant_pipeline.db import ORIGIN_SETTING
+
+
+class ClaimRefused(RuntimeError):
+    """This worker may not run the stage now; nothing was written."""
+
+
+class PartitionBusy(ClaimRefused):
+    """Another live worker holds the partition."""
+
+
+class AttemptSuperseded(ClaimRefused):
+    """The partition moved on to another attempt while this one ran; its results were discarded."""
+
+
+class PartitionMissing(LookupError):
+    """The variant or job does not exist."""
+
+
+def lock_key(partition_key: str) -> int:
+    """A signed 64-bit advisory-lock key for one partition (variants and jobs have distinct UUIDs)."""
+    digest = hashlib.blake2b(f"vp-partition:{partition_key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def run_lock_key(run_id: str) -> int:
+    digest = hashlib.blake2b(f"vp-run:{run_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def table_for(level: str) -> tuple[str, str]:
+    return ("jobs_variants", "job_variants_id") if level == "variant" else ("jobs", "job_id")
+
+
+class PartitionLock:
+    """The session advisory lock on one partition, on a connection held for the stage's length."""
+
+    def __init__(self, engine: Engine, partition_key: str) -> None:
+        self._engine = engine
+        self._key = lock_key(partition_key)
+        self._conn: Connection | None = None
+
+    def try_acquire(self) -> bool:
+        conn = self._engine.connect()
+        try:
+            got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar_one()
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def connection(self) -> Connection:
+        """The lock's connection, alive and holding the lock.
+
+        If the session died (a server restart, a dropped connection), the lock went with it:
+        reconnect and take it again, or raise ``PartitionBusy`` if someone else has it now. The
+        caller's fence check then decides whether this attempt may still write.
+        """
+        if self._conn is not None:
+            try:
+                self._conn.execute(sa.text("SELECT 1"))
+                self._conn.commit()
+                return self._conn
+            except sa.exc.DBAPIError:
+                self._discard()
+        if not self.try_acquire():
+            raise PartitionBusy("the partition lock was lost and another worker holds it now")
+        assert self._conn is not None
+        return self._conn
+
+    def release(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._conn.rollback()
+            self._conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+            self._conn.commit()
+            self._conn.close()
+        except sa.exc.DBAPIError:
+            self._discard()  # the session is gone, and the lock with it
+        self._conn = None
+
+    def _discard(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.invalidate()
+                self._conn.close()
+            except Exception:  # already broken; nothing left to release
+                pass
+        self._conn = None
+
+
+class RunLease:
+    """Held by a run worker from its first stage to its end: the recovery sensor's proof of life.
+
+    Dagster's default run launcher cannot tell whether a run worker still lives, so a SIGKILLed
+    run would stay STARTED (holding its GPU pool slot) forever. Its lease, a session advisory
+    lock, goes away with its database session.
+    """
+
+    def __init__(self, engine: Engine, run_id: str) -> None:
+        self._engine = engine
+        self._key = run_lock_key(run_id)
+        self._conn: Connection | None = None
+
+    def acquire(self) -> None:
+        conn = self._engine.connect()
+        # Blocking: the recovery sensor's probe holds it for a moment only.
+        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+        conn.commit()
+        self._conn = conn
+
+    def release(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+            self._conn.commit()
+            self._conn.close()
+        except sa.exc.DBAPIError:
+            self._conn.invalidate()
+        self._conn = None
+
+
+def is_lock_free(conn: Connection, key: int) -> bool:
+    """Whether nobody holds the advisory lock ``key``; takes it for the caller's transaction if so."""
+    return bool(conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar_one())
+
+
+def set_origin(conn: Connection, origin: str) -> None:
+    conn.execute(sa.text("SELECT set_config(:name, :origin, true)"), {"name": ORIGIN_SETTING, "origin": origin})
+
+
+@dataclass(frozen=True)
+class Claim:
+    attempt_id: int
+    level: str
+    partition_key: str
+    job_id: str
+    stage: str
+    attempt: int
+    run_id: str
+    creation_order: int | None  # variants only
+
+
+def _read_row(conn: Connection, level: str, key: str, *, lock: bool) -> dict[str, Any] | None:
+    table, id_column = table_for(level)
+    order = "creation_order" if level == "variant" else "NULL::int AS creation_order"
+    row = conn.execute(
+        sa.text(f"SELECT job_id, current_step, status, attempt, run_id, {order} FROM {table} "
+                f"WHERE {id_column} = CAST(:k AS uuid)" + (" FOR UPDATE" if lock else "")),
+        {"k": key},
+    ).mappings().first()
+    return dict(row) if row else None
+
+
+def claim(conn: Connection, *, stage: str, partition_key: str, run_id: str, origin: str,
+          continues_attempts: bool) -> Claim:
+    """Mark the partition ``(stage, running)`` for a new attempt; call inside a transaction under the lock.
+
+    ``continues_attempts`` is set by automatic retries: they count on from the row's last attempt
+    at this stage. Any other run (the outbox sensor's, a hand-started one, a manual retry) starts
+    a new round at attempt 1.
+    """
+    level = stage_graph.stage(stage).level
+    table, id_column = table_for(level)
+    row = _read_row(conn, level, partition_key, lock=True)
+    if row is None:
+        raise PartitionMissing(f"{level} {partition_key} does not exist")
+    attempt = row["attempt"] + 1 if continues_attempts and row["current_step"] == stage else 1
+    job_id = str(row["job_id"])
+    if level == "variant":
+        reopen_job(conn, job_id, stage)
+    conn.execute(
+        sa.text(f"""UPDATE {table} SET current_step = :stage, status = 'running', error = NULL,
+                           attempt = :attempt, run_id = :run, retry_at = NULL
+                     WHERE {id_column} = CAST(:k AS uuid)"""),
+        {"stage": stage, "attempt": attempt, "run": run_id, "k": partition_key},
+    )
+    attempt_id = conn.execute(
+        sa.text("""INSERT INTO stage_attempts (level, job_id, job_variants_id, stage, attempt, run_id, origin, worker)
+                   VALUES (:level, :job, :variant, :stage, :attempt, :run, :origin, :worker)
+                   RETURNING attempt_id"""),
+        {"level": level, "job": job_id, "variant": partition_key if level == "variant" else None,
+         "stage": stage, "attempt": attempt, "run": run_id, "origin": origin, "worker": worker_id()},
+    ).scalar_one()
+    return Claim(attempt_id, level, partition_key, job_id, stage, attempt, run_id, row["creation_order"])
+
+
+def reopen_job(conn: Connection, job_id: str, variant_stage: str) -> None:
+    """A variant stage runs again after its job moved on to its job-level stages: the job goes
+    back to its variant phase, so that the rollup runs the job stages again when the variants end.
+    """
+    conn.execute(
+        sa.text("""UPDATE jobs SET current_step = :stage, status = 'running', error = NULL, attempt = 0, retry_at = NULL
+                    WHERE job_id = CAST(:j AS uuid)
+                      AND current_step IN (SELECT name FROM pipeline_stages WHERE level = 'job')"""),
+        {"stage": variant_stage, "j": job_id},
+    )
+
+
+def check_fence(conn: Connection, claim_: Claim) -> None:
+    """Raise ``AttemptSuperseded`` unless the row still names this attempt as running; locks the row."""
+    row = _read_row(conn, claim_.level, claim_.partition_key, lock=True)
+    current = row and (row["current_step"], row["status"], row["attempt"], row["run_id"])
+    if current != (claim_.stage, "running", claim_.attempt, claim_.run_id):
+        raise AttemptSuperseded(
+            f"{claim_.stage} attempt {claim_.attempt} of run {claim_.run_id} was superseded "
+            f"(the row is now {current}); its results were discarded"
+        )
+
+
+def _finish_attempt(conn: Connection, attempt_id: int, outcome: str, error: str | None,
+                    will_retry: bool | None) -> None:
+    conn.execute(
+        sa.text("""UPDATE stage_attempts SET outcome = :outcome, error = :error, will_retry = :retry,
+                                             finished_at = now()
+                    WHERE attempt_id = :id"""),
+        {"outcome": outcome, "error": error, "retry": will_retry, "id": attempt_id},
+    )
+
+
+def mark_done(conn: Connection, claim_: Claim) -> None:
+    table, id_column = table_for(claim_.level)
+    conn.execute(
+        sa.text(f"UPDATE {table} SET status = 'done', error = NULL WHERE {id_column} = CAST(:k AS uuid)"),
+        {"k": claim_.partition_key},
+    )
+    _finish_attempt(conn, claim_.attempt_id, "done", None, None)
+
+
+def mark_superseded(conn: Connection, claim_: Claim, reason: str) -> None:
+    _finish_attempt(conn, claim_.attempt_id, "superseded", reason, None)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    backoff_s: float
+
+    def delay_after(self, attempt: int) -> float:
+        """Exponential backoff: backoff_s after the first failure, doubling after each further one."""
+        return self.backoff_s * (2 ** max(0, attempt - 1))
+
+
+def failure_message(reason: str, attempt: int, policy: RetryPolicy, will_retry: bool) -> str:
+    if will_retry:
+        return (f"attempt {attempt} of {policy.max_attempts} failed: {reason} "
+                f"(retrying in {policy.delay_after(attempt):g} s)")
+    if attempt > 1:
+        return f"failed after {attempt} attempts: {reason}"
+    return reason
+
+
+def mark_failed(conn: Connection, *, level: str, partition_key: str, stage: str, attempt: int,
+                attempt_id: int | None, reason: str, retryable: bool, policy: RetryPolicy,
+                outcome: str = "failed") -> bool:
+    """Record a failed (or lost) attempt; schedule the next one or fail the row. Returns will_retry."""
+    will_retry = retryable and attempt < policy.max_attempts
+    message = failure_message(reason, attempt, policy, will_retry)
+    table, id_column = table_for(level)
+    if will_retry:
+        conn.execute(
+            sa.text(f"""UPDATE {table} SET current_step = :stage, status = 'queued', error = :error,
+                               retry_at = now() + :delay WHERE {id_column} = CAST(:k AS uuid)"""),
+            {"stage": stage, "error": message, "delay": timedelta(seconds=policy.delay_after(attempt)),
+             "k": partition_key},
+        )
+    else:
+        conn.execute(
+            sa.text(f"""UPDATE {table} SET current_step = :stage, status = 'failed', error = :error,
+                               retry_at = NULL WHERE {id_column} = CAST(:k AS uuid)"""),
+            {"stage": stage, "error": message, "k": partition_key},
+        )
+    if attempt_id is not None:  # None: the row was set running by hand, with no attempt behind it
+        _finish_attempt(conn, attempt_id, outcome, reason, will_retry)
+    return will_retry
+
+
+def attempts_of(engine_or_conn: Engine | Connection, partition_key: str) -> list[dict[str, Any]]:
+    """Every attempt recorded for a variant or a job (its job-level stages), oldest first."""
+    query = sa.text(
+        """SELECT attempt_id, level, stage, attempt, run_id, origin, worker, started_at, finished_at,
+                  outcome, error, will_retry
+             FROM stage_attempts
+            WHERE job_variants_id = CAST(:k AS uuid) OR (level = 'job' AND job_id = CAST(:k AS uuid))
+            ORDER BY attempt_id"""
+    )
+    if isinstance(engine_or_conn, Engine):
+        with engine_or_conn.connect() as conn:
+            return [dict(r) for r in conn.execute(query, {"k": partition_key}).mappings()]
+    return [dict(r) for r in engine_or_conn.execute(query, {"k": partition_key}).mappings()]

@@ -1,0 +1,270 @@
+"""Finding work that stopped, and deciding where it restarts: the database side of recovery.
+
+The recovery sensor (sensors/recovery.py) calls these on every tick; the CLI's ``retry`` uses
+``request_retry``. Everything is decided in pipeline order from the stage graph, never by
+comparing step names as text (the original's lexicographic bug, spec 4.7).
+
+Three kinds of stopped work:
+
+- **lost claims**: a row says ``(step, running)`` but nobody holds its partition lock, so the
+  worker that claimed it is gone. The attempt is recorded as ``lost`` and counts like a failure:
+  retried with backoff while attempts remain, else the row fails with the reason.
+- **due retries**: ``(step, queued)`` with ``retry_at`` in the past.
+- **stalls**: a row that waits for its next stage (``done`` before the last stage, a job whose
+  variants all finished, or ``queued``) and has not changed for ``stall_after_s``, with no run
+  in flight for it: a run request that was lost, a run cancelled by hand, a launch that failed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from variant_pipeline import claims
+from variant_pipeline import stages as stage_graph
+from variant_pipeline.db import transaction
+
+RECOVERY_ORIGIN = "recovery:sensor"
+
+
+@dataclass(frozen=True)
+class LostClaim:
+    level: str
+    partition_key: str
+    stage: str
+    attempt: int
+    run_id: str | None
+    worker: str | None
+    will_retry: bool
+
+
+@dataclass(frozen=True)
+class Restart:
+    level: str
+    partition_key: str
+    start_stage: str
+    why: str  # "retry" | "stalled"
+    run_key: str
+    continues_attempts: bool  # automatic retries count on; stalls restart a stage afresh
+
+
+def restart_stage(level: str, step: str, status: str) -> str | None:
+    """The first unfinished stage of a row in state (step, status), on the row's own level."""
+    if status in ("queued", "running", "failed"):
+        return step if stage_graph.stage(step).level == level else None
+    following = stage_graph.next_stage(step)
+    if following is None:
+        return None
+    if following.level != level:
+        # The last variant stage done, on a job row, is the rollup: the job stages come next.
+        return following.name if level == "job" else None
+    return following.name
+
+
+_ROWS = """
+    SELECT 'variant' AS level, job_variants_id::text AS key, job_id::text AS job_id, current_step, status,
+           attempt, run_id, retry_at, updated_at
+      FROM jobs_variants WHERE {variant_filter}
+    UNION ALL
+    SELECT 'job', job_id::text, job_id::text, current_step, status, attempt, run_id, retry_at, updated_at
+      FROM jobs WHERE {job_filter}
+"""
+
+
+def _rows(conn: Connection, variant_filter: str, job_filter: str, **params: Any) -> list[dict[str, Any]]:
+    query = _ROWS.format(variant_filter=variant_filter, job_filter=job_filter)
+    return [dict(r) for r in conn.execute(sa.text(query), params).mappings()]
+
+
+def recover_lost_claims(engine: Engine, policy: claims.RetryPolicy) -> list[LostClaim]:
+    """Turn every running row whose worker is gone into a recorded lost attempt (and a retry)."""
+    job_steps = "(SELECT name FROM pipeline_stages WHERE level = 'job')"
+    with engine.connect() as conn:
+        candidates = _rows(conn, "status = 'running'", f"status = 'running' AND current_step IN {job_steps}")
+    lost: list[LostClaim] = []
+    for row in candidates:
+        with transaction(engine, RECOVERY_ORIGIN) as conn:
+            if not claims.is_lock_free(conn, claims.lock_key(row["key"])):
+                continue  # a live worker holds it
+            table, id_column = claims.table_for(row["level"])
+            now = conn.execute(
+                sa.text(f"SELECT current_step, status, attempt, run_id FROM {table} "
+                        f"WHERE {id_column} = CAST(:k AS uuid) FOR UPDATE"), {"k": row["key"]},
+            ).first()
+            if now is None or tuple(now) != (row["current_step"], "running", row["attempt"], row["run_id"]):
+                continue  # it moved on meanwhile
+            attempt = conn.execute(
+                sa.text("""SELECT attempt_id, worker FROM stage_attempts
+                            WHERE (job_variants_id = CAST(:k AS uuid) OR (level = 'job' AND job_id = CAST(:k AS uuid)))
+                              AND stage = :stage AND outcome = 'running'
+                            ORDER BY attempt_id DESC LIMIT 1"""),
+                {"k": row["key"], "stage": row["current_step"]},
+            ).first()
+            worker = attempt.worker if attempt else None
+            reason = (f"worker lost: the process running {row['current_step']} "
+                      f"({worker or 'unknown process'}, run {row['run_id'] or 'unknown'}) ended without finishing it")
+            will_retry = claims.mark_failed(
+                conn, level=row["level"], partition_key=row["key"], stage=row["current_step"],
+                attempt=max(row["attempt"], 1), attempt_id=attempt.attempt_id if attempt else None,
+                reason=reason, retryable=True, policy=policy, outcome="lost")
+            lost.append(LostClaim(row["level"], row["key"], row["current_step"], row["attempt"], row["run_id"],
+                                  worker, will_retry))
+    return lost
+
+
+def find_restarts(engine: Engine, stall_after_s: float, busy_partitions: Iterable[str]) -> list[Restart]:
+    """Due retries and stalled rows, minus partitions that have a run in flight."""
+    busy = set(busy_partitions)
+    job_steps = "(SELECT name FROM pipeline_stages WHERE level = 'job')"
+    last_variant, last_job = stage_graph.LAST_VARIANT_STAGE, stage_graph.LAST_JOB_STAGE
+    with engine.connect() as conn:
+        db_now: datetime = conn.execute(sa.text("SELECT now()")).scalar_one()
+        waiting = _rows(
+            conn,
+            "(status = 'queued' OR (status = 'done' AND current_step <> :last_variant))",
+            f"""(status = 'queued' AND current_step IN {job_steps})
+                OR (status = 'done' AND current_step <> :last_job
+                    AND (current_step IN {job_steps} OR current_step = :last_variant))""",
+            last_variant=last_variant, last_job=last_job,
+        )
+        last_attempts = _last_attempt_ids(conn, [r["key"] for r in waiting if r["retry_at"] is not None])
+    restarts: list[Restart] = []
+    for row in waiting:
+        if row["key"] in busy:
+            continue
+        start = restart_stage(row["level"], row["current_step"], row["status"])
+        if start is None:
+            continue
+        if row["retry_at"] is not None and row["retry_at"] <= db_now:
+            after = last_attempts.get((row["key"], row["current_step"]), 0)
+            restarts.append(Restart(row["level"], row["key"], start, "retry",
+                                    f"retry:{row['level']}:{row['key']}:{start}:after-attempt:{after}",
+                                    continues_attempts=True))
+            continue
+        waited = (db_now - row["updated_at"]).total_seconds()
+        if waited >= stall_after_s:
+            # One restart per stall period: a restart whose run never got going is tried again
+            # one period later, never in a tight loop.
+            period = math.floor(waited / stall_after_s)
+            stamp = int(row["updated_at"].timestamp() * 1000)
+            restarts.append(Restart(row["level"], row["key"], start, "stalled",
+                                    f"stalled:{row['level']}:{row['key']}:{start}:{stamp}:{period}",
+                                    continues_attempts=row["retry_at"] is not None))
+    return restarts
+
+
+def _last_attempt_ids(conn: Connection, keys: list[str]) -> dict[tuple[str, str], int]:
+    if not keys:
+        return {}
+    rows = conn.execute(
+        sa.text("""SELECT coalesce(job_variants_id, job_id)::text AS key, stage, max(attempt_id) AS last
+                     FROM stage_attempts
+                    WHERE coalesce(job_variants_id, job_id) = ANY(CAST(:keys AS uuid[]))
+                    GROUP BY 1, 2"""),
+        {"keys": keys},
+    )
+    return {(r.key, r.stage): r.last for r in rows}
+
+
+# --- Manual retry ---------------------------------------------------------------------------
+
+
+class RetryError(ValueError):
+    """A retry that cannot be done as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class RetryRequest:
+    level: str
+    partition_key: str
+    stage: str
+    previous: tuple[str, str]
+
+
+def request_retry(engine: Engine, target: str, from_stage: str | None = None,
+                  origin: str = "cli:retry") -> list[RetryRequest]:
+    """Queue a variant or a job again, from ``from_stage`` or from where it failed.
+
+    The rows go to ``(stage, queued)`` with a fresh attempt budget; the outbox sensor launches
+    the runs, exactly as for a new job. A job retried from a variant stage retries all its
+    variants; without ``--from``, a job retries its failed variants, or its failed job stage.
+    """
+    if from_stage is not None and from_stage not in stage_graph.STAGES_BY_NAME:
+        names = ", ".join(stage_graph.STAGE_NAMES)
+        raise RetryError(f"unknown stage {from_stage!r}; stages are: {names}")
+    with transaction(engine, origin) as conn:
+        variant = conn.execute(
+            sa.text("SELECT job_id::text, current_step, status FROM jobs_variants "
+                    "WHERE job_variants_id = CAST(:k AS uuid) FOR UPDATE"), {"k": target}).first()
+        if variant is not None:
+            return [_retry_variant(conn, target, variant.job_id, (variant.current_step, variant.status), from_stage)]
+        job = conn.execute(
+            sa.text("SELECT current_step, status FROM jobs WHERE job_id = CAST(:k AS uuid) FOR UPDATE"),
+            {"k": target}).first()
+        if job is None:
+            raise RetryError(f"no variant or job with id {target}")
+        return _retry_job(conn, target, (job.current_step, job.status), from_stage)
+
+
+def _queue(conn: Connection, level: str, key: str, stage: str) -> None:
+    table, id_column = claims.table_for(level)
+    conn.execute(
+        sa.text(f"""UPDATE {table} SET current_step = :stage, status = 'queued', error = NULL, attempt = 0,
+                           retry_at = NULL WHERE {id_column} = CAST(:k AS uuid)"""),
+        {"stage": stage, "k": key},
+    )
+
+
+def _check_not_running(level: str, key: str, state: tuple[str, str]) -> None:
+    if state[1] == "running":
+        raise RetryError(f"{level} {key} is running {state[0]} now; retry it after it ends "
+                         "(a stuck run is found by the recovery sensor)")
+
+
+def _retry_variant(conn: Connection, key: str, job_id: str, state: tuple[str, str],
+                   from_stage: str | None) -> RetryRequest:
+    _check_not_running("variant", key, state)
+    if from_stage is None:
+        if state[1] != "failed":
+            raise RetryError(f"variant {key} has not failed (it is at {state}); give --from STAGE to redo stages")
+        from_stage = state[0]
+    if stage_graph.stage(from_stage).level != "variant":
+        raise RetryError(f"{from_stage} is a job-level stage; retry the job {job_id} --from {from_stage} instead")
+    # The job first: once it is back in its variant phase, the variant's change rolls it up.
+    claims.reopen_job(conn, job_id, from_stage)
+    _queue(conn, "variant", key, from_stage)
+    return RetryRequest("variant", key, from_stage, state)
+
+
+def _retry_job(conn: Connection, job_id: str, state: tuple[str, str], from_stage: str | None) -> list[RetryRequest]:
+    _check_not_running("job", job_id, state)
+    variants = conn.execute(
+        sa.text("SELECT job_variants_id::text AS key, current_step, status FROM jobs_variants "
+                "WHERE job_id = CAST(:j AS uuid) ORDER BY creation_order FOR UPDATE"), {"j": job_id}).all()
+    job_level_state = stage_graph.stage(state[0]).level == "job"
+    if from_stage is not None and stage_graph.stage(from_stage).level == "job":
+        if not any(v.current_step == stage_graph.LAST_VARIANT_STAGE and v.status == "done" for v in variants):
+            raise RetryError(f"job {job_id} has no finished variant; its job stages cannot run")
+        _queue(conn, "job", job_id, from_stage)
+        return [RetryRequest("job", job_id, from_stage, state)]
+    if from_stage is None and job_level_state and state[1] == "failed":
+        _queue(conn, "job", job_id, state[0])
+        return [RetryRequest("job", job_id, state[0], state)]
+    if from_stage is None:
+        chosen = [v for v in variants if v.status == "failed"]
+        if not chosen:
+            raise RetryError(f"job {job_id} has nothing failed (it is at {state}); give --from STAGE to redo stages")
+    else:
+        chosen = list(variants)
+    for v in chosen:
+        _check_not_running("variant", v.key, (v.current_step, v.status))
+    requests = []
+    for v in chosen:
+        requests.append(_retry_variant(conn, v.key, job_id, (v.current_step, v.status), from_stage or v.current_step))
+    return requests

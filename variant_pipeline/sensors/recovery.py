@@ -1,0 +1,124 @@
+"""The recovery sensor: dead runs failed, lost claims retried, due retries and stalls restarted.
+
+Each tick, in this order:
+
+1. **Dead runs.** A run of this project that Dagster thinks is STARTED but whose worker no longer
+   holds its lease (``claims.RunLease``) is reported failed. Dagster's default run launcher
+   cannot see a dead worker by itself, and a dead run would keep its GPU pool slot forever.
+2. **Lost claims** (``recovery.recover_lost_claims``): rows running with nobody holding their
+   partition lock become a recorded ``lost`` attempt and a scheduled retry (or ``failed``).
+3. **Restarts** (``recovery.find_restarts``): due retries and stalled rows without a run in
+   flight get one run each, from their first unfinished stage, under a run key that names the
+   attempt or the stall, so a repeated tick never launches twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+
+from variant_pipeline import claims, recovery
+from variant_pipeline import stages as stage_graph
+from variant_pipeline.config import load_settings
+from variant_pipeline.sensors.outbox import CONTINUES_ATTEMPTS_TAG, LAUNCHED_BY_TAG, START_STAGE_TAG
+
+RECOVERY_SENSOR_NAME = "recovery_sensor"
+RECOVERY_REASON_TAG = "variant_pipeline/recovery"
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+             dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+
+
+def _started_at(instance: dg.DagsterInstance, run: dg.DagsterRun) -> float | None:
+    record = instance.get_run_record_by_id(run.run_id)
+    return record.start_time if record else None
+
+
+def fail_dead_runs(instance: dg.DagsterInstance, engine, job_names: set[str], now: float,
+                   grace_s: float) -> list[str]:
+    """Report STARTED runs whose worker lost its lease as failed, and free their pool slots.
+
+    A run takes its lease when its resources are set up, a few seconds after it starts; runs
+    younger than ``grace_s`` are left alone.
+    """
+    dead = []
+    for run in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        if run.job_name not in job_names:
+            continue
+        started = _started_at(instance, run)
+        if started is None or now - started < grace_s:
+            continue
+        with engine.begin() as conn:
+            free = claims.is_lock_free(conn, claims.run_lock_key(run.run_id))
+        if free:
+            instance.report_run_failed(
+                run, "recovery sensor: the run worker is gone (its database lease ended without the run finishing)"
+            )
+            # The worker is gone, so its GPU pool slot is not in use: give it back now rather
+            # than after run_monitoring.free_slots_after_run_end_seconds.
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            dead.append(run.run_id)
+    return dead
+
+
+def busy_partitions(instance: dg.DagsterInstance, job_names: set[str]) -> set[str]:
+    busy = set()
+    for run in instance.get_runs(dg.RunsFilter(statuses=IN_FLIGHT)):
+        partition = run.tags.get("dagster/partition")
+        if run.job_name in job_names and partition:
+            busy.add(partition)
+    return busy
+
+
+def build_recovery_sensor(variant_job: dg.UnresolvedAssetJobDefinition,
+                          job_level_job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
+    settings = load_settings()
+
+    @dg.sensor(
+        name=RECOVERY_SENSOR_NAME,
+        jobs=[variant_job, job_level_job],
+        minimum_interval_seconds=max(1, int(settings.recovery_interval_s)),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Fails runs whose worker died, retries stages whose worker was lost or that failed "
+        "(bounded, with backoff), and restarts variants and jobs that stalled between stages.",
+    )
+    def recovery_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        from variant_pipeline.db import get_engine
+        from variant_pipeline.handlers import retry_policy
+
+        current = load_settings()
+        engine = get_engine()
+        instance = context.instance
+        job_names = {variant_job.name, job_level_job.name}
+        now = dt.datetime.now(dt.UTC).timestamp()
+
+        dead = fail_dead_runs(instance, engine, job_names, now, current.run_lease_grace_s)
+        lost = recovery.recover_lost_claims(engine, retry_policy(current))
+        restarts = recovery.find_restarts(engine, current.stall_after_s, busy_partitions(instance, job_names))
+        for run_id in dead:
+            context.log.warning(f"run {run_id}: worker gone, reported failed")
+        for claim in lost:
+            context.log.warning(
+                f"{claim.level} {claim.partition_key}: worker of {claim.stage} attempt {claim.attempt} lost; "
+                + ("retry scheduled" if claim.will_retry else "no attempts left, failed")
+            )
+        if not (dead or lost or restarts):
+            return dg.SkipReason("nothing to recover")
+        run_requests = []
+        for restart in restarts:
+            level = stage_graph.stage(restart.start_stage).level
+            tags = {LAUNCHED_BY_TAG: RECOVERY_SENSOR_NAME, START_STAGE_TAG: restart.start_stage,
+                    RECOVERY_REASON_TAG: restart.why}
+            if restart.continues_attempts:
+                tags[CONTINUES_ATTEMPTS_TAG] = "1"
+            run_requests.append(dg.RunRequest(
+                run_key=restart.run_key,
+                partition_key=restart.partition_key,
+                job_name=(variant_job if level == "variant" else job_level_job).name,
+                asset_selection=[dg.AssetKey(s.name) for s in stage_graph.stages_from(restart.start_stage)],
+                tags=tags,
+            ))
+            context.log.info(f"{restart.why}: {restart.level} {restart.partition_key} from {restart.start_stage}")
+        return dg.SensorResult(run_requests=run_requests)
+
+    return recovery_sensor
