@@ -160,6 +160,17 @@ class RunLease:
         self._conn = None
 
 
+def lock_holder_pid(conn: Connection, key: int) -> int | None:
+    """The server process id of the session holding advisory lock ``key`` (for operators and tests)."""
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    return conn.execute(
+        sa.text("""SELECT pid FROM pg_locks
+                    WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                      AND classid::bigint = :high AND objid::bigint = :low LIMIT 1"""),
+        {"high": unsigned >> 32, "low": unsigned & 0xFFFFFFFF},
+    ).scalar()
+
+
 def is_lock_free(conn: Connection, key: int) -> bool:
     """Whether nobody holds the advisory lock ``key``; takes it for the caller's transaction if so."""
     return bool(conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar_one())
@@ -253,7 +264,7 @@ def _finish_attempt(conn: Connection, attempt_id: int, outcome: str, error: str 
     conn.execute(
         sa.text("""UPDATE stage_attempts SET outcome = :outcome, error = :error, will_retry = :retry,
                                              finished_at = now()
-                    WHERE attempt_id = :id"""),
+                    WHERE attempt_id = :id AND outcome = 'running'"""),  # an attempt ends once
         {"outcome": outcome, "error": error, "retry": will_retry, "id": attempt_id},
     )
 
