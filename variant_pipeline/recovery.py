@@ -13,6 +13,8 @@ Three kinds of stopped work:
 - **stalls**: a row that waits for its next stage (``done`` before the last stage, a job whose
   variants all finished, or ``queued``) and has not changed for ``stall_after_s``, with no run
   in flight for it: a run request that was lost, a run cancelled by hand, a launch that failed.
+  A due retry that no run picked up for ``stall_after_s`` after its ``retry_at`` is one too; a
+  retry still backing off is neither.
 """
 
 from __future__ import annotations
@@ -58,12 +60,13 @@ def restart_stage(level: str, step: str, status: str) -> str | None:
     """The first unfinished stage of a row in state (step, status), on the row's own level."""
     if status in ("queued", "running", "failed"):
         return step if stage_graph.stage(step).level == level else None
-    following = stage_graph.next_stage(step)
-    if following is None:
-        return None
-    if following.level != level:
+    if level == "job" and step == stage_graph.LAST_VARIANT_STAGE:
         # The last variant stage done, on a job row, is the rollup: the job stages come next.
-        return following.name if level == "job" else None
+        # (next_stage stays within a level, so this must be said here.)
+        return stage_graph.FIRST_JOB_STAGE
+    following = stage_graph.next_stage(step)
+    if following is None or following.level != level:
+        return None
     return following.name
 
 
@@ -141,17 +144,25 @@ def find_restarts(engine: Engine, stall_after_s: float, busy_partitions: Iterabl
         start = restart_stage(row["level"], row["current_step"], row["status"])
         if start is None:
             continue
-        if row["retry_at"] is not None and row["retry_at"] <= db_now:
-            after = last_attempts.get((row["key"], row["current_step"]), 0)
-            restarts.append(Restart(row["level"], row["key"], start, "retry",
-                                    f"retry:{row['level']}:{row['key']}:{start}:after-attempt:{after}",
-                                    continues_attempts=True))
-            continue
-        waited = (db_now - row["updated_at"]).total_seconds()
+        if row["retry_at"] is not None:
+            overdue = (db_now - row["retry_at"]).total_seconds()
+            if overdue < 0:
+                continue  # backing off: not due yet, and not stalled either
+            if stall_after_s <= 0 or overdue < stall_after_s:
+                after = last_attempts.get((row["key"], row["current_step"]), 0)
+                restarts.append(Restart(row["level"], row["key"], start, "retry",
+                                        f"retry:{row['level']}:{row['key']}:{start}:after-attempt:{after}",
+                                        continues_attempts=True))
+                continue
+            # Due for a stall period and still not picked up: the retry's run was lost, cancelled
+            # or never launched (its run key is spent), so restart it as a stall.
+            waited = overdue
+        else:
+            waited = (db_now - row["updated_at"]).total_seconds()
         if waited >= stall_after_s:
             # One restart per stall period: a restart whose run never got going is tried again
             # one period later, never in a tight loop.
-            period = math.floor(waited / stall_after_s)
+            period = math.floor(waited / stall_after_s) if stall_after_s > 0 else 0
             stamp = int(row["updated_at"].timestamp() * 1000)
             restarts.append(Restart(row["level"], row["key"], start, "stalled",
                                     f"stalled:{row['level']}:{row['key']}:{start}:{stamp}:{period}",
@@ -193,7 +204,9 @@ def request_retry(engine: Engine, target: str, from_stage: str | None = None,
 
     The rows go to ``(stage, queued)`` with a fresh attempt budget; the outbox sensor launches
     the runs, exactly as for a new job. A job retried from a variant stage retries all its
-    variants; without ``--from``, a job retries its failed variants, or its failed job stage.
+    variants (one that never got that far, from where it stopped); without ``--from``, a job
+    retries its failed variants, or its failed job stage. A variant cannot be retried from a
+    stage after the first one it has not finished.
     """
     if from_stage is not None and from_stage not in stage_graph.STAGES_BY_NAME:
         names = ", ".join(stage_graph.STAGE_NAMES)
@@ -213,10 +226,14 @@ def request_retry(engine: Engine, target: str, from_stage: str | None = None,
 
 
 def _queue(conn: Connection, level: str, key: str, stage: str) -> None:
+    # A row already queued at that stage (say, backing off before an automatic retry) does not
+    # change state, so no outbox event starts a run: make it a retry due now instead, which the
+    # recovery sensor starts on its next tick (with the fresh attempt budget set here).
     table, id_column = claims.table_for(level)
     conn.execute(
         sa.text(f"""UPDATE {table} SET current_step = :stage, status = 'queued', error = NULL, attempt = 0,
-                           retry_at = NULL WHERE {id_column} = CAST(:k AS uuid)"""),
+                           retry_at = CASE WHEN current_step = :stage AND status = 'queued' THEN now() END
+                     WHERE {id_column} = CAST(:k AS uuid)"""),
         {"stage": stage, "k": key},
     )
 
@@ -232,10 +249,16 @@ def _retry_variant(conn: Connection, key: str, job_id: str, state: tuple[str, st
     _check_not_running("variant", key, state)
     if from_stage is None:
         if state[1] != "failed":
-            raise RetryError(f"variant {key} has not failed (it is at {state}); give --from STAGE to redo stages")
+            raise RetryError(f"variant {key} has not failed (it is at {state[0]}/{state[1]}); "
+                             "give --from STAGE to redo stages")
         from_stage = state[0]
     if stage_graph.stage(from_stage).level != "variant":
         raise RetryError(f"{from_stage} is a job-level stage; retry the job {job_id} --from {from_stage} instead")
+    reached = _first_unfinished(state)
+    if reached is not None and stage_graph.stage(from_stage).position > stage_graph.stage(reached).position:
+        # Its stages before from_stage never produced (current) outputs for it to start from.
+        raise RetryError(f"variant {key} has not reached {from_stage} (it is at {state[0]}/{state[1]}); "
+                         f"retry it from {reached} or an earlier stage")
     # The job first: once it is back in its variant phase, the variant's change rolls it up.
     claims.reopen_job(conn, job_id, from_stage)
     _queue(conn, "variant", key, from_stage)
@@ -243,14 +266,20 @@ def _retry_variant(conn: Connection, key: str, job_id: str, state: tuple[str, st
 
 
 def _retry_job(conn: Connection, job_id: str, state: tuple[str, str], from_stage: str | None) -> list[RetryRequest]:
-    _check_not_running("job", job_id, state)
     variants = conn.execute(
         sa.text("SELECT job_variants_id::text AS key, current_step, status FROM jobs_variants "
                 "WHERE job_id = CAST(:j AS uuid) ORDER BY creation_order FOR UPDATE"), {"j": job_id}).all()
     job_level_state = stage_graph.stage(state[0]).level == "job"
+    if job_level_state:
+        _check_not_running("job", job_id, state)  # a job stage in progress
+    # (A job running in its variant phase only says that some variants are not finished: its
+    # failed variants may be retried meanwhile; a running variant is refused below.)
     if from_stage is not None and stage_graph.stage(from_stage).level == "job":
         if not any(v.current_step == stage_graph.LAST_VARIANT_STAGE and v.status == "done" for v in variants):
             raise RetryError(f"job {job_id} has no finished variant; its job stages cannot run")
+        if not job_level_state and state[1] == "running":
+            raise RetryError(f"job {job_id} still has variants in progress (at {state[0]}); "
+                             "its job stages run by themselves when they end")
         _queue(conn, "job", job_id, from_stage)
         return [RetryRequest("job", job_id, from_stage, state)]
     if from_stage is None and job_level_state and state[1] == "failed":
@@ -259,12 +288,23 @@ def _retry_job(conn: Connection, job_id: str, state: tuple[str, str], from_stage
     if from_stage is None:
         chosen = [v for v in variants if v.status == "failed"]
         if not chosen:
-            raise RetryError(f"job {job_id} has nothing failed (it is at {state}); give --from STAGE to redo stages")
+            raise RetryError(f"job {job_id} has nothing failed (it is at {state[0]}/{state[1]}); "
+                             "give --from STAGE to redo stages")
     else:
         chosen = list(variants)
     for v in chosen:
         _check_not_running("variant", v.key, (v.current_step, v.status))
     requests = []
     for v in chosen:
-        requests.append(_retry_variant(conn, v.key, job_id, (v.current_step, v.status), from_stage or v.current_step))
+        v_state = (v.current_step, v.status)
+        start = from_stage or v.current_step
+        reached = _first_unfinished(v_state)
+        if reached is not None and stage_graph.stage(reached).position < stage_graph.stage(start).position:
+            start = reached  # a variant that never got as far as from_stage restarts where it stopped
+        requests.append(_retry_variant(conn, v.key, job_id, v_state, start))
     return requests
+
+
+def _first_unfinished(state: tuple[str, str]) -> str | None:
+    """The first stage a variant in ``state`` has not finished; None once it finished them all."""
+    return restart_stage("variant", state[0], state[1])
