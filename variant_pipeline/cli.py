@@ -223,7 +223,8 @@ def _add_retry(sub: argparse._SubParsersAction) -> None:
         "retry", help="run a failed variant or job again (or redo stages with --from), with a fresh attempt budget",
         description="Queue a variant or job again. Without --from: a variant from its failed stage; a job, "
         "its failed variants (each from where it failed) or its failed job stage. With --from STAGE: from "
-        "that stage (for a job and a variant stage: all its variants). The outbox sensor starts the runs, "
+        "that stage (for a job and a variant stage: all its variants, one that never got that far from where "
+        "it stopped). The outbox sensor starts the runs, "
         "and the job's own stages run again when its variants are done. Re-materializing a stage in the "
         "Dagster UI goes through the same claim and attempt bookkeeping.",
     )
