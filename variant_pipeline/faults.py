@@ -14,7 +14,9 @@ Example: ``VP_FAULTS="vlm_analyze:raise:variant=2;yolo_detect:sleep=30:attempt=1
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import signal
 import threading
 import time
@@ -60,16 +62,27 @@ def parse_faults(spec: str | None) -> tuple[Fault, ...]:
             raise ValueError(f"VP_FAULTS entry {item!r}: action must be one of {', '.join(ACTIONS)}")
         if (action == "sleep") != bool(value):
             raise ValueError(f"VP_FAULTS entry {item!r}: give sleep=SECONDS, and a value for sleep only")
+        seconds = _seconds(item, value) if value else 0.0
         conditions: dict[str, int] = {}
         for condition in ",".join(parts[2:]).split(","):
             if not condition.strip():
                 continue
             name, _, number = condition.strip().partition("=")
-            if name not in ("attempt", "variant") or not number.isdigit():
+            if name not in ("attempt", "variant") or not re.fullmatch(r"[0-9]+", number):
                 raise ValueError(f"VP_FAULTS entry {item!r}: condition {condition!r} must be attempt=N or variant=N")
             conditions[name] = int(number)
-        faults.append(Fault(stage, action, float(value or 0), conditions.get("attempt"), conditions.get("variant")))
+        faults.append(Fault(stage, action, seconds, conditions.get("attempt"), conditions.get("variant")))
     return tuple(faults)
+
+
+def _seconds(item: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"VP_FAULTS entry {item!r}: sleep={value} is not a number of seconds (0 or more)")
+    return seconds
 
 
 def inject(faults: tuple[Fault, ...], stage: str, attempt: int, creation_order: int | None) -> None:
