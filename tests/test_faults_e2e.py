@@ -1,0 +1,227 @@
+"""Faults that really happen, against the real daemon: killed workers, a failing and a hanging
+stage, a daemon that stops and starts, a database server that restarts.
+
+Each test ends with every job done or failed with a reason, no stage output written twice, every
+Dagster run finished, and the outbox sensor's cursor past every event. Stages misbehave through
+the fault drills (VP_FAULTS, variant_pipeline/faults.py), inside their own run workers; the
+workers are killed with a real SIGKILL and the server is really stopped and started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from tests.fixtures.pipeline import submit_sample
+from variant_pipeline import claims, db
+from variant_pipeline import stages as stage_graph
+from variant_pipeline.outbox import read_events_after
+from variant_pipeline.services import (
+    Environment,
+    Services,
+    prepare_environment,
+    start_services,
+    wait_for_job,
+    wait_for_runs_to_settle,
+)
+
+# Fast recovery for the tests; the defaults are minutes (see the README's guarantees).
+RECOVERY_ENV = {
+    "VP_RECOVERY_INTERVAL_S": "2",
+    "VP_RETRY_BACKOFF_S": "1",
+    "VP_RUN_LEASE_GRACE_S": "20",
+    "VP_STALL_AFTER_S": "20",
+    "VP_MAX_ATTEMPTS": "3",
+}
+
+
+@contextlib.contextmanager
+def pipeline(monkeypatch: pytest.MonkeyPatch, **env: str) -> Iterator[tuple[Environment, Services]]:
+    for name in ("DAGSTER_HOME", "VP_DAGSTER_STORAGE_URL", "DATABASE_URL"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test
+    for name, value in {**RECOVERY_ENV, **env}.items():
+        monkeypatch.setenv(name, value)
+    environment = prepare_environment(log=lambda _msg: None)
+    services = start_services(environment, webserver_port=None, log=lambda _msg: None)
+    try:
+        yield environment, services
+    finally:
+        services.stop()
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _scalar(engine, sql: str, **params):
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql), params).scalar()
+
+
+def _running_attempt(engine, variant_id: str, stage: str) -> dict | None:
+    for attempt in claims.attempts_of(engine, variant_id):
+        if attempt["stage"] == stage and attempt["outcome"] == "running":
+            return attempt
+    return None
+
+
+def _outbox_cursor() -> str | None:
+    with dg.DagsterInstance.get() as instance:
+        states = [s for s in instance.all_instigator_state() if s.instigator_name == "outbox_sensor"]
+        return states[0].instigator_data.cursor if states and states[0].instigator_data else None
+
+
+def _assert_settled(engine, job_ids: list[str], log_text: str) -> None:
+    """Every run finished, every event read by the outbox sensor, no output row twice."""
+    assert wait_for_runs_to_settle(timeout_s=120) == 0, log_text
+    # Outbox events are read below the oldest open transaction; nothing is open now. The sensor
+    # reads on its next tick (within a few seconds).
+    unread: list = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        unread, _ = read_events_after(engine, _outbox_cursor(), limit=1000)
+        if not unread:
+            break
+        time.sleep(1)
+    assert unread == [], [(e.id, e.kind, e.new_step, e.new_status, e.origin) for e in unread]
+    # The outputs are unique per variant by constraint; what must not happen is a stage's work
+    # done (and committed) twice: one 'done' attempt per partition and stage at most.
+    twice = _scalar(engine, """SELECT count(*) FROM (
+                                   SELECT 1 FROM stage_attempts
+                                    WHERE outcome = 'done' AND job_id = ANY(CAST(:jobs AS uuid[]))
+                                    GROUP BY coalesce(job_variants_id, job_id), stage HAVING count(*) > 1) d""",
+                    jobs=job_ids)
+    assert twice == 0
+    for job_id in job_ids:
+        assert _scalar(engine, "SELECT count(*) FROM instagram_feeds WHERE job_id = :j", j=job_id) <= 1
+
+
+@pytest.mark.e2e
+def test_killed_worker_failing_stage_and_hanging_stage_in_one_job(pipeline_env, monkeypatch) -> None:
+    """Variant 1: its worker is SIGKILLed in the middle of yolo_detect (attempt 1), then retried.
+    Variant 2: vlm_analyze raises on every attempt: it fails after 3 with the reason.
+    Variant 3: overlay hangs on attempt 1 past its 10 s limit, then succeeds on attempt 2.
+    The job rolls up to done with two variants and makes its Instagram feed."""
+    faults = ("yolo_detect:sleep=120:attempt=1,variant=1;"
+              "vlm_analyze:raise:variant=2;"
+              "overlay:hang:attempt=1,variant=3")
+    with pipeline(monkeypatch, VP_FAULTS=faults, VP_STAGE_TIMEOUTS="overlay=10") as (env, services):
+        engine = db.get_engine(env.app_url)
+        job = submit_sample(env.app_url, variants=3)
+        v1, v2, v3 = (str(v) for v in job.variant_ids)
+
+        _wait_for(lambda: _running_attempt(engine, v1, "yolo_detect") is not None, 300, "variant 1 in yolo_detect")
+        worker = _running_attempt(engine, v1, "yolo_detect")["worker"]
+        os.kill(int(worker.rsplit(":", 1)[1]), signal.SIGKILL)
+        killed_at = time.monotonic()
+        _wait_for(lambda: any(a["outcome"] == "lost" for a in claims.attempts_of(engine, v1)), 60, "lost claim seen")
+        noticed_s = time.monotonic() - killed_at
+
+        status = wait_for_job(env.app_url, job.job_id, timeout_s=900, log=lambda _msg: None)
+        log_text = services.logs["daemon"].read_text(errors="replace")[-4000:]
+        assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
+        _assert_settled(engine, [str(job.job_id)], log_text)
+
+        by_id = {str(v.job_variants_id): v for v in status.variants}
+        assert (by_id[v1].step, by_id[v1].status) == (stage_graph.LAST_VARIANT_STAGE, "done")
+        assert (by_id[v3].step, by_id[v3].status) == (stage_graph.LAST_VARIANT_STAGE, "done")
+        assert (by_id[v2].step, by_id[v2].status) == ("vlm_analyze", "failed")
+        assert by_id[v2].error.startswith("failed after 3 attempts: InjectedFault")
+
+        def history(variant_id: str, stage: str) -> list[tuple[int, str]]:
+            return [(a["attempt"], a["outcome"]) for a in claims.attempts_of(engine, variant_id) if a["stage"] == stage]
+
+        assert history(v1, "yolo_detect") == [(1, "lost"), (2, "done")]
+        assert history(v2, "vlm_analyze") == [(1, "failed"), (2, "failed"), (3, "failed")]
+        assert history(v3, "overlay") == [(1, "failed"), (2, "done")]
+        timeout_error = [a["error"] for a in claims.attempts_of(engine, v3) if a["stage"] == "overlay"][0]
+        assert "did not finish within its time limit of 10 s" in timeout_error
+        # The failed variant wrote nothing past its failing stage; the others one evaluation set each.
+        assert _scalar(engine, "SELECT count(*) FROM evaluations WHERE job_variants_id = :v", v=v2) == 0
+        assert _scalar(engine, "SELECT count(*) FROM evaluations WHERE job_id = :j", j=str(job.job_id)) == 2 * 3
+        assert _scalar(engine, "SELECT count(*) FROM instagram_feeds WHERE job_id = :j", j=str(job.job_id)) == 1
+
+        with dg.DagsterInstance.get() as instance:
+            killed_runs = [r for r in instance.get_runs() if r.run_id == claims.attempts_of(engine, v1)[0]["run_id"]]
+        assert killed_runs and killed_runs[0].status == dg.DagsterRunStatus.FAILURE
+    print(f"\nSIGKILLed worker noticed by recovery after {noticed_s:.1f} s")
+
+
+@pytest.mark.e2e
+def test_daemon_stopped_mid_job_and_started_again(pipeline_env, monkeypatch) -> None:
+    """The daemon (with its code server and run workers) stops while a job runs; another job is
+    submitted and a variant retried by hand while it is down. Started again, both jobs finish."""
+    with pipeline(monkeypatch) as (env, services):
+        engine = db.get_engine(env.app_url)
+        first = submit_sample(env.app_url, variants=2)
+        _wait_for(lambda: _scalar(engine, "SELECT count(*) FROM stage_attempts WHERE stage = 'vlm_analyze'") > 0,
+                  300, "a variant in vlm_analyze")
+    # Down: the daemon, its code server and the run workers are gone.
+    events_before = _scalar(engine, "SELECT max(id) FROM pipeline_events")
+    second = submit_sample(env.app_url, variants=2)
+    assert _scalar(engine, "SELECT max(id) FROM pipeline_events") > events_before
+
+    with pipeline(monkeypatch) as (env, services):
+        started = time.monotonic()
+        statuses = [wait_for_job(env.app_url, j.job_id, timeout_s=900, log=lambda _msg: None) for j in (first, second)]
+        took = time.monotonic() - started
+        log_text = services.logs["daemon"].read_text(errors="replace")[-4000:]
+        for status in statuses:
+            assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
+        _assert_settled(engine, [str(first.job_id), str(second.job_id)], log_text)
+        interrupted = [a for a in claims.attempts_of(engine, str(first.variant_ids[0])) +
+                       claims.attempts_of(engine, str(first.variant_ids[1])) if a["outcome"] == "lost"]
+    print(f"\nafter the restart both jobs finished in {took:.0f} s; {len(interrupted)} interrupted attempts recovered")
+
+
+@pytest.mark.e2e
+def test_database_server_restarted_while_runs_are_in_flight(pipeline_env, pg_admin_url, monkeypatch) -> None:
+    if os.environ.get("VP_TEST_DATABASE_URL"):
+        pytest.skip("the server belongs to VP_TEST_DATABASE_URL; only the embedded one is restarted")
+    from variant_pipeline.embedded_pg import (
+        embedded_server_state,
+        ensure_embedded_server,
+        stop_embedded_server,
+    )
+
+    pgdata = embedded_server_state_for(pg_admin_url, embedded_server_state)
+    with pipeline(monkeypatch) as (env, services):
+        engine = db.get_engine(env.app_url)
+        job = submit_sample(env.app_url, variants=3)
+        _wait_for(lambda: _scalar(engine, "SELECT count(*) FROM stage_attempts WHERE outcome = 'running'") > 0,
+                  300, "a stage in flight")
+        stop_embedded_server(pgdata)
+        time.sleep(3)
+        ensure_embedded_server(pgdata)
+        restarted = time.monotonic()
+        status = wait_for_job(env.app_url, job.job_id, timeout_s=900, log=lambda _msg: None)
+        took = time.monotonic() - restarted
+        log_text = services.logs["daemon"].read_text(errors="replace")[-4000:]
+        assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
+        for variant in status.variants:
+            assert (variant.step, variant.status) == (stage_graph.LAST_VARIANT_STAGE, "done"), variant.error
+        _assert_settled(engine, [str(job.job_id)], log_text)
+    print(f"\nafter the server restart the job finished in {took:.0f} s")
+
+
+def embedded_server_state_for(admin_url: str, state_of) -> os.PathLike:
+    """The data directory of the test server (its socket directory is the data directory)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    host = parse_qs(urlsplit(admin_url).query).get("host", [""])[0]
+    state = state_of(Path(host)) if host else None
+    if state is None or not state.running:
+        pytest.skip("the test server is not an embedded one this test can restart")
+    return state.pgdata
