@@ -7,6 +7,7 @@ print one ``error: ...`` line, exit 2, and write nothing.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -189,6 +190,12 @@ def test_a_row_waiting_for_an_automatic_retry_is_made_due_now_with_a_fresh_budge
     assert (row["status"], row["attempt"], row["error"]) == ("queued", 0, None)
     [restart] = recovery.find_restarts(engine, stall_after_s=600, busy_partitions=[])
     assert (restart.partition_key, restart.start_stage, restart.why) == (key, "vlm_analyze", "retry")
+
+    # Its run is cancelled before it starts (the key is spent); a second manual retry gets a new key.
+    time.sleep(0.01)
+    recovery.request_retry(engine, key, "vlm_analyze")
+    [again] = recovery.find_restarts(engine, stall_after_s=600, busy_partitions=[])
+    assert again.why == "retry" and again.run_key != restart.run_key
 
 
 def test_a_job_retries_its_failed_variants_while_others_still_run(engine, job) -> None:

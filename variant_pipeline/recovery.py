@@ -149,9 +149,12 @@ def find_restarts(engine: Engine, stall_after_s: float, busy_partitions: Iterabl
             if overdue < 0:
                 continue  # backing off: not due yet, and not stalled either
             if stall_after_s <= 0 or overdue < stall_after_s:
+                # Named by the last attempt and the time it became due: a retry made due again
+                # (by ``request_retry``) after its run was cancelled gets a key not yet spent.
                 after = last_attempts.get((row["key"], row["current_step"]), 0)
+                due = int(row["retry_at"].timestamp() * 1000)
                 restarts.append(Restart(row["level"], row["key"], start, "retry",
-                                        f"retry:{row['level']}:{row['key']}:{start}:after-attempt:{after}",
+                                        f"retry:{row['level']}:{row['key']}:{start}:after-attempt:{after}:{due}",
                                         continues_attempts=True))
                 continue
             # Due for a stall period and still not picked up: the retry's run was lost, cancelled
