@@ -121,8 +121,9 @@ def test_recovery_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     ("upscale=60", "unknown stage 'upscale'"),
     ("img_gen", "'img_gen' is not STAGE=SECONDS"),
     ("img_gen=soon", "'img_gen=soon' is not STAGE=SECONDS"),
-    ("img_gen=0", "the limit of img_gen must be positive"),
-    ("img_gen=-5", "the limit of img_gen must be positive"),
+    ("img_gen=0", "the limit of img_gen must be a finite number above 0"),
+    ("img_gen=-5", "the limit of img_gen must be a finite number above 0"),
+    ("img_gen=nan", "the limit of img_gen must be a finite number above 0"),
 ])
 def test_bad_stage_timeouts_are_refused(monkeypatch: pytest.MonkeyPatch, spec: str, message: str) -> None:
     monkeypatch.setenv("VP_STAGE_TIMEOUTS", spec)
@@ -142,4 +143,24 @@ def test_max_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
             load_settings()
     monkeypatch.setenv("VP_MAX_ATTEMPTS", "three")
     with pytest.raises(ValueError, match="VP_MAX_ATTEMPTS must be an integer"):
+        load_settings()
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("VP_STALL_AFTER_S", "0"), ("VP_STALL_AFTER_S", "nan"), ("VP_RETRY_BACKOFF_S", "-1"),
+    ("VP_STAGE_TIMEOUT_S", "inf"), ("VP_RECOVERY_INTERVAL_S", "0"),
+])
+def test_recovery_seconds_must_be_finite_and_in_range(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    from variant_pipeline.config import SettingsError, load_settings
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=f"{name} must be a finite number of seconds"):
+        load_settings()
+
+
+def test_a_bad_fault_spec_fails_when_the_settings_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    from variant_pipeline.config import SettingsError, load_settings
+
+    monkeypatch.setenv("VP_FAULTS", "img_gen:explode")
+    with pytest.raises(SettingsError, match="action must be one of"):
         load_settings()

@@ -318,6 +318,7 @@ def _one_line(text: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     import sqlalchemy as sa
 
+    from variant_pipeline.config import SettingsError
     from variant_pipeline.db import MigrationError, normalize_database_url, redact
     from variant_pipeline.embedded_pg import EmbeddedServerError
     from variant_pipeline.validation import InputError
@@ -329,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return int(args.handler(args))
-    except (InputError, CliError, MigrationError, EmbeddedServerError) as exc:
+    except (InputError, CliError, MigrationError, EmbeddedServerError, SettingsError) as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:

@@ -7,6 +7,7 @@ environment for configuration. Defaults select the tiny offline model bundle tha
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,10 @@ DEFAULT_FORBIDDEN_CLASSES: tuple[str, ...] = (
 )
 
 
+class SettingsError(ValueError):
+    """An environment variable with a value this project cannot use; the message names it."""
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
@@ -36,7 +41,7 @@ def _env_bool(name: str, default: bool) -> bool:
         return True
     if value.lower() in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"{name} must be a boolean (1/0/true/false), got {value!r}")
+    raise SettingsError(f"{name} must be a boolean (1/0/true/false), got {value!r}")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -46,7 +51,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+        raise SettingsError(f"{name} must be an integer, got {value!r}") from None
 
 
 def _env_float(name: str, default: float) -> float:
@@ -56,7 +61,7 @@ def _env_float(name: str, default: float) -> float:
     try:
         return float(value)
     except ValueError:
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+        raise SettingsError(f"{name} must be a number, got {value!r}") from None
 
 
 def home_dir() -> Path:
@@ -150,19 +155,38 @@ def load_settings() -> Settings:
         gpu_pool_limit=_env_int("VP_GPU_POOL_LIMIT", 1),
         sensor_listen_s=_env_float("VP_SENSOR_LISTEN_S", 4.0),
         max_attempts=_at_least("VP_MAX_ATTEMPTS", _env_int("VP_MAX_ATTEMPTS", 3), 1),
-        retry_backoff_s=_env_float("VP_RETRY_BACKOFF_S", 10.0),
-        stage_timeout_s=_env_float("VP_STAGE_TIMEOUT_S", 1800.0),
+        retry_backoff_s=_seconds("VP_RETRY_BACKOFF_S", 10.0, allow_zero=True),
+        stage_timeout_s=_seconds("VP_STAGE_TIMEOUT_S", 1800.0),
         stage_timeouts=_stage_timeouts(_env("VP_STAGE_TIMEOUTS")),
-        stall_after_s=_env_float("VP_STALL_AFTER_S", 300.0),
-        recovery_interval_s=_env_float("VP_RECOVERY_INTERVAL_S", 15.0),
-        run_lease_grace_s=_env_float("VP_RUN_LEASE_GRACE_S", 60.0),
-        faults=_env("VP_FAULTS", "") or "",
+        stall_after_s=_seconds("VP_STALL_AFTER_S", 300.0),
+        recovery_interval_s=_seconds("VP_RECOVERY_INTERVAL_S", 15.0),
+        run_lease_grace_s=_seconds("VP_RUN_LEASE_GRACE_S", 60.0, allow_zero=True),
+        faults=_faults(_env("VP_FAULTS", "") or ""),
     )
+
+
+def _seconds(name: str, default: float, *, allow_zero: bool = False) -> float:
+    value = _env_float(name, default)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "0 or more" if allow_zero else "more than 0"
+        raise SettingsError(f"{name} must be a finite number of seconds, {bound}; got {value!r}")
+    return value
+
+
+def _faults(spec: str) -> str:
+    """Checked when the settings load, so a typo fails the process, not a stage half-claimed."""
+    from variant_pipeline.faults import parse_faults
+
+    try:
+        parse_faults(spec)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    return spec
 
 
 def _at_least(name: str, value: int, minimum: int) -> int:
     if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
     return value
 
 
@@ -177,13 +201,13 @@ def _stage_timeouts(spec: str | None) -> dict[str, float]:
         name, _, value = item.partition("=")
         name = name.strip()
         if name not in STAGES_BY_NAME:
-            raise ValueError(f"VP_STAGE_TIMEOUTS: unknown stage {name!r} in {spec!r}")
+            raise SettingsError(f"VP_STAGE_TIMEOUTS: unknown stage {name!r} in {spec!r}")
         try:
             limits[name] = float(value)
         except ValueError:
-            raise ValueError(f"VP_STAGE_TIMEOUTS: {item.strip()!r} is not STAGE=SECONDS") from None
-        if limits[name] <= 0:
-            raise ValueError(f"VP_STAGE_TIMEOUTS: the limit of {name} must be positive")
+            raise SettingsError(f"VP_STAGE_TIMEOUTS: {item.strip()!r} is not STAGE=SECONDS") from None
+        if not math.isfinite(limits[name]) or limits[name] <= 0:
+            raise SettingsError(f"VP_STAGE_TIMEOUTS: the limit of {name} must be a finite number above 0")
     return limits
 
 

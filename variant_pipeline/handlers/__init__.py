@@ -110,6 +110,7 @@ def execute_stage(stage_name: str, ctx: HandlerContext) -> StageOutcome:
         raise StageFailed(stage.name, key, f"bad partition key {key!r}: expected a UUID") from None
     run_id = ctx.run_id or ctx.origin
     policy = retry_policy(ctx.settings)
+    faults = parse_faults(ctx.settings.faults)  # before the claim: a bad spec must not strand the row
     lock = claims.PartitionLock(ctx.engine, key)
     if not lock.try_acquire():
         raise claims.PartitionBusy(f"{stage.level} {key} is being worked on by another run; {stage.name} not started")
@@ -123,8 +124,6 @@ def execute_stage(stage_name: str, ctx: HandlerContext) -> StageOutcome:
         except claims.PartitionMissing as exc:
             raise StageFailed(stage.name, key, str(exc)) from exc
         ctx.log(f"{stage.name} attempt {claim.attempt} for {stage.level} {key}")
-
-        faults = parse_faults(ctx.settings.faults)
 
         def work() -> StageOutcome:
             inject(faults, stage.name, claim.attempt, claim.creation_order)
