@@ -1,0 +1,77 @@
+"""The recovery sensor's tick and the hand-started path, in process, against real PostgreSQL and a
+PostgreSQL-backed Dagster instance. (Killed workers and dead runs are in test_faults_e2e.py.)"""
+
+from __future__ import annotations
+
+import time
+
+import dagster as dg
+import sqlalchemy as sa
+
+from tests.fixtures.pipeline import submit_sample
+from variant_pipeline import claims, db
+from variant_pipeline.assets.partitions import variant_partitions
+from variant_pipeline.assets.stage_assets import VARIANT_ASSETS, job_pipeline_job, variant_pipeline_job
+from variant_pipeline.resources import default_resources
+from variant_pipeline.sensors.outbox import CONTINUES_ATTEMPTS_TAG, LAUNCHED_BY_TAG, START_STAGE_TAG
+from variant_pipeline.sensors.recovery import RECOVERY_REASON_TAG, build_recovery_sensor
+
+
+def _tick(instance) -> dg.SensorResult | dg.SkipReason:
+    sensor = build_recovery_sensor(variant_pipeline_job, job_pipeline_job)
+    return sensor(dg.build_sensor_context(instance=instance))
+
+
+def test_a_job_whose_variants_finished_but_whose_job_stages_never_started_is_restarted_once(
+        pipeline_env, dagster_instance, monkeypatch) -> None:
+    monkeypatch.setenv("VP_STALL_AFTER_S", "0.5")
+    engine = db.get_engine(pipeline_env.app_url)
+    job = submit_sample(pipeline_env.app_url, variants=1)
+    with db.transaction(engine, "external") as conn:
+        db.set_variant_state(conn, job.variant_ids[0], "iou_eval", "done")  # the rollup: job (iou_eval, done)
+    assert (db.get_job_status(engine, job.job_id).step, db.get_job_status(engine, job.job_id).status) == (
+        "iou_eval", "done")
+    time.sleep(0.6)
+    first = _tick(dagster_instance)
+    assert isinstance(first, dg.SensorResult)
+    [request] = first.run_requests
+    assert request.partition_key == str(job.job_id) and request.job_name == "job_pipeline"
+    assert request.tags[START_STAGE_TAG] == "ad_copy_gen_kor"
+    assert request.tags[LAUNCHED_BY_TAG] == "recovery_sensor" and request.tags[RECOVERY_REASON_TAG] == "stalled"
+    assert CONTINUES_ATTEMPTS_TAG not in request.tags
+    assert [k.to_user_string() for k in request.asset_selection] == ["ad_copy_gen_kor", "instagram_feed_gen"]
+    # Nothing changed: the next tick asks for the same run key, which Dagster launches only once.
+    again = _tick(dagster_instance)
+    assert [r.run_key for r in again.run_requests] == [request.run_key]
+
+
+def test_nothing_to_recover_is_a_skip(pipeline_env, dagster_instance) -> None:
+    submit_sample(pipeline_env.app_url, variants=1)  # queued moments ago: not stalled
+    assert isinstance(_tick(dagster_instance), dg.SkipReason)
+
+
+def test_materializing_a_failed_stage_by_hand_is_a_new_recorded_round_and_reopens_its_job(
+        pipeline_env, dagster_instance) -> None:
+    engine = db.get_engine(pipeline_env.app_url)
+    job = submit_sample(pipeline_env.app_url, variants=1)
+    key = str(job.variant_ids[0])
+    dagster_instance.add_dynamic_partitions(variant_partitions.name, [key])
+    result = dg.materialize(VARIANT_ASSETS, partition_key=key, instance=dagster_instance,
+                            resources=default_resources(), selection=["img_gen"])
+    assert result.success
+    # Another system fails the variant at vlm_analyze, and the job went on to its job stages.
+    with db.transaction(engine, "external") as conn:
+        db.set_variant_state(conn, key, "vlm_analyze", "failed", error="external failure")
+        db.set_job_state(conn, job.job_id, "instagram_feed_gen", "done")
+
+    result = dg.materialize(VARIANT_ASSETS, partition_key=key, instance=dagster_instance,
+                            resources=default_resources(), selection=["vlm_analyze"])
+    assert result.success
+    attempts = [a for a in claims.attempts_of(engine, key) if a["stage"] == "vlm_analyze"]
+    assert [(a["attempt"], a["outcome"], a["run_id"]) for a in attempts] == [(1, "done", result.run_id)]
+    with engine.connect() as conn:
+        job_state = conn.execute(sa.text("SELECT current_step, status FROM jobs WHERE job_id = :j"),
+                                 {"j": str(job.job_id)}).one()
+    # Back in its variant phase (the least advanced variant step), so its job stages run again
+    # when the variant finishes.
+    assert tuple(job_state) == ("vlm_analyze", "running")
