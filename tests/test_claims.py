@@ -219,3 +219,26 @@ def _wait_for(predicate, timeout_s: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.05)
+
+
+def test_status_lists_every_attempt(engine, db_env, variant, tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    from variant_pipeline import cli
+
+    job, key = variant
+    with pytest.raises(StageFailed):
+        execute_stage(STAGE, _ctx(engine, key, tmp_path, origin="dagster-run:r1", faults=f"{STAGE}:raise"))
+    monkeypatch.setitem(handlers.HANDLERS, STAGE, _writes_marker([]))
+    execute_stage(STAGE, dataclasses.replace(_ctx(engine, key, tmp_path, origin="dagster-run:r2"),
+                                             continues_attempts=True))
+
+    assert cli.main(["status", str(job.job_id), "--attempts"]) == 0
+    out = capsys.readouterr().out
+    assert f"{STAGE} attempt 1: failed  run r1" in out and f"{STAGE} attempt 2: done  run r2" in out
+    assert "error: InjectedFault: fault drill: img_gen raised on attempt 1  (retry scheduled)" in out
+
+    assert cli.main(["status", str(job.job_id), "--attempts", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(a["attempt"], a["outcome"]) for a in data["attempts"][key]] == [(1, "failed"), (2, "done")]
+    assert data["attempts"][str(job.job_id)] == []

@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.fixtures.pipeline import submit_sample
-from variant_pipeline import claims, db
+from variant_pipeline import claims, db, recovery
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.outbox import read_events_after
 from variant_pipeline.services import (
@@ -225,3 +225,40 @@ def embedded_server_state_for(admin_url: str, state_of) -> os.PathLike:
     if state is None or not state.running:
         pytest.skip("the test server is not an embedded one this test can restart")
     return state.pgdata
+
+
+@pytest.mark.e2e
+def test_a_run_cancelled_mid_stage_fails_for_good_and_a_manual_retry_finishes_it(pipeline_env, monkeypatch) -> None:
+    """Cancelling a run in Dagster (the run marked CANCELING, its worker interrupted, as the run
+    launcher does) fails the attempt for good; recovery leaves it alone; `retry` finishes the job."""
+    with pipeline(monkeypatch, VP_FAULTS="img_gen:sleep=120:attempt=1") as (env, services):
+        engine = db.get_engine(env.app_url)
+        job = submit_sample(env.app_url, variants=1)
+        key = str(job.variant_ids[0])
+        _wait_for(lambda: _running_attempt(engine, key, "img_gen") is not None, 300, "img_gen running")
+        attempt = _running_attempt(engine, key, "img_gen")
+        with dg.DagsterInstance.get() as instance:
+            instance.report_run_canceling(instance.get_run_by_id(attempt["run_id"]))
+        os.kill(int(attempt["worker"].rsplit(":", 1)[1]), signal.SIGTERM)
+        _wait_for(lambda: db.get_job_status(engine, job.job_id).status == "failed", 120, "the job to fail")
+        time.sleep(3 * float(RECOVERY_ENV["VP_RECOVERY_INTERVAL_S"]))  # recovery ticks: nothing restarts it
+
+        status = db.get_job_status(engine, job.job_id)
+        assert (status.variants[0].step, status.variants[0].status) == ("img_gen", "failed")
+        assert status.variants[0].error == f"cancelled: run {attempt['run_id']} was cancelled in Dagster"
+        assert (status.step, status.status, status.error) == ("iou_eval", "failed", "all 1 variants failed")
+        assert [(a["attempt"], a["outcome"], a["will_retry"]) for a in claims.attempts_of(engine, key)] == [
+            (1, "failed", False)]
+        assert wait_for_runs_to_settle(timeout_s=60) == 0
+        with dg.DagsterInstance.get() as instance:
+            assert instance.get_run_by_id(attempt["run_id"]).status == dg.DagsterRunStatus.CANCELED
+
+    with pipeline(monkeypatch) as (env, services):  # the fault drill off
+        [request] = recovery.request_retry(engine, key)
+        assert (request.stage, request.previous) == ("img_gen", ("img_gen", "failed"))
+        status = wait_for_job(env.app_url, job.job_id, timeout_s=600, log=lambda _msg: None)
+        log_text = services.logs["daemon"].read_text(errors="replace")[-4000:]
+        assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
+        _assert_settled(engine, [str(job.job_id)], log_text)
+        img_gen = [(a["attempt"], a["outcome"]) for a in claims.attempts_of(engine, key) if a["stage"] == "img_gen"]
+        assert img_gen == [(1, "failed"), (1, "done")]  # the manual retry is a new round

@@ -236,6 +236,24 @@ def claim(conn: Connection, *, stage: str, partition_key: str, run_id: str, orig
     return Claim(attempt_id, level, partition_key, job_id, stage, attempt, run_id, row["creation_order"])
 
 
+def running_attempt(conn: Connection, level: str, partition_key: str) -> Claim | None:
+    """The attempt the row says is running now (row locked), or None."""
+    row = _read_row(conn, level, partition_key, lock=True)
+    if row is None or row["status"] != "running":
+        return None
+    found = conn.execute(
+        sa.text("""SELECT attempt_id FROM stage_attempts
+                    WHERE (job_variants_id = CAST(:k AS uuid) OR (level = 'job' AND job_id = CAST(:k AS uuid)))
+                      AND stage = :stage AND attempt = :attempt AND outcome = 'running'
+                    ORDER BY attempt_id DESC LIMIT 1"""),
+        {"k": partition_key, "stage": row["current_step"], "attempt": row["attempt"]},
+    ).scalar()
+    if found is None:
+        return None
+    return Claim(found, level, partition_key, str(row["job_id"]), row["current_step"], row["attempt"],
+                 row["run_id"], row["creation_order"])
+
+
 def reopen_job(conn: Connection, job_id: str, variant_stage: str) -> None:
     """A variant stage runs again after its job moved on to its job-level stages: the job goes
     back to its variant phase, so that the rollup runs the job stages again when the variants end.

@@ -180,6 +180,8 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
     status = sub.add_parser("status", help="a job's state and each variant's step, status, timings and error")
     status.add_argument("job_id")
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--attempts", action="store_true",
+                        help="also list every attempt of every stage (run, worker, outcome, error)")
     status.set_defaults(handler=_status)
 
 
@@ -188,9 +190,14 @@ def _status(args: argparse.Namespace) -> int:
     from variant_pipeline.validation import parse_uuid
 
     job_id = parse_uuid(args.job_id, "job id")  # before connecting: a typo needs no database
-    job = db.get_job_status(db.get_engine(), job_id)
+    engine = db.get_engine()
+    job = db.get_job_status(engine, job_id)
+    attempts = _attempts_by_partition(engine, job) if args.attempts else {}
     if args.json:
-        print(json.dumps(job.to_dict(), indent=2, ensure_ascii=False))
+        data = job.to_dict()
+        if args.attempts:
+            data["attempts"] = {key: [_plain_attempt(a) for a in rows] for key, rows in attempts.items()}
+        print(json.dumps(data, indent=2, ensure_ascii=False))
         return EXIT_OK
     print(f"job {job.job_id}  tenant {job.tenant_id}  {job.step}/{job.status}  "
           f"variants {len(job.variants)}/{job.expected_variants}")
@@ -198,13 +205,38 @@ def _status(args: argparse.Namespace) -> int:
           f"finished {_ts(job.finished_at)}  took {_took(job.started_at, job.finished_at)}")
     if job.error:
         print(f"  error: {job.error}")
+    _print_attempts(attempts.get(str(job.job_id), []))
     for v in job.variants:
         line = (f"  variant {v.creation_order} {v.job_variants_id}  {v.step}/{v.status}  "
                 f"started {_ts(v.started_at)}  finished {_ts(v.finished_at)}  took {_took(v.started_at, v.finished_at)}")
         print(line)
         if v.error:
             print(f"    error: {v.error}")
+        _print_attempts(attempts.get(str(v.job_variants_id), []))
     return EXIT_OK
+
+
+def _attempts_by_partition(engine, job) -> dict[str, list[dict]]:
+    from variant_pipeline.claims import attempts_of
+
+    keys = [str(job.job_id)] + [str(v.job_variants_id) for v in job.variants]
+    found = {key: attempts_of(engine, key) for key in keys}
+    # attempts_of(job id) is the job's own (job-level) attempts only.
+    return {key: [a for a in rows if key != str(job.job_id) or a["level"] == "job"] for key, rows in found.items()}
+
+
+def _plain_attempt(attempt: dict) -> dict:
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in attempt.items()}
+
+
+def _print_attempts(attempts: list[dict]) -> None:
+    for a in attempts:
+        line = (f"      {a['stage']} attempt {a['attempt']}: {a['outcome']}  run {a['run_id'] or '-'}  "
+                f"worker {a['worker'] or '-'}  started {_ts(a['started_at'])}  took {_took(a['started_at'], a['finished_at'])}")
+        print(line)
+        if a["error"]:
+            retry = "  (retry scheduled)" if a["will_retry"] else ""
+            print(f"        error: {a['error']}{retry}")
 
 
 def _ts(value: datetime | None) -> str:

@@ -16,7 +16,13 @@ from variant_pipeline import stages as stage_graph
 from variant_pipeline.assets.partitions import JobVariantsPartitionMapping, job_partitions, variant_partitions
 from variant_pipeline.claims import ClaimRefused
 from variant_pipeline.config import load_settings
-from variant_pipeline.handlers import HandlerContext, StageFailed, StageOutcome, execute_stage
+from variant_pipeline.handlers import (
+    HandlerContext,
+    StageFailed,
+    StageOutcome,
+    execute_stage,
+    record_cancellation,
+)
 from variant_pipeline.handlers.base import thumbnail_markdown
 from variant_pipeline.resources.models import model_load_counts
 from variant_pipeline.sensors.outbox import CONTINUES_ATTEMPTS_TAG
@@ -96,6 +102,11 @@ def result_metadata(outcome: StageOutcome, latency_s: float) -> dict[str, Any]:
     return metadata
 
 
+def _cancel_requested(context: AssetExecutionContext) -> bool:
+    run = context.instance.get_run_by_id(context.run.run_id)
+    return run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
+
+
 def build_stage_asset(stage: stage_graph.Stage) -> dg.AssetsDefinition:
     previous = [s for s in stage_graph.STAGES if s.position == stage.position - 1]
     deps: list[dg.AssetDep] = []
@@ -143,6 +154,12 @@ def build_stage_asset(stage: stage_graph.Stage) -> dg.AssetsDefinition:
         except ClaimRefused as exc:
             # Another run holds this partition, or took it over: this run wrote nothing.
             raise dg.Failure(description=f"{stage.name} not run for {context.partition_key}: {exc}") from exc
+        except BaseException:
+            # Interrupted. A person who cancels a run means it: the attempt fails for good (retry
+            # by hand). A worker stopped any other way (the daemon shut down) is left to recovery.
+            if _cancel_requested(context):
+                record_cancellation(stage.name, ctx, f"cancelled: run {context.run.run_id} was cancelled in Dagster")
+            raise
         return dg.MaterializeResult(metadata=result_metadata(outcome, time.perf_counter() - start))
 
     return _stage_asset

@@ -140,6 +140,7 @@ def execute_stage(stage_name: str, ctx: HandlerContext) -> StageOutcome:
                 claims.check_fence(conn, claim)
                 outcome.write(conn)
                 claims.mark_done(conn, claim)
+            outcome.metadata.setdefault("attempt", claim.attempt)
         except claims.AttemptSuperseded as exc:
             with conn.begin():
                 claims.mark_superseded(conn, claim, str(exc))
@@ -147,6 +148,31 @@ def execute_stage(stage_name: str, ctx: HandlerContext) -> StageOutcome:
         except Exception as exc:  # the write itself failed (a constraint, a lost server)
             _record_failure(lock, ctx, claim, exc, policy)
         return outcome
+    finally:
+        lock.release()
+
+
+def record_cancellation(stage_name: str, ctx: HandlerContext, reason: str) -> bool:
+    """Fail this run's interrupted attempt for good: a run cancelled by a person is not retried.
+
+    Called after ``execute_stage`` was interrupted (it released the lock on the way out). Returns
+    False when the row no longer names this run's attempt, or another worker holds the partition.
+    """
+    stage = stage_graph.stage(stage_name)
+    lock = claims.PartitionLock(ctx.engine, ctx.partition_key)
+    if not lock.try_acquire():
+        return False
+    try:
+        conn = lock.connection()
+        with conn.begin():
+            claims.set_origin(conn, ctx.origin)
+            current = claims.running_attempt(conn, stage.level, ctx.partition_key)
+            if current is None or current.stage != stage.name or current.run_id != (ctx.run_id or ctx.origin):
+                return False
+            claims.mark_failed(conn, level=stage.level, partition_key=ctx.partition_key, stage=stage.name,
+                               attempt=current.attempt, attempt_id=current.attempt_id, reason=reason,
+                               retryable=False, policy=retry_policy(ctx.settings))
+            return True
     finally:
         lock.release()
 
@@ -177,4 +203,4 @@ def _record_failure(lock: claims.PartitionLock, ctx: HandlerContext, claim: clai
 
 
 __all__ = ["HANDLERS", "HandlerContext", "StageFailed", "StageInputError", "StageOutcome", "StageTimeout",
-           "execute_stage"]
+           "execute_stage", "record_cancellation"]
