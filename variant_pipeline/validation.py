@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,16 @@ class CheckedImage:
 
 def check_image_file(path: Path) -> CheckedImage:
     """The file exists, is a decodable image, and is within the size limits."""
+    checked, _image = load_image_file(path)
+    return checked
+
+
+def load_image_file(path: Path) -> tuple[CheckedImage, Image.Image]:
+    """Every check of ``check_image_file``, and the decoded image (the file is closed on return).
+
+    The dimensions are checked from the header, before any pixel is decoded, so a huge image is
+    refused without allocating it. The CLI and the pipeline stages both read photos through here.
+    """
     if not path.exists():
         raise InputError(f"image file not found: {path}")
     if not path.is_file():
@@ -98,20 +109,56 @@ def check_image_file(path: Path) -> CheckedImage:
     if size > MAX_IMAGE_BYTES:
         raise InputError(f"image file is {size} bytes; the limit is {MAX_IMAGE_BYTES}: {path}")
     try:
-        with Image.open(path) as img:
-            width, height, fmt = img.width, img.height, img.format or "unknown"
-            _check_dimensions(width, height, path)
-            img.verify()  # structure check without decoding everything
-        with Image.open(path) as img:
-            img.load()  # decode: truncated or corrupt pixel data fails here
+        with warnings.catch_warnings():
+            # PIL warns above ~89 Mpx; our own limit is lower and checked below, with a clear message.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height, fmt = img.width, img.height, img.format or "unknown"
+                check_image_dimensions(width, height, path)
+                img.verify()  # structure check without decoding everything
+            with Image.open(path) as img:
+                img.load()  # decode: truncated or corrupt pixel data fails here
+                image = img.copy()
     except InputError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        # PIL refuses to open it at all (over ~179 Mpx), before we could check the header's size.
+        size = _header_size(path)
+        if size is not None:
+            check_image_dimensions(*size, path)
+        raise InputError(
+            f"image is far too large ({exc}); the limit is {MAX_IMAGE_SIDE} px a side and "
+            f"{MAX_IMAGE_PIXELS} pixels: {path}"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"not a readable image: {path} ({exc.__class__.__name__}: {exc})") from None
-    return CheckedImage(path=path, width=width, height=height, format=fmt)
+    except ImportError:
+        # Once ultralytics is imported, Image.open answers a file PIL cannot identify by loading a
+        # HEIF plugin that is not installed: the same unreadable file, another exception.
+        raise InputError(f"not a readable image: {path} (UnidentifiedImageError: cannot identify image file)") from None
+    return CheckedImage(path=path, width=width, height=height, format=fmt), image
 
 
-def _check_dimensions(width: int, height: int, path: Path) -> None:
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """Width and height from the file's header, as Image.open reads them but without its
+    decompression-bomb refusal (used only to name the size of an image PIL refused)."""
+    Image.init()
+    with path.open("rb") as fp:
+        prefix = fp.read(16)
+        for fmt in Image.ID:
+            factory, accept = Image.OPEN[fmt]
+            accepted = accept is None or accept(prefix)
+            if isinstance(accepted, str) or not accepted:
+                continue
+            try:
+                fp.seek(0)
+                return factory(fp, str(path)).size
+            except Exception:  # not this format (or a broken header): try the next
+                continue
+    return None
+
+
+def check_image_dimensions(width: int, height: int, path: Path | str) -> None:
     if min(width, height) < MIN_IMAGE_SIDE:
         raise InputError(f"image is {width}x{height}; each side must be at least {MIN_IMAGE_SIDE} px: {path}")
     if max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:

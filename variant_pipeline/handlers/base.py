@@ -20,6 +20,14 @@ from sqlalchemy.engine import Connection, Engine
 
 from variant_pipeline.config import Settings
 from variant_pipeline.storage import AssetStore, StoredImage
+from variant_pipeline.validation import (
+    MAX_AD_COPY_KOR_CHARS,
+    MAX_DESCRIPTION_CHARS,
+    MAX_PROMPT_CHARS,
+    InputError,
+    check_text,
+    load_image_file,
+)
 
 
 class StageInputError(ValueError):
@@ -130,7 +138,30 @@ def load_job_inputs(conn: Connection, job_id: str) -> JobInputsRow:
         raise StageInputError(f"job {job_id} does not exist")
     if row.desc_kor is None:
         raise StageInputError(f"job {job_id} has no job_inputs row (no description)")
-    return JobInputsRow(*row)
+    inputs = JobInputsRow(*row)
+    _check_job_texts(inputs)
+    return inputs
+
+
+# The texts a person supplies, with the CLI's limits (the text model writes only the others, and
+# ad_copy_kor within them). Rows inserted directly skip the CLI, so every stage that reads the
+# inputs applies the same limits, and a job whose copy cannot be drawn fails at its first stage.
+_JOB_TEXT_LIMITS = (
+    ("desc_kor", "description", MAX_DESCRIPTION_CHARS),
+    ("ad_copy_kor", "Korean ad copy", MAX_AD_COPY_KOR_CHARS),
+    ("prompt", "prompt", MAX_PROMPT_CHARS),
+)
+
+
+def _check_job_texts(inputs: JobInputsRow) -> None:
+    for column, what, limit in _JOB_TEXT_LIMITS:
+        value = getattr(inputs, column)
+        if value is None or not value.strip():
+            continue  # absent: the brief writes it when a stage needs it
+        try:
+            check_text(value, what, limit)
+        except InputError as exc:
+            raise StageInputError(f"job {inputs.job_id}: {exc} (job_inputs.{column})") from None
 
 
 def asset_path(conn: Connection, image_asset_id: str | None, what: str) -> str:
@@ -145,18 +176,27 @@ def asset_path(conn: Connection, image_asset_id: str | None, what: str) -> str:
 
 
 def open_image(store: AssetStore, relative_path: str, what: str) -> Image.Image:
-    """Load a stored image fully, turning every way it can be broken into one clear error."""
+    """Load a stored image fully, turning every way it can be broken into one clear error.
+
+    The checks are those of a submitted photo (validation.load_image_file): size limits from the
+    header before any pixel is decoded, then a full decode. Rows written by other systems reach
+    the stages without the CLI's checks, so every image a stage reads goes through them here.
+    """
     try:
         path = store.path_for(relative_path)
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()
-    except FileNotFoundError:
-        raise StageInputError(f"{what} file is missing: {relative_path}") from None
+    except InputError as exc:
+        raise StageInputError(f"{what}: {exc}") from None
+    if not path.exists():
+        raise StageInputError(f"{what} is missing: file {path} not found")
+    try:
+        _checked, image = load_image_file(path)
+    except InputError as exc:
+        raise StageInputError(f"{what}: {exc}") from None
     except Exception as exc:  # PIL raises many types for broken files (ultralytics' patch adds ImportError)
         raise StageInputError(
             f"{what} file {relative_path} is not a readable image: {type(exc).__name__}: {exc}"
         ) from None
+    return image
 
 
 def replace_image_asset(

@@ -101,7 +101,7 @@ def instagram_feed_gen(ctx: HandlerContext) -> StageOutcome:
         )
 
     thumbnails = [
-        Thumbnail(f"variant {order}", open_image(ctx.store, path, "overlaid image"))
+        Thumbnail(f"variant {order}", open_image(ctx.store, path, f"overlaid image of variant {order} of job {job_id}"))
         for order, path in _finished_variant_images(ctx, job_id)
     ]
     return StageOutcome(

@@ -39,9 +39,10 @@ def _variant(ctx: HandlerContext) -> VariantRow:
 
 
 def _variant_image(ctx: HandlerContext, variant: VariantRow) -> Image.Image:
+    what = f"generated image of variant {variant.job_variants_id}"
     with ctx.engine.connect() as conn:
-        path = asset_path(conn, variant.img_asset_id, f"generated image for variant {variant.job_variants_id}")
-    return open_image(ctx.store, path, "variant image").convert("RGB")
+        path = asset_path(conn, variant.img_asset_id, what)
+    return open_image(ctx.store, path, f"{what} (image asset {variant.img_asset_id})").convert("RGB")
 
 
 def _set_variant_column(conn: Connection, variant_id: str, column: str, value: str | None) -> None:
@@ -63,11 +64,15 @@ def img_gen(ctx: HandlerContext) -> StageOutcome:
     variant = _variant(ctx)
     with ctx.engine.connect() as conn:
         inputs = load_job_inputs(conn, variant.job_id)
+        product_what = f"product photo of job {variant.job_id}"
         product_path = (
-            asset_path(conn, inputs.product_image_asset_id, "product photo")
+            asset_path(conn, inputs.product_image_asset_id, product_what)
             if inputs.product_image_asset_id else None
         )
-    product = open_image(ctx.store, product_path, "product photo") if product_path else None
+    product = (
+        open_image(ctx.store, product_path, f"{product_what} (image asset {inputs.product_image_asset_id})")
+        if product_path else None
+    )
     prompt = inputs.prompt
     if not (prompt or "").strip():
         # Without a prompt, the English description is the scene to draw.
@@ -228,7 +233,10 @@ def _forbidden_mask(ctx: HandlerContext, conn: Connection, variant: VariantRow) 
                 "WHERE r.job_variants_id = :v"),
         {"v": variant.job_variants_id},
     ).first()
-    return np.asarray(open_image(ctx.store, row[0], "forbidden mask").convert("L")) if row else None
+    if row is None:
+        return None
+    return np.asarray(open_image(ctx.store, row[0], f"forbidden mask of variant {variant.job_variants_id}")
+                      .convert("L"))
 
 
 # --- planner ----------------------------------------------------------------------------------
@@ -278,6 +286,7 @@ def planner(ctx: HandlerContext) -> StageOutcome:
 
 
 def overlay(ctx: HandlerContext) -> StageOutcome:
+    from variant_pipeline.work.fonts import FontCoverageError
     from variant_pipeline.work.overlay import OverlayParams, render_overlay
     from variant_pipeline.work.planner import PlannerResult
 
@@ -298,7 +307,10 @@ def overlay(ctx: HandlerContext) -> StageOutcome:
     font_rec = _font_recommendation(font_row[0] if font_row else None)
     text = ensure_brief(ctx, variant.job_id, need=["ad_copy_kor"]).ad_copy_kor
     start = time.perf_counter()
-    result = render_overlay(image, text, plan, font_rec, OverlayParams(font_path=ctx.settings.font_path))
+    try:
+        result = render_overlay(image, text, plan, font_rec, OverlayParams(font_path=ctx.settings.font_path))
+    except (FontCoverageError, ValueError) as exc:  # the text, font or plan cannot be drawn: retrying will not help
+        raise StageInputError(f"variant {variant.job_variants_id} cannot draw its overlay text {text!r}: {exc}") from exc
     latency = _ms(start)
     overlaid = ctx.store.save_image(variant.tenant_id, "overlaid", result.image)
     glyphs = ctx.store.save_image(variant.tenant_id, "glyph_mask",
@@ -360,8 +372,10 @@ def _overlay_record(ctx: HandlerContext, variant: VariantRow) -> tuple[str, dict
         ).first()
         if row is None:
             raise StageInputError(f"variant {variant.job_variants_id} has no overlay output yet")
-        path = asset_path(conn, variant.overlaid_img_asset_id, f"overlaid image of variant {variant.job_variants_id}")
-    return row.overlay_id, row.layout, open_image(ctx.store, path, "overlaid image").convert("RGB")
+        what = f"overlaid image of variant {variant.job_variants_id}"
+        path = asset_path(conn, variant.overlaid_img_asset_id, what)
+    overlaid = open_image(ctx.store, path, f"{what} (image asset {variant.overlaid_img_asset_id})")
+    return row.overlay_id, row.layout, overlaid.convert("RGB")
 
 
 def _upsert_evaluation(conn: Connection, variant: VariantRow, overlay_id: str, kind: str,
@@ -454,7 +468,9 @@ def readability_eval(ctx: HandlerContext) -> StageOutcome:
     mask_path = layout.get("glyph_mask_path")
     if not mask_path:
         raise StageInputError(f"overlay of variant {variant.job_variants_id} recorded no glyph mask")
-    glyph_mask = np.asarray(open_image(ctx.store, mask_path, "glyph mask").convert("L")) > 127
+    glyph_mask = np.asarray(
+        open_image(ctx.store, mask_path, f"glyph mask of variant {variant.job_variants_id}").convert("L")
+    ) > 127
     start = time.perf_counter()
     metrics = evaluate_readability(background, glyph_mask, tuple(layout["text_bbox_px"]),
                                    layout["text_color_rgb"], layout["font_size"], bold=bool(layout.get("bold")))
