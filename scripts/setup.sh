@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine: a virtual environment with the pinned package set,
-# and the two system packages the pipeline needs (Tesseract OCR with Korean data, a Hangul font).
+# and the system packages the pipeline needs (Tesseract OCR with Korean data, a Hangul font, an
+# emoji font).
 # Re-running it is cheap: it only reinstalls when pyproject.toml or constraints.txt changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,10 @@ if ! (command -v tesseract >/dev/null 2>&1 && tesseract --list-langs 2>/dev/null
 fi
 if ! (command -v fc-list >/dev/null 2>&1 && fc-list :lang=ko 2>/dev/null | grep -q .); then
   need_system+=(fonts-nanum)
+fi
+# Emoji in ad copy are drawn from a colour emoji font (the Hangul fonts have none).
+if ! (command -v fc-list >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi 'Noto Color Emoji'); then
+  need_system+=(fonts-noto-color-emoji)
 fi
 if [ ${#need_system[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from variant_pipeline.work import fonts
-from variant_pipeline.work.fonts import FontCoverageError, missing_glyphs, resolve_font
+from variant_pipeline.work.fonts import FontCoverageError, missing_glyphs, resolve_font, resolve_font_chain
 from variant_pipeline.work.types import FontRecommendation
 
 KOREAN = "바삭한 치킨 한입"
@@ -16,6 +16,8 @@ DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 NANUM_DIR = Path("/usr/share/fonts/truetype/nanum")
 needs_dejavu = pytest.mark.skipif(not Path(DEJAVU).is_file(), reason="DejaVu fonts not installed")
 needs_nanum = pytest.mark.skipif(not NANUM_DIR.is_dir(), reason="fonts-nanum not installed")
+needs_emoji = pytest.mark.skipif(not any("emoji" in stem for stem in fonts._installed_fonts()),
+                                 reason="no emoji font installed (scripts/setup.sh installs fonts-noto-color-emoji)")
 
 
 @pytest.fixture(autouse=True)
@@ -96,8 +98,39 @@ def test_italic_never_picks_a_font_without_hangul() -> None:
 
 def test_uncovered_character_names_it() -> None:
     with pytest.raises(FontCoverageError) as err:
-        resolve_font("치킨 \U0001F357")  # no installed font has the emoji
+        resolve_font("치킨 \U0001F357")  # one font for all: no Hangul font has the emoji
     assert "U+1F357" in str(err.value)
+    with pytest.raises(FontCoverageError) as err:
+        resolve_font_chain("치킨 \U00013000")  # an Egyptian hieroglyph: no installed font at all
+    assert "U+13000" in str(err.value) and "no installed font has a glyph" in str(err.value)
+
+
+@needs_nanum
+@needs_emoji
+def test_chain_draws_each_character_with_a_font_that_has_it() -> None:
+    text = "오늘만 50% 할인 ☕🔥 Café Crème"
+    chain = resolve_font_chain(text)
+    assert Path(chain.primary.path).stem == "NanumGothic" and not chain.primary.color
+    assert chain.needs_runs and [f.color for f in chain.fallbacks] == [True]
+    assert chain.fallbacks[0].strike  # a bitmap font, scaled to the text size
+    assert chain.runs(text) == [(0, "오늘만 50% 할인 "), (1, "☕🔥"), (0, " Café Crème")]
+    for idx, run in chain.runs(text):
+        assert missing_glyphs(chain.fonts[idx].path, run) == []
+    # Joiners and selectors stay with their emoji (one family glyph, a red heart).
+    family = "\U0001F468\u200d\U0001F469\u200d\U0001F467"
+    chain = resolve_font_chain(f"사랑해 ❤\ufe0f {family}")
+    assert chain.runs(f"사랑해 ❤\ufe0f {family}") == [(0, "사랑해 "), (1, "❤\ufe0f"), (0, " "), (1, family)]
+    # Text that one font draws needs no chain.
+    assert not resolve_font_chain(KOREAN).needs_runs
+
+
+@needs_dejavu
+@needs_emoji
+def test_a_configured_font_must_draw_the_words_itself_but_not_the_emoji() -> None:
+    chain = resolve_font_chain("Crispy chicken 🔥", font_path=DEJAVU)
+    assert chain.primary.path == DEJAVU and chain.fallbacks[0].color
+    with pytest.raises(FontCoverageError, match="U\\+BC14"):
+        resolve_font_chain(KOREAN + " 🔥", font_path=DEJAVU)
 
 
 @needs_nanum

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tests.imaging import box_mask, detection, gradient, paint_food, solid
-from variant_pipeline.work.fonts import missing_glyphs, resolve_font
+from tests.test_fonts import needs_emoji
+from variant_pipeline.work.fonts import ChainedFont, missing_glyphs, resolve_font, resolve_font_chain
 from variant_pipeline.work.iou import box_iou
 from variant_pipeline.work.overlay import (
     OverlayParams,
@@ -173,3 +174,39 @@ def test_inputs_from_another_image_or_empty_are_rejected() -> None:
         render_overlay(gradient(256), "  ", plan_placements(256, 256, [], None))
     with pytest.raises(ValueError, match="no placement proposals"):
         render_overlay(gradient(256), KOREAN, [])
+
+
+@needs_emoji
+def test_emoji_are_drawn_in_their_own_colours_from_a_fallback_font() -> None:
+    img, plan, _ = _scene()
+    text = "오늘만 50% 할인 ☕🔥 Café Crème"
+    r = render_overlay(img, text, plan)
+    layout = r.to_dict()
+    assert [f["chars"] for f in layout["fallback_fonts"]] == ["☕🔥"]
+    [run] = layout["fallback_runs"]
+    assert run["text"] == "☕🔥"
+    # The recorded geometry still covers everything drawn, emoji included.
+    before, after = np.asarray(img).astype(int), np.asarray(r.image).astype(int)
+    changed = (before != after).any(axis=2)
+    assert not (changed & ~r.glyph_mask).any()
+    ys, xs = np.nonzero(r.glyph_mask)
+    assert r.text_bbox_px == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    x1, y1, x2, y2 = run["box_px"]
+    assert r.text_bbox_px[0] <= x1 and x2 <= r.text_bbox_px[2]
+    # Inside the emoji box: colours of the emoji's own, not the text colour.
+    region = after[y1:y2, x1:x2][changed[y1:y2, x1:x2]]
+    assert len(region) > 0.3 * (x2 - x1) * (y2 - y1)
+    assert (np.abs(region - np.array(r.color_rgb)).sum(axis=1) > 60).mean() > 0.5
+
+
+def test_a_chain_lays_out_text_where_one_font_would() -> None:
+    # The run-by-run layout follows PIL's multiline rules, so fallback text sits where plain text would.
+    from PIL import Image, ImageDraw
+
+    lines = ["바삭한 치킨", "한입 Crispy"]
+    chain = resolve_font_chain(" ".join(lines))
+    for size in (20, 33, 48):
+        plain = ImageDraw.Draw(Image.new("L", (1, 1))).multiline_textbbox(
+            (0, 0), "\n".join(lines), font=chain.primary.load(size), anchor="mm", spacing=5, align="center")
+        chained = ChainedFont(chain, size).bbox(lines, 5)
+        assert all(abs(a - b) <= 1 for a, b in zip(plain, chained, strict=True)), (size, plain, chained)

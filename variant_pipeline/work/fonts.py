@@ -1,13 +1,17 @@
-"""Find a font that can draw the overlay text, Hangul included, on a fresh machine (spec I11).
+"""Find the fonts that can draw the overlay text, Hangul included, on a fresh machine (spec I11).
 
 The original mapped styles to font files that were copied onto its servers by hand, and its
 serif/italic choices were DejaVu fonts without Hangul, i.e. tofu boxes. Here:
 
-1. ``VP_FONT_PATH`` (or an explicit path) wins, and is an error if it lacks a glyph of the text;
+1. ``VP_FONT_PATH`` (or an explicit path) wins, and is an error if it lacks a letter or digit of
+   the text;
 2. otherwise candidates come from the recommendation (font name, then style) mapped onto files
    that are installed, then general Hangul fonts, then whatever ``fc-list :lang=ko`` reports;
-3. every candidate is checked to contain every character of the text, and the first that does
-   is used; if none does, the error names the missing characters and what to install.
+3. every candidate is checked against every character of the text: the first that has them all
+   is the primary font, else the one that lacks the fewest letters and digits;
+4. each character the primary lacks (a symbol, an emoji, another script) is drawn by the first
+   other installed font that has it, colour emoji fonts first for emoji (``FontChain``); if no
+   installed font has it, the error names the characters, their code points and what to install.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import os
 import re
 import shutil
 import subprocess
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from PIL import ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
 from variant_pipeline.work.types import FontRecommendation
 
@@ -32,7 +38,7 @@ FONT_DIRS: tuple[str, ...] = (
 FONT_EXTS = (".ttf", ".otf", ".ttc", ".otc")
 INSTALL_HINT = (
     "install a font that has them (for Korean on Debian/Ubuntu: apt-get install fonts-nanum, "
-    "or fonts-noto-cjk) or point VP_FONT_PATH at a .ttf/.otf that does"
+    "or fonts-noto-cjk; for emoji: fonts-noto-color-emoji) or point VP_FONT_PATH at a .ttf/.otf that does"
 )
 
 # File stems (lower case, as installed by Debian's fonts-nanum / fonts-noto-cjk / fonts-unfonts
@@ -99,9 +105,17 @@ class FontChoice:
     requested_name: str | None
     requested_style: str | None
     skipped: tuple[str, ...]  # candidates tried first that lacked a glyph ("path: chars")
+    # Bitmap-only fonts (colour emoji such as Noto Color Emoji) load at this one pixel size only
+    # and are scaled to the text size; None for outline fonts.
+    strike: int | None = None
+    color: bool = False  # has its own colours (emoji): drawn as is, never in the text colour
 
     def load(self, size: int) -> ImageFont.FreeTypeFont:
-        return ImageFont.truetype(self.path, size=size, index=self.index)
+        """The font at ``size`` px; a bitmap-only font at its strike (scale it by ``scale(size)``)."""
+        return ImageFont.truetype(self.path, size=self.strike or size, index=self.index)
+
+    def scale(self, size: int) -> float:
+        return size / self.strike if self.strike else 1.0
 
     def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -217,8 +231,9 @@ def _renders_as_notdef(font: ImageFont.FreeTypeFont, ch: str) -> bool:
 
 
 def missing_glyphs(path: str | os.PathLike[str], text: str, index: int = 0) -> list[str]:
-    """Characters of ``text`` (whitespace aside) that the font cannot draw, in text order."""
-    chars = list(dict.fromkeys(ch for ch in text if not ch.isspace()))
+    """Characters of ``text`` (whitespace and invisible format characters aside) that the font
+    cannot draw, in text order."""
+    chars = _visible_chars(text)
     cmap = _cmap(str(path), index)
     if cmap is not None:
         return [ch for ch in chars if ord(ch) not in cmap]
@@ -230,15 +245,344 @@ def _describe(chars: Sequence[str]) -> str:
     return ", ".join(f"{ch!r} (U+{ord(ch):04X})" for ch in chars)
 
 
+def _is_invisible(ch: str) -> bool:
+    """Format characters and variation selectors (ZWJ, U+FE0F, ...): they draw nothing themselves."""
+    cp = ord(ch)
+    return unicodedata.category(ch) == "Cf" or 0xFE00 <= cp <= 0xFE0F or 0xE0100 <= cp <= 0xE01EF
+
+
+def _visible_chars(text: str) -> list[str]:
+    """The distinct characters that need a glyph, in text order."""
+    return list(dict.fromkeys(ch for ch in text if not ch.isspace() and not _is_invisible(ch)))
+
+
+def _is_word_char(ch: str) -> bool:
+    return unicodedata.category(ch)[0] in ("L", "N")
+
+
+@functools.lru_cache(maxsize=1)
+def _emoji_presentation() -> Any:
+    try:  # `regex` knows the Unicode emoji properties (a dependency of transformers)
+        import regex
+    except ImportError:
+        return None
+    return regex.compile(r"\p{Emoji_Presentation}")
+
+
+def _wants_color(text: str) -> set[str]:
+    """Characters to draw from a colour (emoji) font where one has them: emoji by default (☕, 🔥),
+    or asked for with U+FE0F (❤️); U+FE0E after a character asks for its text style."""
+    pattern = _emoji_presentation()
+    out: set[str] = set()
+    text_style: set[str] = set()
+    for ch, nxt in zip(text, text[1:] + " ", strict=True):
+        if nxt == "\ufe0e":
+            text_style.add(ch)
+        elif nxt == "\ufe0f" or (pattern.match(ch) if pattern is not None else ord(ch) >= 0x1F000):
+            out.add(ch)
+    return out - text_style
+
+
+@functools.lru_cache(maxsize=64)
+def _font_kind(path: str, index: int) -> tuple[int | None, bool]:
+    """(strike, colour): the pixel size a bitmap-only font must load at (None for outline fonts),
+    and whether the font carries its own colours."""
+    try:
+        from fontTools.ttLib import TTFont
+    except ImportError:
+        return None, False  # a bitmap-only font then fails to load and is skipped as unreadable
+    with TTFont(path, fontNumber=index, lazy=True) as font:
+        color = any(tag in font for tag in ("CBDT", "sbix", "COLR"))
+        if any(tag in font for tag in ("glyf", "CFF ", "CFF2")):
+            return None, color
+        strikes = [int(st.bitmapSizeTable.ppemY) for tag in ("CBLC", "EBLC") if tag in font
+                   for st in font[tag].strikes]
+        if "sbix" in font:
+            strikes += [int(ppem) for ppem in font["sbix"].strikes]
+        return (max(strikes) if strikes else None), color
+
+
 def _choice(path: str, source: str, rec: FontRecommendation | None,
             skipped: Sequence[str]) -> FontChoice:
-    font = ImageFont.truetype(path, size=16)
+    strike, color = _font_kind(path, 0)
+    font = ImageFont.truetype(path, size=strike or 16)
     family, face = font.getname()
     return FontChoice(
         path=path, family=family or Path(path).stem, face=face or "", index=0, source=source,
         requested_name=rec.name if rec else None, requested_style=rec.style if rec else None,
-        skipped=tuple(skipped),
+        skipped=tuple(skipped), strike=strike, color=color,
     )
+
+
+def _has_glyph(path: str, ch: str) -> bool:
+    try:
+        return not missing_glyphs(path, ch)
+    except Exception:  # an unreadable font file draws nothing
+        return False
+
+
+@dataclass(frozen=True)
+class FontChain:
+    """The fonts that draw one text: the primary draws every character it has; each other
+    character is drawn by the first fallback that has it (colour fonts first for emoji), so
+    mixed scripts, symbols and emoji never become tofu boxes (spec I11)."""
+
+    primary: FontChoice
+    fallbacks: tuple[FontChoice, ...] = ()
+    # Visible character -> index into ``fonts`` (0 = the primary).
+    assignment: tuple[tuple[str, int], ...] = ()
+    # Whitespace and invisible characters -> the fonts (indices) that have a glyph for them.
+    optional: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    @property
+    def fonts(self) -> tuple[FontChoice, ...]:
+        return (self.primary, *self.fallbacks)
+
+    @property
+    def needs_runs(self) -> bool:
+        """Whether the text must be drawn run by run (not every character is the primary's)."""
+        return bool(self.fallbacks) or any(0 not in fonts for _ch, fonts in self.optional)
+
+    def runs(self, text: str) -> list[tuple[int, str]]:
+        """``text`` cut into (font index, piece) runs, in order."""
+        assigned, optional = dict(self.assignment), dict(self.optional)
+        runs: list[tuple[int, str]] = []
+        for ch in text:
+            current = runs[-1][0] if runs else 0
+            idx = assigned.get(ch)
+            if idx is None:
+                have = optional.get(ch)
+                if have is None:
+                    idx = current  # not a character of the resolved text: it stays in the run
+                elif _is_invisible(ch):
+                    if current not in have:
+                        continue  # a joiner or selector the run's font lacks draws nothing anyway
+                    idx = current
+                elif 0 in have:
+                    idx = 0  # spaces are the primary's (an emoji font's space is emoji-wide)
+                elif have:
+                    idx = current if current in have else have[0]
+                else:
+                    idx, ch = current, " "  # a space no font has is drawn as a plain space
+            if runs and runs[-1][0] == idx:
+                runs[-1] = (idx, runs[-1][1] + ch)
+            else:
+                runs.append((idx, ch))
+        return runs
+
+    def load(self, size: int) -> ImageFont.FreeTypeFont | ChainedFont:
+        """A plain font when the primary draws everything, else a ``ChainedFont``."""
+        return ChainedFont(self, size) if self.needs_runs else self.primary.load(size)
+
+    def fallback_report(self) -> list[dict[str, object]]:
+        """Which fallback drew which characters (for the layout record)."""
+        chars: dict[int, str] = {}
+        for ch, idx in self.assignment:
+            if idx:
+                chars[idx] = chars.get(idx, "") + ch
+        return [{"path": f.path, "font_name": f"{f.family} {f.face}".strip(), "color": f.color,
+                 "chars": chars.get(i, "")} for i, f in enumerate(self.fonts) if i]
+
+
+class ChainedFont:
+    """A ``FontChain`` at one pixel size: measures and draws text run by run, each run in its font.
+
+    Lines are laid out as PIL lays out multiline text with anchor "mm" and align "center" (line
+    pitch: the primary's height of "A" plus the spacing; each line centred on the anchor, the block
+    around it), on one baseline per line. Outline glyphs go into a coverage mask drawn later in the
+    text colour; colour glyphs (emoji) into an RGBA layer, drawn as they are.
+    """
+
+    def __init__(self, chain: FontChain, size: int) -> None:
+        self.chain = chain
+        self.size = size
+        self.fonts = [f.load(size) for f in chain.fonts]
+        self.scales = [f.scale(size) for f in chain.fonts]
+
+    def _length(self, idx: int, run: str) -> float:
+        return self.fonts[idx].getlength(run) * self.scales[idx]
+
+    def getlength(self, text: str) -> float:
+        return sum(self._length(i, run) for i, run in self.chain.runs(text))
+
+    def _placed(self, xy: tuple[float, float], lines: Sequence[str],
+                spacing: float) -> list[tuple[int, str, float, float]]:
+        """(font index, run, x, baseline y) of every run."""
+        primary = self.fonts[0]
+        pitch = primary.getbbox("A")[3] + spacing
+        ascent, descent = primary.getmetrics()
+        top = xy[1] - (len(lines) - 1) * pitch / 2
+        placed = []
+        for line in lines:
+            runs = self.chain.runs(line)
+            x = xy[0] - sum(self._length(i, run) for i, run in runs) / 2
+            baseline = top + (ascent - descent) / 2  # the "m" anchor: halfway between ascent and descent
+            for i, run in runs:
+                placed.append((i, run, x, baseline))
+                x += self._length(i, run)
+            top += pitch
+        return placed
+
+    def run_boxes(self, xy: tuple[float, float], lines: Sequence[str],
+                  spacing: float) -> list[tuple[int, str, tuple[float, float, float, float]]]:
+        """(font index, run, box) of every run of ``lines`` drawn centred on ``xy``."""
+        out = []
+        for i, run, x, y in self._placed(xy, lines, spacing):
+            left, top, right, bottom = self.fonts[i].getbbox(run, anchor="ls")
+            s = self.scales[i]
+            out.append((i, run, (x + left * s, y + top * s, x + right * s, y + bottom * s)))
+        return out
+
+    def bbox(self, lines: Sequence[str], spacing: float,
+             xy: tuple[float, float] = (0, 0)) -> tuple[float, float, float, float]:
+        boxes = [box for _i, _run, box in self.run_boxes(xy, lines, spacing)]
+        if not boxes:
+            return (xy[0], xy[1], xy[0], xy[1])
+        return (min(b[0] for b in boxes), min(b[1] for b in boxes),
+                max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+    def draw(self, coverage: Image.Image, pictures: Image.Image, xy: tuple[float, float],
+             lines: Sequence[str], spacing: float) -> None:
+        """Draw ``lines`` centred on ``xy``: outline glyphs into ``coverage`` (mode L), colour
+        glyphs into ``pictures`` (RGBA, the same size)."""
+        ink = ImageDraw.Draw(coverage)
+        for i, run, x, y in self._placed(xy, lines, spacing):
+            choice, font, s = self.chain.fonts[i], self.fonts[i], self.scales[i]
+            if not choice.color and s == 1.0:
+                ink.text((x, y), run, fill=255, font=font, anchor="ls")
+                continue
+            left, top, right, bottom = font.getbbox(run, anchor="ls")
+            if right <= left or bottom <= top:
+                continue
+            tile = Image.new("RGBA", (right - left, bottom - top), (0, 0, 0, 0))
+            ImageDraw.Draw(tile).text((-left, -top), run, fill=(255, 255, 255, 255), font=font, anchor="ls",
+                                      embedded_color=choice.color)
+            if s != 1.0:  # a bitmap strike (109 px for Noto Color Emoji) scaled to the text size
+                tile = tile.resize((max(1, round(tile.width * s)), max(1, round(tile.height * s))),
+                                   Image.Resampling.LANCZOS)
+            pos = (round(x + left * s), round(y + top * s))
+            if choice.color:
+                _composite(pictures, tile, pos)
+            else:
+                coverage.paste(255, pos, tile.getchannel("A"))
+
+
+def _composite(layer: Image.Image, tile: Image.Image, pos: tuple[int, int]) -> None:
+    """Alpha-composite ``tile`` onto ``layer`` at ``pos``, clipped to the layer."""
+    x, y = pos
+    crop = (max(0, -x), max(0, -y), min(tile.width, layer.width - x), min(tile.height, layer.height - y))
+    if crop[2] > crop[0] and crop[3] > crop[1]:
+        layer.alpha_composite(tile.crop(crop), dest=(x + crop[0], y + crop[1]))
+
+
+def _configured_path(font_path: str | os.PathLike[str] | None, use_settings: bool) -> tuple[str | None, str]:
+    """An explicit path, else ``VP_FONT_PATH`` (when ``use_settings``), with where it came from."""
+    if font_path is None and use_settings:
+        from variant_pipeline.config import load_settings
+
+        env_path = load_settings().font_path
+        if env_path:
+            return str(env_path), "env"
+    return (str(font_path) if font_path is not None else None), "explicit"
+
+
+def _pick_primary(text: str, rec: FontRecommendation | None) -> tuple[str, str, list[str], list[str]]:
+    """(path, source, missing characters, notes on the candidates tried before it) of the outline
+    font that draws most of the text: fewest missing letters and digits, then fewest missing
+    characters, then the recommendation's order. The first font that has everything wins at once."""
+    notes: list[str] = []
+    best: tuple[tuple[int, int, int], str, str, list[str], int] | None = None
+    for order, (path, src) in enumerate(font_candidates(rec)):
+        try:
+            if _font_kind(path, 0)[0] is not None:
+                continue  # a bitmap (emoji) font is only ever a fallback
+            missing = missing_glyphs(path, text)
+        except Exception as exc:  # an unreadable font file is skipped, and said so
+            notes.append(f"{path}: unreadable ({exc})")
+            continue
+        key = (sum(1 for ch in missing if _is_word_char(ch)), len(missing), order)
+        if best is None or key < best[0]:
+            best = (key, path, src, missing, len(notes))
+        if not missing:
+            break
+        notes.append(f"{path}: missing {''.join(missing)}")
+    if best is None:
+        raise FontCoverageError(
+            f"no Hangul-capable font found (searched {', '.join(FONT_DIRS)} and fc-list :lang=ko); "
+            f"{INSTALL_HINT}"
+        )
+    _key, path, src, missing, n_before = best
+    return path, src, missing, notes[:n_before]
+
+
+def resolve_font_chain(
+    text: str,
+    rec: FontRecommendation | None = None,
+    font_path: str | os.PathLike[str] | None = None,
+    *,
+    use_settings: bool = True,
+    fallback: bool = True,
+) -> FontChain:
+    """The fonts to draw ``text`` with.
+
+    The primary is ``font_path`` (else ``VP_FONT_PATH`` via the settings, when ``use_settings``),
+    which must draw every letter and digit of the text itself; or else the installed font the
+    recommendation maps onto that draws most of it. Characters the primary lacks (symbols, emoji,
+    another script) come from the first other installed font that has them, colour fonts first
+    for emoji. ``fallback=False`` asks for one font that draws everything. Raises
+    ``FontCoverageError`` naming the characters (and code points) that no installed font has.
+    """
+    path, source = _configured_path(font_path, use_settings)
+    if path is not None:
+        if not Path(path).is_file():
+            raise FontCoverageError(f"font file {path!r} ({source}) does not exist")
+        missing = missing_glyphs(path, text)
+        required = [ch for ch in missing if _is_word_char(ch)] if fallback else missing
+        if required:
+            raise FontCoverageError(
+                f"font {path!r} ({'VP_FONT_PATH' if source == 'env' else source}) has no glyph for "
+                f"{_describe(required)}; {INSTALL_HINT}"
+            )
+        primary = _choice(path, source, rec, ())
+    else:
+        path, source, missing, notes = _pick_primary(text, rec)
+        if missing and not fallback:
+            raise FontCoverageError(
+                f"no installed font covers the text; the best candidate, {path}, still lacks "
+                f"{_describe(missing)}; {INSTALL_HINT}"
+            )
+        primary = _choice(path, source, rec, notes)
+    return _with_fallbacks(text, primary, set(missing), rec) if fallback else FontChain(primary)
+
+
+def _with_fallbacks(text: str, primary: FontChoice, missing: set[str],
+                    rec: FontRecommendation | None) -> FontChain:
+    others = [p for p, _src in font_candidates(rec) if p != primary.path]
+    wants_color = _wants_color(text)
+    colored = [p for p in others if _font_kind(p, 0)[1]] if wants_color else []
+    fonts: list[str] = [primary.path]
+    assignment: dict[str, int] = {}
+    uncovered: list[str] = []
+
+    def covers(path: str, ch: str) -> bool:
+        return ch not in missing if path == primary.path else _has_glyph(path, ch)
+
+    for ch in _visible_chars(text):
+        order = [*colored, primary.path, *others] if ch in wants_color else [primary.path, *others]
+        found = next((p for p in order if covers(p, ch)), None)
+        if found is None:
+            uncovered.append(ch)
+            continue
+        if found not in fonts:
+            fonts.append(found)
+        assignment[ch] = fonts.index(found)
+    if uncovered:
+        raise FontCoverageError(f"no installed font has a glyph for {_describe(uncovered)}; {INSTALL_HINT}")
+    chain = [primary, *(_choice(p, "fallback", rec, ()) for p in fonts[1:])]
+    optional = {ch: tuple(i for i, f in enumerate(chain) if _has_glyph(f.path, ch))
+                for ch in dict.fromkeys(text) if ch.isspace() or _is_invisible(ch)}
+    return FontChain(primary=primary, fallbacks=tuple(chain[1:]), assignment=tuple(assignment.items()),
+                     optional=tuple(optional.items()))
 
 
 def resolve_font(
@@ -248,53 +592,13 @@ def resolve_font(
     *,
     use_settings: bool = True,
 ) -> FontChoice:
-    """The font to draw ``text`` with.
+    """One font that draws every character of ``text`` (see ``resolve_font_chain``).
 
     ``font_path`` (else ``VP_FONT_PATH`` via the settings, when ``use_settings``) is used as is
     and must cover the text. Otherwise the recommendation is mapped onto installed fonts and the
     first one with every glyph of the text wins.
     """
-    source = "explicit"
-    if font_path is None and use_settings:
-        from variant_pipeline.config import load_settings
-
-        env_path = load_settings().font_path
-        if env_path:
-            font_path, source = env_path, "env"
-    if font_path is not None:
-        path = str(font_path)
-        if not Path(path).is_file():
-            raise FontCoverageError(f"font file {path!r} ({source}) does not exist")
-        missing = missing_glyphs(path, text)
-        if missing:
-            raise FontCoverageError(
-                f"font {path!r} ({'VP_FONT_PATH' if source == 'env' else source}) has no glyph for "
-                f"{_describe(missing)}; {INSTALL_HINT}"
-            )
-        return _choice(path, source, rec, ())
-
-    skipped: list[str] = []
-    best_missing: list[str] | None = None
-    for path, src in font_candidates(rec):
-        try:
-            missing = missing_glyphs(path, text)
-        except Exception as exc:  # an unreadable font file is skipped, and said so
-            skipped.append(f"{path}: unreadable ({exc})")
-            continue
-        if not missing:
-            return _choice(path, src, rec, skipped)
-        skipped.append(f"{path}: missing {''.join(missing)}")
-        if best_missing is None or len(missing) < len(best_missing):
-            best_missing = missing
-    if best_missing is None:
-        raise FontCoverageError(
-            f"no Hangul-capable font found (searched {', '.join(FONT_DIRS)} and fc-list :lang=ko); "
-            f"{INSTALL_HINT}"
-        )
-    raise FontCoverageError(
-        f"no installed font covers the text; the best candidate still lacks {_describe(best_missing)} "
-        f"(tried {len(skipped)} fonts); {INSTALL_HINT}"
-    )
+    return resolve_font_chain(text, rec, font_path, use_settings=use_settings, fallback=False).primary
 
 
 def has_korean(text: str) -> bool:

@@ -10,7 +10,9 @@ Changed:
 - sizes scale with the image (the original's pixel sizes are for a 1080-px image; on a 256-px
   demo image 28 px would not fit anywhere) and are configurable;
 - wrapping measures width and breaks inside a word when it must (Korean copy has few spaces);
-- the font is checked to contain every glyph (no tofu), see ``fonts.py``;
+- every character is drawn by a font that has its glyph (no tofu): the chosen font, and for
+  symbols, emoji or another script it lacks, a fallback font (colour emoji as they are), see
+  ``fonts.py``;
 - the colour is the one with the best WCAG contrast against the pixels actually under the text,
   keeping the recommended colour when it passes AA, and the colour drawn is recorded;
 - the result records the tight bounding box and the glyph mask of what was drawn, which the
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from variant_pipeline.work.fonts import FontChoice, resolve_font
+from variant_pipeline.work.fonts import ChainedFont, FontChain, FontChoice, resolve_font_chain
 from variant_pipeline.work.planner import ForbiddenPosition, PlannerResult, Proposal
 from variant_pipeline.work.readability import (
     background_pixels,
@@ -57,7 +59,7 @@ class OverlayParams:
     max_occlusion_iou: float = 0.05
     long_text_chars: int = 100  # from this length the max_size proposal is taken when present
     try_other_proposals: bool = True  # move down the ranking when the text does not fit
-    font_path: str | None = None  # override; otherwise fonts.resolve_font (VP_FONT_PATH, search)
+    font_path: str | None = None  # override; otherwise fonts.resolve_font_chain (VP_FONT_PATH, search)
 
     def scaled(self, width: int, height: int) -> tuple[int, int, int, int]:
         """(max size, min size, step, spacing) in pixels for this image."""
@@ -98,7 +100,10 @@ class OverlayResult:
     text_bbox_px: tuple[int, int, int, int]  # tight box of the drawn glyphs, x2/y2 exclusive
     text_box: NormBox
     glyph_mask: np.ndarray = field(repr=False)  # (H, W) bool: pixels any glyph covers
-    font: FontChoice | None = None
+    font: FontChoice | None = None  # the primary font
+    font_chain: FontChain | None = None  # with the fallbacks that drew what the primary lacks
+    # The runs a fallback font drew: {"text", "font_path", "box_px"} (empty when the primary drew all).
+    fallback_runs: tuple[dict[str, Any], ...] = ()
     font_size_px: int = 0
     line_spacing_px: int = 0
     lines: tuple[str, ...] = ()
@@ -128,6 +133,8 @@ class OverlayResult:
             "font_path": self.font.path if self.font else None,
             "font_name": f"{self.font.family} {self.font.face}".strip() if self.font else None,
             "font_source": self.font.source if self.font else None,
+            "fallback_fonts": self.font_chain.fallback_report() if self.font_chain else [],
+            "fallback_runs": list(self.fallback_runs),
             "font_size": self.font_size_px, "line_spacing": self.line_spacing_px,
             "bold": self.bold,
             "wrapped_text": self.wrapped_text, "lines": list(self.lines),
@@ -199,11 +206,14 @@ def rank_proposals(
     return ranked, warning
 
 
-def _text_width(draw: ImageDraw.ImageDraw, s: str, font: ImageFont.FreeTypeFont) -> float:
-    return draw.textlength(s, font=font)
+TextFont = ImageFont.FreeTypeFont | ChainedFont
 
 
-def wrap_text(text: str, font: ImageFont.FreeTypeFont, max_width: float) -> list[str]:
+def _text_width(draw: ImageDraw.ImageDraw, s: str, font: TextFont) -> float:
+    return font.getlength(s) if isinstance(font, ChainedFont) else draw.textlength(s, font=font)
+
+
+def wrap_text(text: str, font: TextFont, max_width: float) -> list[str]:
     """Greedy wrap by measured width; a word wider than a line is broken between characters.
 
     Explicit newlines are kept. After a word ending a clause (, . ! ?) the line is broken when
@@ -238,21 +248,24 @@ def wrap_text(text: str, font: ImageFont.FreeTypeFont, max_width: float) -> list
     return lines
 
 
-def _measure(lines: Sequence[str], font: ImageFont.FreeTypeFont, spacing: int) -> tuple[int, int]:
-    draw = ImageDraw.Draw(Image.new("L", (1, 1)))
-    x1, y1, x2, y2 = draw.multiline_textbbox((0, 0), "\n".join(lines), font=font,
-                                             spacing=spacing, align="center")
+def _measure(lines: Sequence[str], font: TextFont, spacing: int) -> tuple[int, int]:
+    if isinstance(font, ChainedFont):
+        x1, y1, x2, y2 = font.bbox(lines, spacing)
+    else:
+        draw = ImageDraw.Draw(Image.new("L", (1, 1)))
+        x1, y1, x2, y2 = draw.multiline_textbbox((0, 0), "\n".join(lines), font=font,
+                                                 spacing=spacing, align="center")
     return int(np.ceil(x2 - x1)), int(np.ceil(y2 - y1))
 
 
 class _FontCache:
-    def __init__(self, choice: FontChoice) -> None:
-        self.choice = choice
-        self._fonts: dict[int, ImageFont.FreeTypeFont] = {}
+    def __init__(self, chain: FontChain) -> None:
+        self.chain = chain
+        self._fonts: dict[int, TextFont] = {}
 
-    def get(self, size: int) -> ImageFont.FreeTypeFont:
+    def get(self, size: int) -> TextFont:
         if size not in self._fonts:
-            self._fonts[size] = self.choice.load(size)
+            self._fonts[size] = self.chain.load(size)
         return self._fonts[size]
 
 
@@ -309,13 +322,15 @@ def render_overlay(
     font_rec: FontRecommendation | None = None,
     params: OverlayParams | None = None,
     *,
-    font: FontChoice | None = None,
+    font: FontChoice | FontChain | None = None,
 ) -> OverlayResult:
     """Draw ``text`` on the variant image in the best proposal where it fits.
 
     ``proposals``: the planner's result for *this* image (its forbidden position is used), or a
-    plain list of proposals. Raises ValueError on empty text or no proposals, and
-    fonts.FontCoverageError when no installed font has every glyph of the text.
+    plain list of proposals. ``font``: one font to draw everything with, or a chain; by default
+    the fonts are resolved for the text (``fonts.resolve_font_chain``). Raises ValueError on
+    empty text or no proposals, and fonts.FontCoverageError when no installed font has a glyph
+    for some character of the text.
     """
     p = params or OverlayParams()
     if not text or not text.strip():
@@ -335,8 +350,10 @@ def render_overlay(
     if not props:
         raise ValueError("no placement proposals to draw into")
 
-    choice = font or resolve_font(text, font_rec, p.font_path)
-    fonts = _FontCache(choice)
+    chain = font if isinstance(font, FontChain) else (
+        FontChain(font) if font is not None else resolve_font_chain(text, font_rec, p.font_path))
+    choice = chain.primary
+    fonts = _FontCache(chain)
     bold = "bold" in choice.face.lower() or "bold" in choice.family.lower()
     hi, lo, step, spacing = p.scaled(w, h)
     sizes = list(range(hi, lo - 1, -step))
@@ -372,17 +389,30 @@ def render_overlay(
 
     # Draw the glyphs into a coverage mask first; the same mask composites the colour, so the
     # recorded glyph mask and bounding box are exactly what is on the image.
+    # Colour glyphs (emoji) go into their own layer, drawn as they are over the text.
     text_font = fonts.get(fit.size)
     coverage = Image.new("L", (w, h), 0)
+    pictures: Image.Image | None = None
+    fallback_runs: list[dict[str, Any]] = []
     cx, cy = (padded[0] + padded[2]) / 2, (padded[1] + padded[3]) / 2
-    ImageDraw.Draw(coverage).multiline_text(
-        (cx, cy), "\n".join(fit.lines), fill=255, font=text_font, anchor="mm",
-        spacing=spacing, align="center",
-    )
-    bbox = coverage.getbbox()
+    if isinstance(text_font, ChainedFont):
+        pictures = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+        text_font.draw(coverage, pictures, (cx, cy), fit.lines, spacing)
+        fallback_runs = [
+            {"text": run, "font_path": chain.fonts[i].path, "box_px": [round(v) for v in box]}
+            for i, run, box in text_font.run_boxes((cx, cy), fit.lines, spacing) if i
+        ]
+    else:
+        ImageDraw.Draw(coverage).multiline_text(
+            (cx, cy), "\n".join(fit.lines), fill=255, font=text_font, anchor="mm",
+            spacing=spacing, align="center",
+        )
+    glyph_mask = np.asarray(coverage) > 0
+    if pictures is not None:
+        glyph_mask |= np.asarray(pictures.getchannel("A")) > 0
+    bbox = Image.fromarray(glyph_mask).getbbox()
     if bbox is None:
         raise ValueError(f"the text {text!r} drew no pixels inside the image")
-    glyph_mask = np.asarray(coverage) > 0
 
     recommended = None
     rec_hex = font_rec.color_hex if font_rec else None
@@ -393,13 +423,15 @@ def render_overlay(
             recommended = None  # an unparseable recommendation is ignored; recorded as given
     rgb, source, contrasts = _choose_color(base, glyph_mask, bbox, recommended, fit.size, bold)
     overlaid = Image.composite(Image.new("RGB", (w, h), rgb), base, coverage)
+    if pictures is not None:
+        overlaid = Image.alpha_composite(overlaid.convert("RGBA"), pictures).convert("RGB")
 
     warnings = [m for m in (planner_note, warning) if m]
     return OverlayResult(
         image=overlaid, text=text, proposal=rp.proposal, selection=selection,
         box=rp.proposal.box, box_px=box_px, padded_box_px=padded,
         text_bbox_px=bbox, text_box=NormBox.from_px(bbox, w, h), glyph_mask=glyph_mask,
-        font=choice, font_size_px=fit.size, line_spacing_px=spacing, lines=fit.lines,
+        font=choice, font_chain=chain, fallback_runs=tuple(fallback_runs), font_size_px=fit.size, line_spacing_px=spacing, lines=fit.lines,
         color_hex=to_hex(rgb), color_rgb=rgb, color_source=source, color_contrast_p10=contrasts,
         recommended_color_hex=rec_hex, fits=fit.fits, fit_reason=fit_reason,
         placement_warning="; ".join(warnings) or None, bold=bold,
