@@ -164,3 +164,12 @@ def test_a_bad_fault_spec_fails_when_the_settings_load(monkeypatch: pytest.Monke
     monkeypatch.setenv("VP_FAULTS", "img_gen:explode")
     with pytest.raises(SettingsError, match="action must be one of"):
         load_settings()
+
+
+@pytest.mark.parametrize("value", ["8", "9000"])
+def test_generated_image_size_must_pass_the_image_checks(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from variant_pipeline.config import SettingsError, load_settings
+
+    monkeypatch.setenv("VP_IMAGE_WIDTH", value)
+    with pytest.raises(SettingsError, match="VP_IMAGE_WIDTH must be between 16 and 8192 pixels"):
+        load_settings()

@@ -14,6 +14,7 @@ from variant_pipeline.work.ocr import (
     crop_box,
     evaluate_ocr,
     levenshtein,
+    split_pictographs,
     text_metrics,
 )
 from variant_pipeline.work.overlay import render_overlay
@@ -155,3 +156,18 @@ def test_split_hangul_syllables_are_rejoined_but_real_spaces_kept() -> None:
     ]))
     assert reading.text == "지금 주문하면 배달비\nchicken one"
     assert reading.confidence == pytest.approx(0.9)
+
+
+def test_pictographs_are_drawn_but_not_held_against_the_ocr_score(engine: TesseractOcr) -> None:
+    assert split_pictographs("오늘만 50% 할인 ☕🔥 Café 👍🏽 ❤️") == ("오늘만 50% 할인 Café", "☕🔥👍🏽❤️")
+    size = 256
+    food = (60, 120, 200, 250)
+    img = paint_food(gradient(size, seed=1), food)
+    plan = plan_placements(size, size, [detection(food, size, size)], box_mask(size, size, food))
+    text = "바삭한 치킨 🔥"
+    r = render_overlay(img, text, plan)
+    m = evaluate_ocr(engine, r.image, r.text_bbox_px, text, font_size_px=r.font_size_px)
+    assert (m.original_text, m.not_compared) == ("바삭한 치킨", "🔥")
+    assert m.ocr_accuracy >= 0.9, (m.recognized_text, m.ocr_accuracy)
+    with pytest.raises(ValueError, match="no characters OCR can read"):
+        evaluate_ocr(engine, r.image, r.text_bbox_px, "🔥 ☕")

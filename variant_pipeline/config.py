@@ -146,8 +146,8 @@ def load_settings() -> Settings:
         ),
         detector_conf=_env_float("VP_DETECTOR_CONF", 0.25),
         detector_iou=_env_float("VP_DETECTOR_IOU", 0.45),
-        image_width=_env_int("VP_IMAGE_WIDTH", 256),
-        image_height=_env_int("VP_IMAGE_HEIGHT", 256),
+        image_width=_image_side("VP_IMAGE_WIDTH"),
+        image_height=_image_side("VP_IMAGE_HEIGHT"),
         diffusion_steps=_env_int("VP_DIFFUSION_STEPS", 4),
         seed_base=_env_int("VP_SEED_BASE", 50),
         font_path=_env("VP_FONT_PATH"),
@@ -182,6 +182,16 @@ def _faults(spec: str) -> str:
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
     return spec
+
+
+def _image_side(name: str, default: int = 256) -> int:
+    """Generated images go through the same size checks as photos, so their size must pass them."""
+    from variant_pipeline.validation import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
+
+    value = _env_int(name, default)
+    if not MIN_IMAGE_SIDE <= value <= MAX_IMAGE_SIDE:
+        raise SettingsError(f"{name} must be between {MIN_IMAGE_SIDE} and {MAX_IMAGE_SIDE} pixels, got {value}")
+    return value
 
 
 def _at_least(name: str, value: int, minimum: int) -> int:

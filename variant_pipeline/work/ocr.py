@@ -297,11 +297,25 @@ class OcrMetrics:
     similarity: float  # SequenceMatcher ratio of the raw strings
     crop_box_px: tuple[int, int, int, int]
     scale_hint_px: float | None
+    # Pictographs (emoji, ☕) drawn but left out of the comparison: a text OCR engine cannot read them.
+    not_compared: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["crop_box_px"] = list(self.crop_box_px)
         return d
+
+
+def split_pictographs(text: str) -> tuple[str, str]:
+    """``text`` without its pictographs (Unicode category So: emoji, dingbats; with their variation
+    selectors and joiners), and the pictographs removed. Whitespace left behind is collapsed."""
+    kept, removed = [], []
+    for ch in text:
+        if unicodedata.category(ch) == "So" or ch in "\u200d\ufe0e\ufe0f" or "\U0001f3fb" <= ch <= "\U0001f3ff":
+            removed.append(ch)
+        else:
+            kept.append(ch)
+    return " ".join("".join(kept).split()), "".join(removed)
 
 
 def text_metrics(original: str, recognized: str) -> dict[str, float | int]:
@@ -358,9 +372,12 @@ def evaluate_ocr(
     crop = overlaid_image.convert("RGB").crop(box)
     reading = engine.read(crop, text_height_px=font_size_px)
     recognized = " ".join(reading.text.split())
-    m = text_metrics(original_text, recognized)
+    readable, pictographs = split_pictographs(original_text)
+    if not readable.strip():
+        raise ValueError(f"the text {original_text!r} has no characters OCR can read: nothing to compare")
+    m = text_metrics(readable, recognized)
     return OcrMetrics(
-        engine=engine.name, original_text=original_text, recognized_text=recognized,
+        engine=engine.name, original_text=readable, recognized_text=recognized, not_compared=pictographs,
         ocr_confidence=reading.confidence,
         character_match_rate=float(m["character_match_rate"]),
         word_match_rate=float(m["word_match_rate"]), ocr_accuracy=float(m["ocr_accuracy"]),
