@@ -65,46 +65,27 @@ def table_for(level: str) -> tuple[str, str]:
     return ("jobs_variants", "job_variants_id") if level == "variant" else ("jobs", "job_id")
 
 
-class PartitionLock:
-    """The session advisory lock on one partition, on a connection held for the stage's length."""
+class SessionLock:
+    """A session advisory lock held on a connection of its own until released (or the session dies)."""
 
-    def __init__(self, engine: Engine, partition_key: str) -> None:
+    def __init__(self, engine: Engine, key: int) -> None:
         self._engine = engine
-        self._key = lock_key(partition_key)
+        self._key = key
         self._conn: Connection | None = None
 
-    def try_acquire(self) -> bool:
+    def _take(self, function: str) -> bool:
         conn = self._engine.connect()
         try:
-            got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar_one()
+            got = conn.execute(sa.text(f"SELECT {function}(:k)"), {"k": self._key}).scalar()
             conn.commit()
         except BaseException:
             conn.close()
             raise
-        if not got:
+        if got is False:
             conn.close()
             return False
         self._conn = conn
         return True
-
-    def connection(self) -> Connection:
-        """The lock's connection, alive and holding the lock.
-
-        If the session died (a server restart, a dropped connection), the lock went with it:
-        reconnect and take it again, or raise ``PartitionBusy`` if someone else has it now. The
-        caller's fence check then decides whether this attempt may still write.
-        """
-        if self._conn is not None:
-            try:
-                self._conn.execute(sa.text("SELECT 1"))
-                self._conn.commit()
-                return self._conn
-            except sa.exc.DBAPIError:
-                self._discard()
-        if not self.try_acquire():
-            raise PartitionBusy("the partition lock was lost and another worker holds it now")
-        assert self._conn is not None
-        return self._conn
 
     def release(self) -> None:
         if self._conn is None:
@@ -128,7 +109,36 @@ class PartitionLock:
         self._conn = None
 
 
-class RunLease:
+class PartitionLock(SessionLock):
+    """The lock on one partition, held for the stage's length."""
+
+    def __init__(self, engine: Engine, partition_key: str) -> None:
+        super().__init__(engine, lock_key(partition_key))
+
+    def try_acquire(self) -> bool:
+        return self._take("pg_try_advisory_lock")
+
+    def connection(self) -> Connection:
+        """The lock's connection, alive and holding the lock.
+
+        If the session died (a server restart, a dropped connection), the lock went with it:
+        reconnect and take it again, or raise ``PartitionBusy`` if someone else has it now. The
+        caller's fence check then decides whether this attempt may still write.
+        """
+        if self._conn is not None:
+            try:
+                self._conn.execute(sa.text("SELECT 1"))
+                self._conn.commit()
+                return self._conn
+            except sa.exc.DBAPIError:
+                self._discard()
+        if not self.try_acquire():
+            raise PartitionBusy("the partition lock was lost and another worker holds it now")
+        assert self._conn is not None
+        return self._conn
+
+
+class RunLease(SessionLock):
     """Held by a run worker from its first stage to its end: the recovery sensor's proof of life.
 
     Dagster's default run launcher cannot tell whether a run worker still lives, so a SIGKILLed
@@ -137,27 +147,11 @@ class RunLease:
     """
 
     def __init__(self, engine: Engine, run_id: str) -> None:
-        self._engine = engine
-        self._key = run_lock_key(run_id)
-        self._conn: Connection | None = None
+        super().__init__(engine, run_lock_key(run_id))
 
     def acquire(self) -> None:
-        conn = self._engine.connect()
-        # Blocking: the recovery sensor's probe holds it for a moment only.
-        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
-        conn.commit()
-        self._conn = conn
-
-    def release(self) -> None:
-        if self._conn is None:
-            return
-        try:
-            self._conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
-            self._conn.commit()
-            self._conn.close()
-        except sa.exc.DBAPIError:
-            self._conn.invalidate()
-        self._conn = None
+        # Blocking (pg_advisory_lock returns void): the recovery sensor's probe holds it a moment only.
+        self._take("pg_advisory_lock")
 
 
 def lock_holder_pid(conn: Connection, key: int) -> int | None:
