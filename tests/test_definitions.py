@@ -35,5 +35,15 @@ def test_every_job_runs_in_process() -> None:
 
 
 def test_sensors_run_by_default() -> None:
-    for name in ("outbox_sensor", "manual_run_continuation_sensor"):
+    for name in ("outbox_sensor", "manual_run_continuation_sensor", "recovery_sensor"):
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_recovery_sensor_interval_follows_the_setting(monkeypatch) -> None:
+    from variant_pipeline.assets.stage_assets import job_pipeline_job, variant_pipeline_job
+    from variant_pipeline.sensors.recovery import build_recovery_sensor
+
+    monkeypatch.setenv("VP_RECOVERY_INTERVAL_S", "7")
+    sensor = build_recovery_sensor(variant_pipeline_job, job_pipeline_job)
+    assert sensor.minimum_interval_seconds == 7
+    assert defs.resolve_sensor_def("recovery_sensor").minimum_interval_seconds == 15  # the default
