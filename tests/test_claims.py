@@ -242,3 +242,27 @@ def test_status_lists_every_attempt(engine, db_env, variant, tmp_path, monkeypat
     data = json.loads(capsys.readouterr().out)
     assert [(a["attempt"], a["outcome"]) for a in data["attempts"][key]] == [(1, "failed"), (2, "done")]
     assert data["attempts"][str(job.job_id)] == []
+
+
+def test_a_new_claim_closes_the_attempt_of_a_worker_that_died_unnoticed(engine, variant, tmp_path,
+                                                                        monkeypatch) -> None:
+    _job, key = variant
+    monkeypatch.setitem(handlers.HANDLERS, STAGE, _writes_marker([]))
+    ctx = _ctx(engine, key, tmp_path, origin="dagster-run:dead", faults=f"{STAGE}:sleep=3")
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _capture(errors, execute_stage, STAGE, ctx))
+    thread.start()
+    _wait_for(lambda: _row(engine, key)["status"] == "running")
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"),
+                     {"pid": claims.lock_holder_pid(conn, claims.lock_key(key))})
+        conn.commit()
+    _wait_for(lambda: _holder(engine, key) is None)
+
+    execute_stage(STAGE, _ctx(engine, key, tmp_path, origin="dagster-run:new"))  # before recovery looked
+    thread.join()
+    assert len(errors) == 1 and isinstance(errors[0], claims.AttemptSuperseded)
+    attempts = _attempts(engine, key)
+    assert [(a["run_id"], a["outcome"]) for a in attempts] == [("dead", "lost"), ("new", "done")]
+    assert attempts[0]["error"] == "worker lost: its partition was claimed again by run new"
+    assert (_row(engine, key)["status"], _row(engine, key)["run_id"]) == ("done", "new")

@@ -212,6 +212,16 @@ def claim(conn: Connection, *, stage: str, partition_key: str, run_id: str, orig
         raise PartitionMissing(f"{level} {partition_key} does not exist")
     attempt = row["attempt"] + 1 if continues_attempts and row["current_step"] == stage else 1
     job_id = str(row["job_id"])
+    # Under the lock, an attempt still marked running has no live worker (recovery had not seen
+    # it yet): it is lost, and this claim replaces it.
+    conn.execute(
+        sa.text("""UPDATE stage_attempts
+                      SET outcome = 'lost', finished_at = now(), will_retry = false,
+                          error = 'worker lost: its partition was claimed again by run ' || :run
+                    WHERE outcome = 'running'
+                      AND (job_variants_id = CAST(:k AS uuid) OR (level = 'job' AND job_id = CAST(:k AS uuid)))"""),
+        {"run": run_id, "k": partition_key},
+    )
     if level == "variant":
         reopen_job(conn, job_id, stage)
     conn.execute(

@@ -24,6 +24,7 @@ from variant_pipeline.config import load_settings
 from variant_pipeline.sensors.outbox import CONTINUES_ATTEMPTS_TAG, LAUNCHED_BY_TAG, START_STAGE_TAG
 
 RECOVERY_SENSOR_NAME = "recovery_sensor"
+IMPLICIT_ASSET_JOB_NAME = "__ASSET_JOB"  # dagster's name for the job of hand-picked assets
 RECOVERY_REASON_TAG = "variant_pipeline/recovery"
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
              dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
@@ -89,7 +90,8 @@ def build_recovery_sensor(variant_job: dg.UnresolvedAssetJobDefinition,
         current = load_settings()
         engine = get_engine()
         instance = context.instance
-        job_names = {variant_job.name, job_level_job.name}
+        # Hand-started materializations from the UI run as Dagster's implicit asset job.
+        job_names = {variant_job.name, job_level_job.name, IMPLICIT_ASSET_JOB_NAME}
         now = dt.datetime.now(dt.UTC).timestamp()
 
         dead = fail_dead_runs(instance, engine, job_names, now, current.run_lease_grace_s)
