@@ -75,3 +75,26 @@ def test_materializing_a_failed_stage_by_hand_is_a_new_recorded_round_and_reopen
     # Back in its variant phase (the least advanced variant step), so its job stages run again
     # when the variant finishes.
     assert tuple(job_state) == ("vlm_analyze", "running")
+
+
+def test_a_partition_whose_run_a_person_cancelled_is_failed_not_restarted(
+        pipeline_env, dagster_instance, monkeypatch) -> None:
+    monkeypatch.setenv("VP_STALL_AFTER_S", "0.5")
+    engine = db.get_engine(pipeline_env.app_url)
+    job = submit_sample(pipeline_env.app_url, variants=1)
+    key = str(job.variant_ids[0])
+    with db.transaction(engine, "external") as conn:
+        db.set_variant_state(conn, key, "planner", "done")
+    # Its run (waiting for a pool slot, say) was cancelled before overlay began.
+    cancelled = dg.DagsterRun(job_name="variant_pipeline", run_id="c0ffee00-0000-4000-8000-000000000001",
+                              status=dg.DagsterRunStatus.CANCELED, tags={"dagster/partition": key})
+    dagster_instance.add_run(cancelled)
+    time.sleep(0.6)
+
+    result = _tick(dagster_instance)
+    assert isinstance(result, dg.SensorResult) and result.run_requests == []
+    status = db.get_job_status(engine, job.job_id)
+    assert (status.variants[0].step, status.variants[0].status) == ("overlay", "failed")
+    assert status.variants[0].error == (f"cancelled: run {cancelled.run_id} was cancelled in Dagster "
+                                        "before overlay started")
+    assert (status.step, status.status) == ("iou_eval", "failed")  # the job rolls up: nothing left to run

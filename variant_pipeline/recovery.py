@@ -54,6 +54,7 @@ class Restart:
     why: str  # "retry" | "stalled"
     run_key: str
     continues_attempts: bool  # automatic retries count on; stalls restart a stage afresh
+    state: tuple[str, str] = ("", "")  # the row's (step, status) when it was found
 
 
 def restart_stage(level: str, step: str, status: str) -> str | None:
@@ -155,7 +156,7 @@ def find_restarts(engine: Engine, stall_after_s: float, busy_partitions: Iterabl
                 due = int(row["retry_at"].timestamp() * 1000)
                 restarts.append(Restart(row["level"], row["key"], start, "retry",
                                         f"retry:{row['level']}:{row['key']}:{start}:after-attempt:{after}:{due}",
-                                        continues_attempts=True))
+                                        continues_attempts=True, state=(row["current_step"], row["status"])))
                 continue
             # Due for a stall period and still not picked up: the retry's run was lost, cancelled
             # or never launched (its run key is spent), so restart it as a stall.
@@ -169,8 +170,27 @@ def find_restarts(engine: Engine, stall_after_s: float, busy_partitions: Iterabl
             stamp = int(row["updated_at"].timestamp() * 1000)
             restarts.append(Restart(row["level"], row["key"], start, "stalled",
                                     f"stalled:{row['level']}:{row['key']}:{start}:{stamp}:{period}",
-                                    continues_attempts=row["retry_at"] is not None))
+                                    continues_attempts=row["retry_at"] is not None,
+                                    state=(row["current_step"], row["status"])))
     return restarts
+
+
+def fail_cancelled(engine: Engine, restart: Restart, run_id: str) -> bool:
+    """A partition stalled because a person cancelled its run before its next stage began: that
+    stage fails with the reason (as a cancel inside a stage does), so the job can roll up and the
+    person can ``retry`` it. Returns False if the row moved on meanwhile."""
+    table, id_column = claims.table_for(restart.level)
+    with transaction(engine, RECOVERY_ORIGIN) as conn:
+        if not claims.is_lock_free(conn, claims.lock_key(restart.partition_key)):
+            return False
+        return conn.execute(
+            sa.text(f"""UPDATE {table} SET current_step = :stage, status = 'failed', retry_at = NULL,
+                               error = :error
+                         WHERE {id_column} = CAST(:k AS uuid) AND current_step = :step AND status = :status"""),
+            {"stage": restart.start_stage, "k": restart.partition_key, "step": restart.state[0],
+             "status": restart.state[1],
+             "error": f"cancelled: run {run_id} was cancelled in Dagster before {restart.start_stage} started"},
+        ).rowcount == 1
 
 
 def _last_attempt_ids(conn: Connection, keys: list[str]) -> dict[tuple[str, str], int]:

@@ -71,6 +71,14 @@ def busy_partitions(instance: dg.DagsterInstance, job_names: set[str]) -> set[st
     return busy
 
 
+def _cancelled_last_run(instance: dg.DagsterInstance, partition_key: str, job_names: set[str]) -> str | None:
+    """The id of the partition's latest run if a person cancelled it; a stall then is their choice."""
+    runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": partition_key}), limit=1)
+    if runs and runs[0].job_name in job_names and runs[0].status == dg.DagsterRunStatus.CANCELED:
+        return runs[0].run_id
+    return None
+
+
 def build_recovery_sensor(variant_job: dg.UnresolvedAssetJobDefinition,
                           job_level_job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
     settings = load_settings()
@@ -108,6 +116,12 @@ def build_recovery_sensor(variant_job: dg.UnresolvedAssetJobDefinition,
             return dg.SkipReason("nothing to recover")
         run_requests = []
         for restart in restarts:
+            cancelled = (_cancelled_last_run(instance, restart.partition_key, job_names)
+                         if restart.why == "stalled" else None)
+            if cancelled and recovery.fail_cancelled(engine, restart, cancelled):
+                context.log.info(f"{restart.level} {restart.partition_key}: its run {cancelled} was cancelled; "
+                                 f"{restart.start_stage} marked failed instead of restarted")
+                continue
             level = stage_graph.stage(restart.start_stage).level
             tags = {LAUNCHED_BY_TAG: RECOVERY_SENSOR_NAME, START_STAGE_TAG: restart.start_stage,
                     RECOVERY_REASON_TAG: restart.why}
