@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Browser check of a running variant-pipeline Dagster UI with headless Chromium.
+r"""Browser check of a running variant-pipeline Dagster UI with headless Chromium.
 
 Opens the lineage page (global asset graph) and one partition of the ``overlay``
 asset, checks in the DOM that each page shows what it should, and saves 1400x900
@@ -13,10 +13,30 @@ PNG screenshots under ``docs/screenshots/``:
   entry opened, the inline thumbnail (a data: URI) loaded;
 - ``runs.png``: the runs list with successful runs (skip with ``--no-runs``).
 
+With ``--recovery``, against a demo whose fault drill made the recovery sensor retry a
+stage, also:
+
+- ``automation.png``: the Automation page (``/automation``) listing ``outbox_sensor``,
+  ``manual_run_continuation_sensor`` and ``recovery_sensor``, each switched on (running),
+  the recovery sensor's latest launched run drawn as succeeded;
+- ``recovery-runs.png``: the runs of the retried partition (the runs list filtered by its
+  ``dagster/partition`` tag): the failed run the outbox sensor launched, and the run the
+  recovery sensor launched, tagged ``variant_pipeline/launched_by: recovery_sensor`` and
+  ``variant_pipeline/recovery: retry``, which succeeded.
+
 Start the demo first (it prints the UI links and keeps serving), then, for example:
 
     .venv/bin/python -m variant_pipeline.cli demo --port 3400 &
     .venv/bin/python scripts/browser_check.py --base-url http://127.0.0.1:3400
+
+For ``--recovery``, variant 2's ``vlm_analyze`` fails on its first attempt and the
+recovery sensor retries it (a private home keeps the demo out of ``var/``); once the demo
+log says the job ended at ``(instagram_feed_gen, done)``:
+
+    VARIANT_PIPELINE_HOME=/tmp/vp-ui-home VP_FAULTS="vlm_analyze:raise:attempt=1,variant=2" \
+        VP_RETRY_BACKOFF_S=2 VP_RECOVERY_INTERVAL_S=3 \
+        .venv/bin/python -m variant_pipeline.cli demo --port 3400 &
+    .venv/bin/python scripts/browser_check.py --base-url http://127.0.0.1:3400 --recovery
 
 Needs Debian's ``chromium`` (``apt-get install chromium``), ``websockets`` and
 ``Pillow`` (both already in the project's environment). Chromium is driven over
@@ -39,6 +59,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -59,6 +80,9 @@ VARIANT_ASSETS = [
     "iou_eval",
 ]
 JOB_ASSETS = ["ad_copy_gen_kor", "instagram_feed_gen"]
+SENSORS = ["outbox_sensor", "manual_run_continuation_sensor", "recovery_sensor"]
+# The tags the recovery sensor puts on a run that retries a failed attempt.
+RETRY_TAGS = {"variant_pipeline/launched_by": "recovery_sensor", "variant_pipeline/recovery": "retry"}
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -254,6 +278,29 @@ def latest_overlay_partition(base_url: str) -> str:
     return mats[0]["partition"]
 
 
+def retried_partition(base_url: str) -> str:
+    """The partition of the latest run the recovery sensor launched to retry a stage."""
+    data = graphql(
+        base_url,
+        """
+        query($tags: [ExecutionTag!]) {
+          runsOrError(filter: {tags: $tags}, limit: 1) {
+            ... on Runs { results { runId tags { key value } } }
+            ... on PythonError { message }
+          }
+        }""",
+        {"tags": [{"key": k, "value": v} for k, v in RETRY_TAGS.items()]},
+    )
+    runs = (data.get("runsOrError") or {}).get("results") or []
+    partition = runs and {t["key"]: t["value"] for t in runs[0]["tags"]}.get("dagster/partition")
+    if not partition:
+        raise CheckFailed(
+            "no partitioned run launched by the recovery sensor yet; start the demo with a fault "
+            'drill (VP_FAULTS="vlm_analyze:raise:attempt=1,variant=2") and wait for the job to end'
+        )
+    return partition
+
+
 PAGE_STATE = r"""
 (() => {
   const text = document.body ? document.body.innerText : "";
@@ -262,7 +309,11 @@ PAGE_STATE = r"""
     .filter(i => i.src.startsWith("data:image") && i.complete && i.naturalWidth > 0)
     .map(i => { const r = i.getBoundingClientRect();
                 return {w: i.naturalWidth, h: i.naturalHeight, shownW: r.width, top: r.top}; });
-  const spinners = document.querySelectorAll('[class*="Spinner"], [role="progressbar"]').length;
+  // A spinner among a list item's controls is state, not loading: the Automation page
+  // draws a sensor's tick in progress so, and the outbox sensor spends most of each tick
+  // waiting for a NOTIFY.
+  const spinners = [...document.querySelectorAll('[class*="Spinner"], [role="progressbar"]')]
+    .filter(el => !el.closest('[class*="HorizontalControls_item"]')).length;
   // Asset graph nodes: name -> how the node is drawn. Zoomed out, Dagster draws
   // "minimal" nodes whose colour (a CSS variable) is the status: green = materialized.
   const nodes = {};
@@ -274,7 +325,25 @@ PAGE_STATE = r"""
       text: box ? box.innerText : "",
     };
   }
-  return {text, all, imgs, spinners, nodes, title: document.title};
+  // Automation page: sensor name -> its switch (checked: running) and latest run's icon.
+  const sensors = {};
+  for (const a of document.querySelectorAll('a[href*="/sensors/"]')) {
+    const item = a.closest('[class*="ListItem_listItem__"]');
+    if (!item) continue;
+    const sw = item.querySelector('[class*="formatSwitch"] input[type="checkbox"]');
+    const run = item.querySelector('[aria-label^="run_"]');
+    sensors[a.getAttribute("href").split("/").pop()] = {
+      running: !!(sw && sw.checked && !sw.disabled),
+      latestRun: run ? run.getAttribute("aria-label") : null,
+      text: item.innerText,
+    };
+  }
+  // Runs list: one entry per row, its run link and all its text (tags, launcher, status).
+  const runRows = [...document.querySelectorAll('[class*="RunsFeedRow_row"]')].map(row => {
+    const link = row.querySelector('a[href^="/runs/"]');
+    return {run: link ? link.getAttribute("href").split("/").pop() : null, text: row.innerText};
+  });
+  return {text, all, imgs, spinners, nodes, sensors, runRows, title: document.title};
 })()
 """
 
@@ -380,6 +449,34 @@ def make_partition_check(partition: str, thumbnail: bool):
     return check
 
 
+def check_automation(state: dict) -> list[str]:
+    missing = []
+    for name in SENSORS:
+        sensor = state["sensors"].get(name)
+        if sensor is None:
+            missing.append(f"sensor {name} listed")
+        elif not sensor["running"]:
+            missing.append(f"{name} switched on (running)")
+    recovery = state["sensors"].get("recovery_sensor")
+    if recovery is not None and recovery["latestRun"] != "run_success":
+        missing.append("recovery_sensor's latest launched run drawn as succeeded")
+    return missing
+
+
+def check_recovery_runs(state: dict) -> list[str]:
+    rows = state["runRows"]
+    tags = [f"{k}: {v}" for k, v in RETRY_TAGS.items()]
+    retries = [r for r in rows if all(t in r["text"] for t in tags)]
+    missing = []
+    if not any("Failure" in r["text"] and r not in retries for r in rows):
+        missing.append('a run with "Failure"')
+    if not retries:
+        missing.append("a run tagged " + ", ".join(tags))
+    elif not any("Success" in r["text"] for r in retries):
+        missing.append('the recovery run with "Success"')
+    return missing
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -400,6 +497,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--max-kb", type=int, default=400, help="quantize PNGs larger than this")
     ap.add_argument("--no-runs", action="store_true", help="skip the runs page screenshot")
+    ap.add_argument(
+        "--recovery",
+        action="store_true",
+        help="also check the sensors (automation.png) and a failed run retried by the recovery "
+        "sensor (recovery-runs.png); needs a demo run with a fault drill, see above",
+    )
     args = ap.parse_args(argv)
     base = args.base_url.rstrip("/")
 
@@ -420,6 +523,13 @@ def main(argv: list[str] | None = None) -> int:
                     None,
                 )
             )
+        if args.recovery:
+            retried = retried_partition(base)
+            runs_filter = urllib.parse.urlencode([("q[]", f"tag:dagster/partition={retried}")])
+            pages += [
+                ("automation.png", f"{base}/automation", check_automation, None),
+                ("recovery-runs.png", f"{base}/runs?{runs_filter}", check_recovery_runs, None),
+            ]
         browser = Chromium(args.chromium, args.width, args.height)
         try:
             for name, url, check, fix in pages:
