@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import dagster as dg
+import pytest
 import sqlalchemy as sa
 
 from tests.fixtures.pipeline import submit_sample
@@ -98,3 +99,30 @@ def test_a_partition_whose_run_a_person_cancelled_is_failed_not_restarted(
     assert status.variants[0].error == (f"cancelled: run {cancelled.run_id} was cancelled in Dagster "
                                         "before overlay started")
     assert (status.step, status.status) == ("iou_eval", "failed")  # the job rolls up: nothing left to run
+
+
+def test_a_due_retry_is_launched_once_and_names_the_failed_run(pipeline_env, dagster_instance, tmp_path) -> None:
+    import dataclasses
+
+    from variant_pipeline.config import load_settings
+    from variant_pipeline.handlers import HandlerContext, StageFailed, execute_stage
+    from variant_pipeline.sensors.recovery import RETRIES_RUN_TAG
+    from variant_pipeline.storage import AssetStore
+
+    engine = db.get_engine(pipeline_env.app_url)
+    job = submit_sample(pipeline_env.app_url, variants=1)
+    key = str(job.variant_ids[0])
+    settings = dataclasses.replace(load_settings(), faults="img_gen:raise", retry_backoff_s=0)
+    ctx = HandlerContext(engine=engine, store=AssetStore(tmp_path), settings=settings, models=None,  # type: ignore[arg-type]
+                         origin="dagster-run:failed-run-1", partition_key=key, log=lambda _m: None,
+                         run_id="failed-run-1")
+    with pytest.raises(StageFailed) as failure:
+        execute_stage("img_gen", ctx)
+    assert failure.value.will_retry
+
+    result = _tick(dagster_instance)
+    [request] = result.run_requests
+    assert request.tags[RETRIES_RUN_TAG] == "failed-run-1"
+    assert request.tags[CONTINUES_ATTEMPTS_TAG] == "1" and request.tags[RECOVERY_REASON_TAG] == "retry"
+    assert request.tags[START_STAGE_TAG] == "img_gen" and request.partition_key == key
+    assert [r.run_key for r in _tick(dagster_instance).run_requests] == [request.run_key]

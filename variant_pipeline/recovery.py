@@ -55,6 +55,7 @@ class Restart:
     run_key: str
     continues_attempts: bool  # automatic retries count on; stalls restart a stage afresh
     state: tuple[str, str] = ("", "")  # the row's (step, status) when it was found
+    retries_run: str | None = None  # for retries: the run whose attempt failed
 
 
 def restart_stage(level: str, step: str, status: str) -> str | None:
@@ -137,7 +138,7 @@ def find_restarts(engine: Engine, stall_after_s: float, busy_partitions: Iterabl
                     AND (current_step IN {job_steps} OR current_step = :last_variant))""",
             last_variant=last_variant, last_job=last_job,
         )
-        last_attempts = _last_attempt_ids(conn, [r["key"] for r in waiting if r["retry_at"] is not None])
+        last_attempts = _last_attempts(conn, [r["key"] for r in waiting if r["retry_at"] is not None])
     restarts: list[Restart] = []
     for row in waiting:
         if row["key"] in busy:
@@ -152,11 +153,12 @@ def find_restarts(engine: Engine, stall_after_s: float, busy_partitions: Iterabl
             if stall_after_s <= 0 or overdue < stall_after_s:
                 # Named by the last attempt and the time it became due: a retry made due again
                 # (by ``request_retry``) after its run was cancelled gets a key not yet spent.
-                after = last_attempts.get((row["key"], row["current_step"]), 0)
+                after, failed_run = last_attempts.get((row["key"], row["current_step"]), (0, None))
                 due = int(row["retry_at"].timestamp() * 1000)
                 restarts.append(Restart(row["level"], row["key"], start, "retry",
                                         f"retry:{row['level']}:{row['key']}:{start}:after-attempt:{after}:{due}",
-                                        continues_attempts=True, state=(row["current_step"], row["status"])))
+                                        continues_attempts=True, state=(row["current_step"], row["status"]),
+                                        retries_run=failed_run))
                 continue
             # Due for a stall period and still not picked up: the retry's run was lost, cancelled
             # or never launched (its run key is spent), so restart it as a stall.
@@ -193,17 +195,19 @@ def fail_cancelled(engine: Engine, restart: Restart, run_id: str) -> bool:
         ).rowcount == 1
 
 
-def _last_attempt_ids(conn: Connection, keys: list[str]) -> dict[tuple[str, str], int]:
+def _last_attempts(conn: Connection, keys: list[str]) -> dict[tuple[str, str], tuple[int, str | None]]:
+    """(partition, stage) -> (attempt_id, run_id) of the latest attempt."""
     if not keys:
         return {}
     rows = conn.execute(
-        sa.text("""SELECT coalesce(job_variants_id, job_id)::text AS key, stage, max(attempt_id) AS last
+        sa.text("""SELECT DISTINCT ON (coalesce(job_variants_id, job_id), stage)
+                          coalesce(job_variants_id, job_id)::text AS key, stage, attempt_id, run_id
                      FROM stage_attempts
                     WHERE coalesce(job_variants_id, job_id) = ANY(CAST(:keys AS uuid[]))
-                    GROUP BY 1, 2"""),
+                    ORDER BY coalesce(job_variants_id, job_id), stage, attempt_id DESC"""),
         {"keys": keys},
     )
-    return {(r.key, r.stage): r.last for r in rows}
+    return {(r.key, r.stage): (r.attempt_id, r.run_id) for r in rows}
 
 
 # --- Manual retry ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from variant_pipeline.sensors.outbox import CONTINUES_ATTEMPTS_TAG, LAUNCHED_BY_
 RECOVERY_SENSOR_NAME = "recovery_sensor"
 IMPLICIT_ASSET_JOB_NAME = "__ASSET_JOB"  # dagster's name for the job of hand-picked assets
 RECOVERY_REASON_TAG = "variant_pipeline/recovery"
+RETRIES_RUN_TAG = "variant_pipeline/retries_run"
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
              dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
@@ -127,6 +128,8 @@ def build_recovery_sensor(variant_job: dg.UnresolvedAssetJobDefinition,
                     RECOVERY_REASON_TAG: restart.why}
             if restart.continues_attempts:
                 tags[CONTINUES_ATTEMPTS_TAG] = "1"
+            if restart.retries_run:
+                tags[RETRIES_RUN_TAG] = restart.retries_run  # links the retry to its failed run in the UI
             run_requests.append(dg.RunRequest(
                 run_key=restart.run_key,
                 partition_key=restart.partition_key,
