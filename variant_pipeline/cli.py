@@ -219,10 +219,9 @@ def _status(args: argparse.Namespace) -> int:
 def _attempts_by_partition(engine, job) -> dict[str, list[dict]]:
     from variant_pipeline.claims import attempts_of
 
+    # For the job id, attempts_of gives the job's own (job-level) attempts only.
     keys = [str(job.job_id)] + [str(v.job_variants_id) for v in job.variants]
-    found = {key: attempts_of(engine, key) for key in keys}
-    # attempts_of(job id) is the job's own (job-level) attempts only.
-    return {key: [a for a in rows if key != str(job.job_id) or a["level"] == "job"] for key, rows in found.items()}
+    return {key: attempts_of(engine, key) for key in keys}
 
 
 def _plain_attempt(attempt: dict) -> dict:
