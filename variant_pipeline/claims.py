@@ -61,6 +61,10 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+# The stage_attempts rows of one partition (:k): a variant's, or a job's own job-level ones.
+OF_PARTITION = "(job_variants_id = CAST(:k AS uuid) OR (level = 'job' AND job_id = CAST(:k AS uuid)))"
+
+
 def table_for(level: str) -> tuple[str, str]:
     return ("jobs_variants", "job_variants_id") if level == "variant" else ("jobs", "job_id")
 
@@ -186,7 +190,7 @@ class Claim:
     creation_order: int | None  # variants only
 
 
-def _read_row(conn: Connection, level: str, key: str, *, lock: bool) -> dict[str, Any] | None:
+def read_row(conn: Connection, level: str, key: str, *, lock: bool) -> dict[str, Any] | None:
     table, id_column = table_for(level)
     order = "creation_order" if level == "variant" else "NULL::int AS creation_order"
     row = conn.execute(
@@ -207,7 +211,7 @@ def claim(conn: Connection, *, stage: str, partition_key: str, run_id: str, orig
     """
     level = stage_graph.stage(stage).level
     table, id_column = table_for(level)
-    row = _read_row(conn, level, partition_key, lock=True)
+    row = read_row(conn, level, partition_key, lock=True)
     if row is None:
         raise PartitionMissing(f"{level} {partition_key} does not exist")
     attempt = row["attempt"] + 1 if continues_attempts and row["current_step"] == stage else 1
@@ -218,8 +222,7 @@ def claim(conn: Connection, *, stage: str, partition_key: str, run_id: str, orig
         sa.text("""UPDATE stage_attempts
                       SET outcome = 'lost', finished_at = now(), will_retry = false,
                           error = 'worker lost: its partition was claimed again by run ' || :run
-                    WHERE outcome = 'running'
-                      AND (job_variants_id = CAST(:k AS uuid) OR (level = 'job' AND job_id = CAST(:k AS uuid)))"""),
+                    WHERE outcome = 'running' AND """ + OF_PARTITION),
         {"run": run_id, "k": partition_key},
     )
     if level == "variant":
@@ -240,21 +243,24 @@ def claim(conn: Connection, *, stage: str, partition_key: str, run_id: str, orig
     return Claim(attempt_id, level, partition_key, job_id, stage, attempt, run_id, row["creation_order"])
 
 
+def open_attempt(conn: Connection, partition_key: str, stage: str) -> sa.Row | None:
+    """The latest attempt at ``stage`` still marked running: (attempt_id, attempt, worker), or None."""
+    return conn.execute(
+        sa.text("SELECT attempt_id, attempt, worker FROM stage_attempts WHERE " + OF_PARTITION +
+                " AND stage = :stage AND outcome = 'running' ORDER BY attempt_id DESC LIMIT 1"),
+        {"k": partition_key, "stage": stage},
+    ).first()
+
+
 def running_attempt(conn: Connection, level: str, partition_key: str) -> Claim | None:
     """The attempt the row says is running now (row locked), or None."""
-    row = _read_row(conn, level, partition_key, lock=True)
+    row = read_row(conn, level, partition_key, lock=True)
     if row is None or row["status"] != "running":
         return None
-    found = conn.execute(
-        sa.text("""SELECT attempt_id FROM stage_attempts
-                    WHERE (job_variants_id = CAST(:k AS uuid) OR (level = 'job' AND job_id = CAST(:k AS uuid)))
-                      AND stage = :stage AND attempt = :attempt AND outcome = 'running'
-                    ORDER BY attempt_id DESC LIMIT 1"""),
-        {"k": partition_key, "stage": row["current_step"], "attempt": row["attempt"]},
-    ).scalar()
-    if found is None:
+    found = open_attempt(conn, partition_key, row["current_step"])
+    if found is None or found.attempt != row["attempt"]:
         return None
-    return Claim(found, level, partition_key, str(row["job_id"]), row["current_step"], row["attempt"],
+    return Claim(found.attempt_id, level, partition_key, str(row["job_id"]), row["current_step"], row["attempt"],
                  row["run_id"], row["creation_order"])
 
 
@@ -272,7 +278,7 @@ def reopen_job(conn: Connection, job_id: str, variant_stage: str) -> None:
 
 def check_fence(conn: Connection, claim_: Claim) -> None:
     """Raise ``AttemptSuperseded`` unless the row still names this attempt as running; locks the row."""
-    row = _read_row(conn, claim_.level, claim_.partition_key, lock=True)
+    row = read_row(conn, claim_.level, claim_.partition_key, lock=True)
     current = row and (row["current_step"], row["status"], row["attempt"], row["run_id"])
     if current != (claim_.stage, "running", claim_.attempt, claim_.run_id):
         raise AttemptSuperseded(
@@ -354,8 +360,7 @@ def attempts_of(engine_or_conn: Engine | Connection, partition_key: str) -> list
         """SELECT attempt_id, level, stage, attempt, run_id, origin, worker, started_at, finished_at,
                   outcome, error, will_retry
              FROM stage_attempts
-            WHERE job_variants_id = CAST(:k AS uuid) OR (level = 'job' AND job_id = CAST(:k AS uuid))
-            ORDER BY attempt_id"""
+            WHERE """ + OF_PARTITION + " ORDER BY attempt_id"
     )
     if isinstance(engine_or_conn, Engine):
         with engine_or_conn.connect() as conn:

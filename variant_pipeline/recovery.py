@@ -97,20 +97,11 @@ def recover_lost_claims(engine: Engine, policy: claims.RetryPolicy) -> list[Lost
         with transaction(engine, RECOVERY_ORIGIN) as conn:
             if not claims.is_lock_free(conn, claims.lock_key(row["key"])):
                 continue  # a live worker holds it
-            table, id_column = claims.table_for(row["level"])
-            now = conn.execute(
-                sa.text(f"SELECT current_step, status, attempt, run_id FROM {table} "
-                        f"WHERE {id_column} = CAST(:k AS uuid) FOR UPDATE"), {"k": row["key"]},
-            ).first()
-            if now is None or tuple(now) != (row["current_step"], "running", row["attempt"], row["run_id"]):
+            now = claims.read_row(conn, row["level"], row["key"], lock=True)
+            if now is None or (now["current_step"], now["status"], now["attempt"], now["run_id"]) != (
+                    row["current_step"], "running", row["attempt"], row["run_id"]):
                 continue  # it moved on meanwhile
-            attempt = conn.execute(
-                sa.text("""SELECT attempt_id, worker FROM stage_attempts
-                            WHERE (job_variants_id = CAST(:k AS uuid) OR (level = 'job' AND job_id = CAST(:k AS uuid)))
-                              AND stage = :stage AND outcome = 'running'
-                            ORDER BY attempt_id DESC LIMIT 1"""),
-                {"k": row["key"], "stage": row["current_step"]},
-            ).first()
+            attempt = claims.open_attempt(conn, row["key"], row["current_step"])
             worker = attempt.worker if attempt else None
             reason = (f"worker lost: the process running {row['current_step']} "
                       f"({worker or 'unknown process'}, run {row['run_id'] or 'unknown'}) ended without finishing it")
