@@ -84,10 +84,7 @@ def test_a_second_worker_is_refused_while_the_first_holds_the_partition(engine, 
     written: list[str] = []
     monkeypatch.setitem(handlers.HANDLERS, STAGE, _writes_marker(written))
     first = _ctx(engine, key, tmp_path, origin="dagster-run:first", faults=f"{STAGE}:sleep=2")
-    errors: list[BaseException] = []
-    thread = threading.Thread(target=lambda: _capture(errors, execute_stage, STAGE, first))
-    thread.start()
-    _wait_for(lambda: _row(engine, key)["status"] == "running")
+    thread, errors = _start_in_background(engine, key, first)
 
     with pytest.raises(claims.PartitionBusy, match="being worked on by another run"):
         execute_stage(STAGE, _ctx(engine, key, tmp_path, origin="dagster-run:second"))
@@ -165,17 +162,9 @@ def test_a_worker_whose_session_died_is_recovered_and_its_late_results_discarded
     written: list[str] = []
     monkeypatch.setitem(handlers.HANDLERS, STAGE, _writes_marker(written))
     ctx = _ctx(engine, key, tmp_path, origin="dagster-run:old", faults=f"{STAGE}:sleep=3")
-    errors: list[BaseException] = []
-    thread = threading.Thread(target=lambda: _capture(errors, execute_stage, STAGE, ctx))
-    thread.start()
-    _wait_for(lambda: _row(engine, key)["status"] == "running")
+    thread, errors = _start_in_background(engine, key, ctx)
 
-    with engine.connect() as conn:
-        holder = claims.lock_holder_pid(conn, claims.lock_key(key))
-        assert holder is not None
-        conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": holder})
-        conn.commit()
-    _wait_for(lambda: _holder(engine, key) is None)
+    _end_lock_session(engine, key)
     lost = recovery.recover_lost_claims(engine, claims.RetryPolicy(max_attempts=3, backoff_s=0))
     assert [(c.partition_key, c.stage, c.will_retry) for c in lost] == [(key, STAGE, True)]
     assert _row(engine, key)["status"] == "queued"
@@ -192,13 +181,29 @@ def test_recovery_leaves_a_live_worker_alone(engine, variant, tmp_path, monkeypa
     _job, key = variant
     monkeypatch.setitem(handlers.HANDLERS, STAGE, _writes_marker([]))
     ctx = _ctx(engine, key, tmp_path, faults=f"{STAGE}:sleep=2")
+    thread, errors = _start_in_background(engine, key, ctx)
+    assert recovery.recover_lost_claims(engine, claims.RetryPolicy(3, 0)) == []
+    thread.join()
+    assert not errors and _row(engine, key)["status"] == "done"
+
+
+def _start_in_background(engine, key: str, ctx: HandlerContext) -> tuple[threading.Thread, list[BaseException]]:
+    """Run the stage in a thread; return once it has claimed the partition."""
     errors: list[BaseException] = []
     thread = threading.Thread(target=lambda: _capture(errors, execute_stage, STAGE, ctx))
     thread.start()
     _wait_for(lambda: _row(engine, key)["status"] == "running")
-    assert recovery.recover_lost_claims(engine, claims.RetryPolicy(3, 0)) == []
-    thread.join()
-    assert not errors and _row(engine, key)["status"] == "done"
+    return thread, errors
+
+
+def _end_lock_session(engine, key: str) -> None:
+    """Terminate the session holding the partition lock (what a server restart or a cut does)."""
+    with engine.connect() as conn:
+        holder = claims.lock_holder_pid(conn, claims.lock_key(key))
+        assert holder is not None
+        conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": holder})
+        conn.commit()
+    _wait_for(lambda: _holder(engine, key) is None)
 
 
 def _holder(engine, key: str) -> int | None:
@@ -249,15 +254,8 @@ def test_a_new_claim_closes_the_attempt_of_a_worker_that_died_unnoticed(engine, 
     _job, key = variant
     monkeypatch.setitem(handlers.HANDLERS, STAGE, _writes_marker([]))
     ctx = _ctx(engine, key, tmp_path, origin="dagster-run:dead", faults=f"{STAGE}:sleep=3")
-    errors: list[BaseException] = []
-    thread = threading.Thread(target=lambda: _capture(errors, execute_stage, STAGE, ctx))
-    thread.start()
-    _wait_for(lambda: _row(engine, key)["status"] == "running")
-    with engine.connect() as conn:
-        conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"),
-                     {"pid": claims.lock_holder_pid(conn, claims.lock_key(key))})
-        conn.commit()
-    _wait_for(lambda: _holder(engine, key) is None)
+    thread, errors = _start_in_background(engine, key, ctx)
+    _end_lock_session(engine, key)
 
     execute_stage(STAGE, _ctx(engine, key, tmp_path, origin="dagster-run:new"))  # before recovery looked
     thread.join()
