@@ -114,11 +114,16 @@ def test_a_job_retries_exactly_its_failed_variants(engine, job) -> None:
     assert _planned(engine, cursor, job) == {("variant", failed_late, "overlay"), ("variant", failed_early, "img_gen")}
 
 
-def test_from_a_variant_stage_reopens_a_job_that_reached_its_job_stages(engine, job) -> None:
+def _job_through_its_feed(engine, job) -> str:
+    """Every variant done and the job at (instagram_feed_gen, done); returns the job id."""
     _finish_all(engine, job)
-    job_key = str(job.job_id)
     with db.transaction(engine, "dagster-run:job-run") as conn:
-        db.set_job_state(conn, job_key, "instagram_feed_gen", "done")
+        db.set_job_state(conn, str(job.job_id), "instagram_feed_gen", "done")
+    return str(job.job_id)
+
+
+def test_from_a_variant_stage_reopens_a_job_that_reached_its_job_stages(engine, job) -> None:
+    job_key = _job_through_its_feed(engine, job)
     cursor = _cursor(engine)
 
     requests = recovery.request_retry(engine, job_key, "overlay")
@@ -146,10 +151,7 @@ def test_from_a_variant_stage_a_variant_that_never_got_that_far_restarts_where_i
 
 
 def test_from_a_job_stage_requeues_the_job_alone(engine, job) -> None:
-    _finish_all(engine, job)
-    job_key = str(job.job_id)
-    with db.transaction(engine, "dagster-run:job-run") as conn:
-        db.set_job_state(conn, job_key, "instagram_feed_gen", "done")
+    job_key = _job_through_its_feed(engine, job)
     cursor = _cursor(engine)
 
     [request] = recovery.request_retry(engine, job_key, "ad_copy_gen_kor")
