@@ -31,11 +31,6 @@ IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Dag
              dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
-def _started_at(instance: dg.DagsterInstance, run: dg.DagsterRun) -> float | None:
-    record = instance.get_run_record_by_id(run.run_id)
-    return record.start_time if record else None
-
-
 def fail_dead_runs(instance: dg.DagsterInstance, engine, job_names: set[str], now: float,
                    grace_s: float) -> list[str]:
     """Report STARTED runs whose worker lost its lease as failed, and free their pool slots.
@@ -44,11 +39,9 @@ def fail_dead_runs(instance: dg.DagsterInstance, engine, job_names: set[str], no
     younger than ``grace_s`` are left alone.
     """
     dead = []
-    for run in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
-        if run.job_name not in job_names:
-            continue
-        started = _started_at(instance, run)
-        if started is None or now - started < grace_s:
+    for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        run = record.dagster_run
+        if run.job_name not in job_names or record.start_time is None or now - record.start_time < grace_s:
             continue
         with engine.begin() as conn:
             free = claims.is_lock_free(conn, claims.run_lock_key(run.run_id))
