@@ -197,3 +197,16 @@ def test_wait_for_notify_wakes_on_a_state_change(engine: Engine, db_url: str) ->
         event_id = change_state(conn, variant, "running")
     t.join(timeout=60)
     assert [n.payload["event_id"] for n in result] == [event_id]
+
+
+def test_events_are_read_in_numeric_xid_order_across_a_digit_boundary(engine: Engine) -> None:
+    """Transaction ids 99 and 100 (or 9999 and 10000): ordered as text, 100 would come first and
+    a page of one would move the cursor past 99 for good. Seen in CI when real xids crossed 10000."""
+    with engine.begin() as conn:
+        ids = [conn.execute(sa.text(
+            """INSERT INTO pipeline_events (xid, kind, job_id, tenant_id, new_step, new_status, origin)
+               VALUES (CAST(:xid AS xid8), 'job', gen_random_uuid(), 't', 'img_gen', 'queued', 'test')
+               RETURNING id"""), {"xid": xid}).scalar_one() for xid in ("100", "99")]
+    first, cursor = read_events_after(engine, None, limit=1)
+    second, cursor = read_events_after(engine, cursor, limit=1)
+    assert [(e.xid, e.id) for e in first + second] == [(99, ids[1]), (100, ids[0])]

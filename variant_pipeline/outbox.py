@@ -70,12 +70,12 @@ def decode_cursor(cursor: str | None) -> tuple[int, int]:
 
 _READ = sa.text(
     """
-    SELECT id, xid::text AS xid, created_at, kind, job_variants_id::text AS job_variants_id,
+    SELECT id, xid::text AS xid_text, created_at, kind, job_variants_id::text AS job_variants_id,
            job_id::text AS job_id, tenant_id, old_step, old_status, new_step, new_status, error, origin
       FROM pipeline_events
      WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
        AND (xid, id) > (CAST(:xid AS xid8), :id)
-     ORDER BY xid, id
+     ORDER BY pipeline_events.xid, id  -- the xid8 column, numerically (never its text)
      LIMIT :limit
     """
 )
@@ -110,7 +110,7 @@ def _event(row: Any) -> Event:
     variant = row["job_variants_id"]
     return Event(
         id=row["id"],
-        xid=int(row["xid"]),
+        xid=int(row["xid_text"]),
         created_at=row["created_at"],
         kind=row["kind"],
         job_variants_id=uuid.UUID(variant) if variant else None,
