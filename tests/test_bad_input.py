@@ -28,14 +28,16 @@ from sqlalchemy.engine import Engine
 from tests.fixtures.db import create_job
 from tests.imaging import gradient
 from tests.test_fonts import needs_emoji
-from variant_pipeline import claims, cli, db
+from variant_pipeline import claims, cli
 from variant_pipeline.assets.partitions import job_partitions, variant_partitions
 from variant_pipeline.assets.stage_assets import JOB_ASSETS, VARIANT_ASSETS
 from variant_pipeline.config import load_settings
-from variant_pipeline.outbox import read_events_after
+from variant_pipeline.data.engine import get_engine
+from variant_pipeline.data.jobs import add_tenant
+from variant_pipeline.data.outbox import read_events_after
+from variant_pipeline.data.storage import AssetStore
 from variant_pipeline.resources import default_resources
 from variant_pipeline.sensors.outbox import plan_tick
-from variant_pipeline.storage import AssetStore
 from variant_pipeline.validation import MAX_AD_COPY_KOR_CHARS, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
 from variant_pipeline.work.fonts import missing_glyphs
 
@@ -230,8 +232,8 @@ def _assert_finished(engine: Engine, variant_id: str) -> None:
 
 def test_bad_product_photos_fail_img_gen_clearly_and_a_good_job_beside_them_finishes(
         pipeline_env, dagster_instance) -> None:
-    engine = db.get_engine(pipeline_env.app_url)
-    db.add_tenant(engine, TENANT)
+    engine = get_engine(pipeline_env.app_url)
+    add_tenant(engine, TENANT)
     bad: dict[str, tuple[str, str, str, Path]] = {}
     for name, (file_name, data, reason) in BAD_PHOTOS.items():
         relative = f"{TENANT}/inbox/{name}/{file_name}"
@@ -260,7 +262,7 @@ def test_the_cli_refuses_the_same_photos_for_the_same_reason(
     file_name, data, reason = BAD_PHOTOS[name]
     path = tmp_path / file_name
     path.write_bytes(data)
-    db.add_tenant(engine, TENANT)
+    add_tenant(engine, TENANT)
     code = cli.main(["submit", "--tenant", TENANT, "--description", "부대찌개", "--image", str(path)])
     out, err = capsys.readouterr()
     assert code == 2 and out == "" and err.count("\n") == 1
@@ -270,8 +272,8 @@ def test_the_cli_refuses_the_same_photos_for_the_same_reason(
 
 
 def test_korean_copy_over_the_limit_fails_the_first_stage_with_the_limit(pipeline_env, dagster_instance) -> None:
-    engine = db.get_engine(pipeline_env.app_url)
-    db.add_tenant(engine, TENANT)
+    engine = get_engine(pipeline_env.app_url)
+    add_tenant(engine, TENANT)
     long_copy = ("오늘만 특가 바삭한 치킨 " * 40)[:500]
     job_id, variant_ids, _ = _insert_job(engine, expected=2, ad_copy_kor=long_copy,
                                          variants=(("img_gen", None), ("img_gen", None)))
@@ -305,8 +307,8 @@ def test_a_job_of_an_unknown_tenant_is_refused_by_the_database_and_the_cli(
 
 def test_hand_inserted_variants_without_their_image_fail_and_their_sibling_finishes(
         pipeline_env, dagster_instance) -> None:
-    engine = db.get_engine(pipeline_env.app_url)
-    db.add_tenant(engine, TENANT)
+    engine = get_engine(pipeline_env.app_url)
+    add_tenant(engine, TENANT)
     gone = f"{TENANT}/generated/{uuid.uuid4().hex}.png"  # an asset row whose file never arrived
     job_id, [good, no_asset, no_file], _ = _insert_job(
         engine, expected=3, ad_copy_kor="바삭한 치킨 한입",
@@ -330,8 +332,8 @@ def test_hand_inserted_variants_without_their_image_fail_and_their_sibling_finis
 
 @needs_emoji
 def test_emoji_and_mixed_scripts_are_drawn_with_fonts_that_have_them(pipeline_env, dagster_instance) -> None:
-    engine = db.get_engine(pipeline_env.app_url)
-    db.add_tenant(engine, TENANT)
+    engine = get_engine(pipeline_env.app_url)
+    add_tenant(engine, TENANT)
     desc = "오늘만 할인 ☕🔥 카페 크렘 (Café Crème)"
     copy_eng = "Today only ☕🔥 50% off Café Crème"
     job_id, [variant_id], _ = _insert_job(engine, desc=desc, ad_copy_eng=copy_eng, ad_copy_kor=EMOJI_COPY)
@@ -384,8 +386,8 @@ def test_emoji_and_mixed_scripts_are_drawn_with_fonts_that_have_them(pipeline_en
 
 def test_copy_no_installed_font_can_draw_fails_at_overlay_naming_the_character(
         pipeline_env, dagster_instance) -> None:
-    engine = db.get_engine(pipeline_env.app_url)
-    db.add_tenant(engine, TENANT)
+    engine = get_engine(pipeline_env.app_url)
+    add_tenant(engine, TENANT)
     hieroglyph = "\U00013000"  # EGYPTIAN HIEROGLYPH A001: in no font this project installs
     job_id, [variant_id], _ = _insert_job(engine, ad_copy_kor=f"바삭한 치킨 {hieroglyph}")
 

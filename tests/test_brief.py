@@ -8,11 +8,12 @@ import sqlalchemy as sa
 
 from tests.fixtures.db import count_rows, create_job
 from tests.openai_stub_server import openai_stub_server
-from variant_pipeline import db
 from variant_pipeline.config import load_settings
+from variant_pipeline.data.engine import get_engine
+from variant_pipeline.data.jobs import JobRequest, add_tenant, submit_job
+from variant_pipeline.data.storage import AssetStore
 from variant_pipeline.handlers.base import HandlerContext
 from variant_pipeline.handlers.brief import ensure_brief
-from variant_pipeline.storage import AssetStore
 from variant_pipeline.work.text_model import text_model_from_settings
 
 
@@ -31,7 +32,7 @@ def _context(engine, job_id: str) -> HandlerContext:
 
 
 def test_missing_texts_are_written_once_per_job_under_concurrency(db_env, monkeypatch) -> None:
-    engine = db.get_engine(db_env)
+    engine = get_engine(db_env)
     job = create_job(engine, variants=3, description="얼큰한 부대찌개 2인분")  # description only
     with openai_stub_server() as stub:
         monkeypatch.setenv("VP_TEXT_BACKEND", "openai")
@@ -64,9 +65,9 @@ def test_missing_texts_are_written_once_per_job_under_concurrency(db_env, monkey
 
 
 def test_texts_given_with_the_job_are_never_rewritten(db_env, monkeypatch) -> None:
-    engine = db.get_engine(db_env)
-    db.add_tenant(engine, "tenant-a")
-    job = db.submit_job(engine, db.JobRequest.build(
+    engine = get_engine(db_env)
+    add_tenant(engine, "tenant-a")
+    job = submit_job(engine, JobRequest.build(
         tenant_id="tenant-a", description_kor="수제 버거", ad_copy_eng="Juicy burgers, made by hand.",
         ad_copy_kor="육즙 가득 수제버거"))
     with openai_stub_server() as stub:

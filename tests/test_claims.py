@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from tests.fixtures.db import create_job
 from variant_pipeline import claims, handlers, recovery
 from variant_pipeline.config import load_settings
+from variant_pipeline.data.storage import AssetStore
 from variant_pipeline.handlers import (
     HandlerContext,
     StageFailed,
@@ -25,7 +26,6 @@ from variant_pipeline.handlers import (
     StageOutcome,
     execute_stage,
 )
-from variant_pipeline.storage import AssetStore
 
 STAGE = "img_gen"
 

@@ -111,12 +111,13 @@ def test_submit_json_output_and_default_variant_count(engine: Engine, tenant: st
 
 
 def test_status_shows_failure_reasons(engine: Engine, tenant: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from variant_pipeline import db
+    from tests.fixtures.state import set_variant_state
+    from variant_pipeline.data.engine import transaction
 
     _, out, _ = run(capsys, "submit", "--tenant", tenant, "--description", "떡볶이", "--variants", "1", "--json")
     ids = json.loads(out)
-    with db.transaction(engine, "test") as conn:
-        db.set_variant_state(conn, ids["variant_ids"][0], "img_gen", "failed", error="generator out of memory")
+    with transaction(engine, "test") as conn:
+        set_variant_state(conn, ids["variant_ids"][0], "img_gen", "failed", error="generator out of memory")
     code, out, _ = run(capsys, "status", ids["job_id"])
     assert code == 0
     assert "error: generator out of memory" in out and "error: all 1 variants failed" in out
@@ -229,10 +230,10 @@ def test_unreachable_database_in_a_subprocess(tmp_path: Path) -> None:
 
 def test_missing_schema_is_explained(pg_admin_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from variant_pipeline import db
+    from variant_pipeline.data.engine import with_database
 
     # The server's own maintenance database exists but has no schema.
-    monkeypatch.setenv("DATABASE_URL", db.with_database(pg_admin_url, "postgres"))
+    monkeypatch.setenv("DATABASE_URL", with_database(pg_admin_url, "postgres"))
     monkeypatch.setenv("VARIANT_PIPELINE_HOME", str(tmp_path))
     code, _, err = run(capsys, "status", str(uuid.UUID(int=9)))
     assert code == 2 and "variant-pipeline db upgrade" in err

@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tests.fixtures.db import create_job
-from variant_pipeline import db
+from tests.fixtures.state import set_variant_state
+from variant_pipeline.data.engine import make_engine
 from variant_pipeline.stages import LAST_VARIANT_STAGE, VARIANT_STAGES
 
 REPETITIONS = 60
@@ -34,7 +35,7 @@ def _finish_concurrently(engine: Engine, variant_ids: list[uuid.UUID], outcomes:
                 conn.execute(sa.text("SELECT 1"))  # connection ready before the barrier
                 barrier.wait(timeout=30)
                 step = LAST_VARIANT_STAGE if outcome == "done" else PENULTIMATE_STAGE
-                db.set_variant_state(conn, variant_id, step, outcome, error=None if outcome == "done" else "x")
+                set_variant_state(conn, variant_id, step, outcome, error=None if outcome == "done" else "x")
                 conn.commit()
         except BaseException as exc:  # reported by the test
             errors.append(exc)
@@ -70,14 +71,14 @@ def test_concurrent_finishers_roll_the_job_up_exactly_once(
     engine: Engine, outcomes: list[str], final_status: str
 ) -> None:
     # Enough connections for every thread at once.
-    engine = db.make_engine(engine.url, pool_size=len(outcomes) + 2)
+    engine = make_engine(engine.url, pool_size=len(outcomes) + 2)
     try:
         for _ in range(REPETITIONS):
             job = create_job(engine, variants=len(outcomes))
             # All variants are at their last stage (or just before it), running: the next write finishes each.
             with engine.begin() as conn:
                 for v in job.variant_ids:
-                    db.set_variant_state(conn, v, PENULTIMATE_STAGE, "running")
+                    set_variant_state(conn, v, PENULTIMATE_STAGE, "running")
             errors = _finish_concurrently(engine, job.variant_ids, outcomes)
             assert errors == []
 

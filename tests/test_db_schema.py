@@ -5,14 +5,14 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from variant_pipeline import db
+from variant_pipeline.data.migrations import discover_migrations, migration_status, upgrade
 from variant_pipeline.stages import STAGES
 
 
 def test_template_has_all_migrations_and_stages(engine: Engine) -> None:
-    status = db.migration_status(engine)
+    status = migration_status(engine)
     assert status.pending == []
-    assert [a.version for a in status.applied] == [m.version for m in db.discover_migrations()]
+    assert [a.version for a in status.applied] == [m.version for m in discover_migrations()]
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT name, position, level FROM pipeline_stages ORDER BY position")).all()
     assert [(r.name, r.level) for r in rows] == [(s.name, s.level) for s in STAGES]
@@ -29,7 +29,7 @@ def test_upgrade_twice_changes_nothing(engine: Engine) -> None:
         return sorted(migrations), sorted(stage_rows), objects
 
     before = snapshot()
-    assert db.upgrade(engine) == []
-    assert db.upgrade(engine) == []
+    assert upgrade(engine) == []
+    assert upgrade(engine) == []
     # Same rows, same row versions (xmin): the stage sync did not even rewrite unchanged rows.
     assert snapshot() == before

@@ -9,8 +9,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tests.fixtures.db import create_job
-from variant_pipeline import db
-from variant_pipeline.outbox import JOB_CHANNEL, VARIANT_CHANNEL, NotifyListener, read_events_after
+from tests.fixtures.state import set_job_state, set_variant_state
+from variant_pipeline.data.engine import transaction
+from variant_pipeline.data.outbox import JOB_CHANNEL, VARIANT_CHANNEL, NotifyListener, read_events_after
 from variant_pipeline.stages import FIRST_JOB_STAGE, FIRST_VARIANT_STAGE, LAST_VARIANT_STAGE, VARIANT_STAGES
 
 
@@ -31,8 +32,8 @@ def job_state(engine: Engine, job_id: uuid.UUID) -> tuple[str, str, str | None]:
 
 def set_variant(engine: Engine, variant_id: uuid.UUID, step: str, status: str, origin: str | None = None,
                 error: str | None = None) -> None:
-    with db.transaction(engine, origin) as conn:
-        assert db.set_variant_state(conn, variant_id, step, status, error=error)
+    with transaction(engine, origin) as conn:
+        assert set_variant_state(conn, variant_id, step, status, error=error)
 
 
 def test_submit_writes_one_event_per_row_inserted(engine: Engine) -> None:
@@ -62,11 +63,11 @@ def test_state_change_records_old_and_new_state_and_origin(engine: Engine) -> No
 
 def test_origin_is_local_to_its_transaction(engine: Engine) -> None:
     job = create_job(engine, variants=2)
-    with db.transaction(engine, "dagster-run:first") as conn:
-        db.set_variant_state(conn, job.variant_ids[0], FIRST_VARIANT_STAGE, "running")
+    with transaction(engine, "dagster-run:first") as conn:
+        set_variant_state(conn, job.variant_ids[0], FIRST_VARIANT_STAGE, "running")
     # A plain transaction on a pooled (possibly the same) connection: SET LOCAL must not leak.
     with engine.begin() as conn:
-        db.set_variant_state(conn, job.variant_ids[1], FIRST_VARIANT_STAGE, "running")
+        set_variant_state(conn, job.variant_ids[1], FIRST_VARIANT_STAGE, "running")
     last = events(engine, job.job_id)
     by_variant = {r.job_variants_id: r.origin for r in last if r.kind == "variant" and r.new_status == "running"}
     assert by_variant == {job.variant_ids[0]: "dagster-run:first", job.variant_ids[1]: "external"}
@@ -122,7 +123,7 @@ def test_notify_is_not_sent_for_a_rolled_back_change(engine: Engine, db_url: str
     job = create_job(engine, variants=1)
     with NotifyListener(db_url) as listener:
         with engine.connect() as conn:
-            db.set_variant_state(conn, job.variant_ids[0], FIRST_VARIANT_STAGE, "running")
+            set_variant_state(conn, job.variant_ids[0], FIRST_VARIANT_STAGE, "running")
             conn.rollback()
         assert listener.wait(timeout_s=0.5) == []
     assert all(r.new_status == "queued" for r in events(engine, job.job_id))
@@ -148,19 +149,19 @@ def test_python_state_helpers_refuse_unknown_states(engine: Engine) -> None:
     job = create_job(engine, variants=1)
     with engine.begin() as conn:
         with pytest.raises(ValueError, match="not a variant-level stage"):
-            db.set_variant_state(conn, job.variant_ids[0], FIRST_JOB_STAGE, "running")
+            set_variant_state(conn, job.variant_ids[0], FIRST_JOB_STAGE, "running")
         with pytest.raises(ValueError, match="unknown status"):
-            db.set_variant_state(conn, job.variant_ids[0], FIRST_VARIANT_STAGE, "paused")
+            set_variant_state(conn, job.variant_ids[0], FIRST_VARIANT_STAGE, "paused")
 
 
 def test_compare_and_set_claim(engine: Engine) -> None:
     job = create_job(engine, variants=1)
     v = job.variant_ids[0]
     with engine.begin() as conn:
-        assert db.set_variant_state(conn, v, FIRST_VARIANT_STAGE, "running", expected=(FIRST_VARIANT_STAGE, "queued"))
+        assert set_variant_state(conn, v, FIRST_VARIANT_STAGE, "running", expected=(FIRST_VARIANT_STAGE, "queued"))
     with engine.begin() as conn:
         # A second claimer of the same state loses and changes nothing.
-        assert not db.set_variant_state(conn, v, FIRST_VARIANT_STAGE, "running",
+        assert not set_variant_state(conn, v, FIRST_VARIANT_STAGE, "running",
                                         expected=(FIRST_VARIANT_STAGE, "queued"))
     assert len([r for r in events(engine, job.job_id) if r.kind == "variant"]) == 2
 
@@ -259,8 +260,8 @@ def test_rollup_leaves_a_job_in_its_job_level_stages_alone(engine: Engine) -> No
     a, b = job.variant_ids
     set_variant(engine, a, LAST_VARIANT_STAGE, "done")
     set_variant(engine, b, LAST_VARIANT_STAGE, "done")
-    with db.transaction(engine, "test") as conn:
-        db.set_job_state(conn, job.job_id, FIRST_JOB_STAGE, "running")
+    with transaction(engine, "test") as conn:
+        set_job_state(conn, job.job_id, FIRST_JOB_STAGE, "running")
     set_variant(engine, a, LAST_VARIANT_STAGE, "failed", error="late failure")
     assert job_state(engine, job.job_id)[:2] == (FIRST_JOB_STAGE, "running")
 

@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from tests.fixtures.pipeline import submit_sample
-from variant_pipeline import db
 from variant_pipeline import stages as stage_graph
+from variant_pipeline.data.engine import get_engine
 from variant_pipeline.sensors.outbox import EVENT_TAG, LAUNCHED_BY_TAG
 from variant_pipeline.services import (
     prepare_environment,
@@ -70,7 +70,7 @@ def test_daemon_runs_a_submitted_job_to_its_instagram_feed(pipeline_env, monkeyp
                 loads = metadata["model_loads_in_run"].value
                 assert all(n == 1 for n in loads.values()), (stage.name, loads)
 
-    with db.get_engine(env.app_url).connect() as conn:
+    with get_engine(env.app_url).connect() as conn:
         feeds = conn.execute(sa.text("SELECT count(*) FROM instagram_feeds WHERE job_id = :j"),
                              {"j": str(job.job_id)}).scalar_one()
         evaluations = conn.execute(sa.text("SELECT count(*) FROM evaluations WHERE job_id = :j"),

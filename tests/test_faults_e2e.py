@@ -21,9 +21,11 @@ import pytest
 import sqlalchemy as sa
 
 from tests.fixtures.pipeline import submit_sample
-from variant_pipeline import claims, db, recovery
+from variant_pipeline import claims, recovery
 from variant_pipeline import stages as stage_graph
-from variant_pipeline.outbox import read_events_after
+from variant_pipeline.data.engine import get_engine
+from variant_pipeline.data.jobs import get_job_status
+from variant_pipeline.data.outbox import read_events_after
 from variant_pipeline.services import (
     Environment,
     Services,
@@ -118,7 +120,7 @@ def test_killed_worker_failing_stage_and_hanging_stage_in_one_job(pipeline_env, 
               "vlm_analyze:raise:variant=2;"
               "overlay:hang:attempt=1,variant=3")
     with pipeline(monkeypatch, VP_FAULTS=faults, VP_STAGE_TIMEOUTS="overlay=10") as (env, services):
-        engine = db.get_engine(env.app_url)
+        engine = get_engine(env.app_url)
         job = submit_sample(env.app_url, variants=3)
         v1, v2, v3 = (str(v) for v in job.variant_ids)
 
@@ -164,7 +166,7 @@ def test_daemon_stopped_mid_job_and_started_again(pipeline_env, monkeypatch) -> 
     """The daemon (with its code server and run workers) stops while a job runs; another job is
     submitted and a variant retried by hand while it is down. Started again, both jobs finish."""
     with pipeline(monkeypatch) as (env, services):
-        engine = db.get_engine(env.app_url)
+        engine = get_engine(env.app_url)
         first = submit_sample(env.app_url, variants=2)
         _wait_for(lambda: _scalar(engine, "SELECT count(*) FROM stage_attempts WHERE stage = 'vlm_analyze'") > 0,
                   300, "a variant in vlm_analyze")
@@ -190,7 +192,7 @@ def test_daemon_stopped_mid_job_and_started_again(pipeline_env, monkeypatch) -> 
 def test_database_server_restarted_while_runs_are_in_flight(pipeline_env, pg_admin_url, monkeypatch) -> None:
     if os.environ.get("VP_TEST_DATABASE_URL"):
         pytest.skip("the server belongs to VP_TEST_DATABASE_URL; only the embedded one is restarted")
-    from variant_pipeline.embedded_pg import (
+    from variant_pipeline.data.embedded_pg import (
         embedded_server_state,
         ensure_embedded_server,
         stop_embedded_server,
@@ -198,7 +200,7 @@ def test_database_server_restarted_while_runs_are_in_flight(pipeline_env, pg_adm
 
     pgdata = embedded_server_state_for(pg_admin_url, embedded_server_state)
     with pipeline(monkeypatch) as (env, services):
-        engine = db.get_engine(env.app_url)
+        engine = get_engine(env.app_url)
         job = submit_sample(env.app_url, variants=3)
         _wait_for(lambda: _scalar(engine, "SELECT count(*) FROM stage_attempts WHERE outcome = 'running'") > 0,
                   300, "a stage in flight")
@@ -232,7 +234,7 @@ def test_a_run_cancelled_mid_stage_fails_for_good_and_a_manual_retry_finishes_it
     """Cancelling a run in Dagster (the run marked CANCELING, its worker interrupted, as the run
     launcher does) fails the attempt for good; recovery leaves it alone; `retry` finishes the job."""
     with pipeline(monkeypatch, VP_FAULTS="img_gen:sleep=120:attempt=1") as (env, services):
-        engine = db.get_engine(env.app_url)
+        engine = get_engine(env.app_url)
         job = submit_sample(env.app_url, variants=1)
         key = str(job.variant_ids[0])
         _wait_for(lambda: _running_attempt(engine, key, "img_gen") is not None, 300, "img_gen running")
@@ -241,11 +243,11 @@ def test_a_run_cancelled_mid_stage_fails_for_good_and_a_manual_retry_finishes_it
             instance.report_run_canceling(instance.get_run_by_id(attempt["run_id"]))
         os.kill(int(attempt["worker"].rsplit(":", 1)[1]), signal.SIGTERM)
         cancelled_at = time.monotonic()
-        _wait_for(lambda: db.get_job_status(engine, job.job_id).status == "failed", 120, "the job to fail")
+        _wait_for(lambda: get_job_status(engine, job.job_id).status == "failed", 120, "the job to fail")
         noticed_s = time.monotonic() - cancelled_at
         time.sleep(3 * float(RECOVERY_ENV["VP_RECOVERY_INTERVAL_S"]))  # recovery ticks: nothing restarts it
 
-        status = db.get_job_status(engine, job.job_id)
+        status = get_job_status(engine, job.job_id)
         assert (status.variants[0].step, status.variants[0].status) == ("img_gen", "failed")
         assert status.variants[0].error == f"cancelled: run {attempt['run_id']} was cancelled in Dagster"
         assert (status.step, status.status, status.error) == ("iou_eval", "failed", "all 1 variants failed")

@@ -11,8 +11,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tests.fixtures.db import create_job
-from variant_pipeline import db
-from variant_pipeline.outbox import decode_cursor, encode_cursor, read_events_after, wait_for_notify
+from tests.fixtures.state import set_variant_state
+from variant_pipeline.data.engine import make_engine
+from variant_pipeline.data.outbox import (
+    CHANNELS,
+    Notification,
+    NotifyListener,
+    decode_cursor,
+    encode_cursor,
+    read_events_after,
+)
 from variant_pipeline.stages import VARIANT_STAGES
 
 
@@ -32,7 +40,7 @@ def drain(engine: Engine, cursor: str | None, limit: int = 500) -> tuple[list[in
 
 def change_state(conn: sa.Connection, variant_id: uuid.UUID, status: str) -> int:
     """Move a variant's status and return the id of the event this wrote (in this transaction)."""
-    db.set_variant_state(conn, variant_id, VARIANT_STAGES[1].name, status)
+    set_variant_state(conn, variant_id, VARIANT_STAGES[1].name, status)
     return conn.execute(
         sa.text("SELECT max(id) FROM pipeline_events WHERE job_variants_id = :v"), {"v": str(variant_id)}
     ).scalar_one()
@@ -119,7 +127,7 @@ def test_limit_pages_through_in_order_without_gaps(engine: Engine) -> None:
 
 def test_concurrent_writers_and_reader_lose_and_repeat_nothing(engine: Engine) -> None:
     writers, transactions_each = 6, 25
-    engine = db.make_engine(engine.url, pool_size=writers + 3)
+    engine = make_engine(engine.url, pool_size=writers + 3)
     try:
         variants = [create_job(engine, variants=2, tenant_id=f"w{i}").variant_ids for i in range(writers)]
         stop = threading.Event()
@@ -174,6 +182,12 @@ def test_concurrent_writers_and_reader_lose_and_repeat_nothing(engine: Engine) -
         engine.dispose()
 
 
+def wait_for_notify(url: str, timeout_s: float) -> list[Notification]:
+    """One-shot LISTEN on every outbox channel: the first notifications within ``timeout_s``, or []."""
+    with NotifyListener(url, CHANNELS) as listener:
+        return listener.wait(timeout_s)
+
+
 def test_wait_for_notify_times_out_quietly(db_url: str) -> None:
     assert wait_for_notify(db_url, timeout_s=0.2) == []
 
@@ -184,8 +198,6 @@ def test_wait_for_notify_wakes_on_a_state_change(engine: Engine, db_url: str) ->
     listening = threading.Event()
 
     def listen() -> None:
-        from variant_pipeline.outbox import NotifyListener
-
         with NotifyListener(db_url, ["job_variant_state_changed"]) as listener:
             listening.set()
             result.extend(listener.wait(timeout_s=30))

@@ -9,9 +9,9 @@ import dagster as dg
 import sqlalchemy as sa
 
 from tests.fixtures.db import create_job
-from variant_pipeline import db
 from variant_pipeline import stages as stage_graph
-from variant_pipeline.outbox import Event
+from variant_pipeline.data.engine import get_engine, transaction
+from variant_pipeline.data.outbox import Event
 from variant_pipeline.sensors.outbox import EVENT_TAG, LAUNCHED_BY_TAG, plan_tick, start_stage_for
 
 JOB = uuid.uuid4()
@@ -98,7 +98,7 @@ def _sensor_tick(instance: dg.DagsterInstance, cursor: str | None):
 def test_sensor_tick_adds_partitions_and_requests_one_run_per_new_variant(pipeline_env, dagster_instance,
                                                                             monkeypatch) -> None:
     monkeypatch.setenv("VP_SENSOR_LISTEN_S", "0.2")
-    engine = db.get_engine(pipeline_env.app_url)
+    engine = get_engine(pipeline_env.app_url)
     job = create_job(engine, variants=3)
 
     data = _sensor_tick(dagster_instance, None)
@@ -119,7 +119,7 @@ def test_sensor_tick_adds_partitions_and_requests_one_run_per_new_variant(pipeli
     assert after.run_requests == []
 
     # Another system marks a variant's image done: one run, from vlm_analyze.
-    with db.transaction(engine) as conn:
+    with transaction(engine) as conn:
         conn.execute(sa.text("UPDATE jobs_variants SET current_step = 'img_gen', status = 'done' "
                              "WHERE job_variants_id = :v"), {"v": str(job.variant_ids[0])})
     later = _sensor_tick(dagster_instance, data.cursor)
@@ -142,18 +142,18 @@ def test_idle_tick_keeps_listening_past_events_that_ask_for_nothing(pipeline_env
 
     from variant_pipeline.sensors.outbox import next_plan
 
-    engine = db.get_engine(pipeline_env.app_url)
+    engine = get_engine(pipeline_env.app_url)
     job = create_job(engine, variants=1)
     variant = str(job.variant_ids[0])
     _, cursor, _ = next_plan(None, 0.0, lambda events: plan_tick(events, [], []))  # past the submit
 
     def writes() -> None:
         time.sleep(0.3)  # a run's own progress first: asks for nothing
-        with db.transaction(engine, "dagster-run:r1") as conn:
+        with transaction(engine, "dagster-run:r1") as conn:
             conn.execute(sa.text("UPDATE jobs_variants SET status = 'running' WHERE job_variants_id = :v"),
                          {"v": variant})
         time.sleep(0.7)  # then another system marks the image done: asks for vlm_analyze
-        with db.transaction(engine) as conn:
+        with transaction(engine) as conn:
             conn.execute(sa.text("UPDATE jobs_variants SET status = 'done' WHERE job_variants_id = :v"),
                          {"v": variant})
 
@@ -168,13 +168,13 @@ def test_idle_tick_keeps_listening_past_events_that_ask_for_nothing(pipeline_env
 
 
 def test_idle_tick_with_only_own_writes_moves_the_cursor_and_asks_for_nothing(pipeline_env) -> None:
-    from variant_pipeline.outbox import decode_cursor
+    from variant_pipeline.data.outbox import decode_cursor
     from variant_pipeline.sensors.outbox import next_plan
 
-    engine = db.get_engine(pipeline_env.app_url)
+    engine = get_engine(pipeline_env.app_url)
     job = create_job(engine, variants=1)
     _, cursor, _ = next_plan(None, 0.0, lambda events: plan_tick(events, [], []))
-    with db.transaction(engine, "dagster-run:r2") as conn:
+    with transaction(engine, "dagster-run:r2") as conn:
         conn.execute(sa.text("UPDATE jobs_variants SET status = 'running' WHERE job_variants_id = :v"),
                      {"v": str(job.variant_ids[0])})
     tick, after, read = next_plan(cursor, 0.5, lambda events: plan_tick(events, [str(job.variant_ids[0])],

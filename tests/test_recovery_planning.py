@@ -1,8 +1,8 @@
 """Recovery planning against the real database: where a row restarts, which rows are due or
 stalled, and which running rows lost their worker.
 
-Rows are put into their states with the same writes the pipeline uses (``db.set_*_state``,
-``claims.claim``, ``claims.mark_failed``); only ``updated_at`` is aged by hand (with the guard
+Rows are put into their states with direct writes (``tests.fixtures.state``) and the pipeline's own
+claims (``claims.claim``, ``claims.mark_failed``); only ``updated_at`` is aged by hand (with the guard
 trigger that keeps it current switched off inside this test's own database).
 """
 
@@ -17,9 +17,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tests.fixtures.db import create_job
-from variant_pipeline import claims, db, recovery
+from tests.fixtures.state import set_job_state, set_variant_state
+from variant_pipeline import claims, recovery
 from variant_pipeline import stages as stage_graph
-from variant_pipeline.outbox import read_events_after
+from variant_pipeline.data.engine import make_engine, transaction
+from variant_pipeline.data.outbox import read_events_after
 from variant_pipeline.recovery import Restart, restart_stage
 from variant_pipeline.sensors.outbox import plan_tick
 
@@ -75,8 +77,8 @@ def test_restart_follows_positions_where_text_order_would_differ() -> None:
 
 
 def _set_variant(engine: Engine, key: str, step: str, status: str, origin: str = "test:setup") -> None:
-    with db.transaction(engine, origin) as conn:
-        assert db.set_variant_state(conn, key, step, status)
+    with transaction(engine, origin) as conn:
+        assert set_variant_state(conn, key, step, status)
 
 
 def _age(engine: Engine, level: str, key: str, seconds: float) -> None:
@@ -93,10 +95,10 @@ def _age(engine: Engine, level: str, key: str, seconds: float) -> None:
 def _fail_attempt(engine: Engine, key: str, stage: str, *, backoff_s: float, continues: bool,
                   run: str = "run-1") -> claims.Claim:
     """One real attempt at ``stage`` that failed and was scheduled for a retry."""
-    with db.transaction(engine, f"dagster-run:{run}") as conn:
+    with transaction(engine, f"dagster-run:{run}") as conn:
         claim = claims.claim(conn, stage=stage, partition_key=key, run_id=run, origin=f"dagster-run:{run}",
                              continues_attempts=continues)
-    with db.transaction(engine, f"dagster-run:{run}") as conn:
+    with transaction(engine, f"dagster-run:{run}") as conn:
         assert claims.mark_failed(conn, level=claim.level, partition_key=key, stage=stage, attempt=claim.attempt,
                                   attempt_id=claim.attempt_id, reason="RuntimeError: boom", retryable=True,
                                   policy=claims.RetryPolicy(max_attempts=5, backoff_s=backoff_s))
@@ -147,7 +149,7 @@ def test_a_due_retry_continues_its_attempts_under_a_key_naming_the_last_attempt(
 def test_the_retry_key_counts_attempts_of_its_own_stage_only(engine, job) -> None:
     key = str(job.variant_ids[0])
     earlier = _fail_attempt(engine, key, "img_gen", backoff_s=0, continues=False)
-    with db.transaction(engine, "test:setup") as conn:  # a later attempt of another stage
+    with transaction(engine, "test:setup") as conn:  # a later attempt of another stage
         claims.claim(conn, stage="yolo_detect", partition_key=key, run_id="r", origin="t", continues_attempts=False)
     with engine.begin() as conn:  # back to the img_gen retry, as if yolo_detect never happened
         conn.execute(sa.text("UPDATE jobs_variants SET current_step = 'img_gen', status = 'queued', "
@@ -209,8 +211,8 @@ def test_a_job_whose_variants_finished_restarts_at_its_first_job_stage(engine, j
     assert (restart.level, restart.partition_key, restart.start_stage, restart.why) == (
         "job", job_key, "ad_copy_gen_kor", "stalled")
 
-    with db.transaction(engine, "test:setup") as conn:
-        db.set_job_state(conn, job_key, "instagram_feed_gen", "done")
+    with transaction(engine, "test:setup") as conn:
+        set_job_state(conn, job_key, "instagram_feed_gen", "done")
     _age(engine, "job", job_key, 1000)
     assert recovery.find_restarts(engine, stall_after_s=600, busy_partitions=[]) == []  # finished
 
@@ -258,7 +260,7 @@ def test_a_stall_period_of_zero_restarts_every_waiting_row_without_crashing(engi
 
 def _claim(engine: Engine, key: str, stage: str, run: str = "run-1") -> claims.Claim:
     """A worker's claim (row running, attempt recorded) with no partition lock behind it: a dead worker."""
-    with db.transaction(engine, f"dagster-run:{run}") as conn:
+    with transaction(engine, f"dagster-run:{run}") as conn:
         return claims.claim(conn, stage=stage, partition_key=key, run_id=run, origin=f"dagster-run:{run}",
                             continues_attempts=False)
 
@@ -310,7 +312,7 @@ def test_a_lost_job_stage_is_retried_on_the_job_row(engine, job) -> None:
 @contextmanager
 def _lock_held_elsewhere(db_url: str, key: str) -> Iterator[None]:
     """The partition lock, held by a live session of its own (unpooled: closing it ends the session)."""
-    other = db.make_engine(db_url, pool=False)
+    other = make_engine(db_url, pool=False)
     try:
         with other.connect() as conn:
             conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": claims.lock_key(key)})

@@ -10,9 +10,12 @@ import pytest
 import sqlalchemy as sa
 
 from tests.fixtures.pipeline import submit_sample
-from variant_pipeline import claims, db
+from tests.fixtures.state import set_job_state, set_variant_state
+from variant_pipeline import claims
 from variant_pipeline.assets.partitions import variant_partitions
 from variant_pipeline.assets.stage_assets import VARIANT_ASSETS, job_pipeline_job, variant_pipeline_job
+from variant_pipeline.data.engine import get_engine, transaction
+from variant_pipeline.data.jobs import get_job_status
 from variant_pipeline.resources import default_resources
 from variant_pipeline.sensors.outbox import CONTINUES_ATTEMPTS_TAG, LAUNCHED_BY_TAG, START_STAGE_TAG
 from variant_pipeline.sensors.recovery import RECOVERY_REASON_TAG, build_recovery_sensor
@@ -26,11 +29,11 @@ def _tick(instance) -> dg.SensorResult | dg.SkipReason:
 def test_a_job_whose_variants_finished_but_whose_job_stages_never_started_is_restarted_once(
         pipeline_env, dagster_instance, monkeypatch) -> None:
     monkeypatch.setenv("VP_STALL_AFTER_S", "0.5")
-    engine = db.get_engine(pipeline_env.app_url)
+    engine = get_engine(pipeline_env.app_url)
     job = submit_sample(pipeline_env.app_url, variants=1)
-    with db.transaction(engine, "external") as conn:
-        db.set_variant_state(conn, job.variant_ids[0], "iou_eval", "done")  # the rollup: job (iou_eval, done)
-    assert (db.get_job_status(engine, job.job_id).step, db.get_job_status(engine, job.job_id).status) == (
+    with transaction(engine, "external") as conn:
+        set_variant_state(conn, job.variant_ids[0], "iou_eval", "done")  # the rollup: job (iou_eval, done)
+    assert (get_job_status(engine, job.job_id).step, get_job_status(engine, job.job_id).status) == (
         "iou_eval", "done")
     time.sleep(0.6)
     first = _tick(dagster_instance)
@@ -53,7 +56,7 @@ def test_nothing_to_recover_is_a_skip(pipeline_env, dagster_instance) -> None:
 
 def test_materializing_a_failed_stage_by_hand_is_a_new_recorded_round_and_reopens_its_job(
         pipeline_env, dagster_instance) -> None:
-    engine = db.get_engine(pipeline_env.app_url)
+    engine = get_engine(pipeline_env.app_url)
     job = submit_sample(pipeline_env.app_url, variants=1)
     key = str(job.variant_ids[0])
     dagster_instance.add_dynamic_partitions(variant_partitions.name, [key])
@@ -61,9 +64,9 @@ def test_materializing_a_failed_stage_by_hand_is_a_new_recorded_round_and_reopen
                             resources=default_resources(), selection=["img_gen"])
     assert result.success
     # Another system fails the variant at vlm_analyze, and the job went on to its job stages.
-    with db.transaction(engine, "external") as conn:
-        db.set_variant_state(conn, key, "vlm_analyze", "failed", error="external failure")
-        db.set_job_state(conn, job.job_id, "instagram_feed_gen", "done")
+    with transaction(engine, "external") as conn:
+        set_variant_state(conn, key, "vlm_analyze", "failed", error="external failure")
+        set_job_state(conn, job.job_id, "instagram_feed_gen", "done")
 
     result = dg.materialize(VARIANT_ASSETS, partition_key=key, instance=dagster_instance,
                             resources=default_resources(), selection=["vlm_analyze"])
@@ -81,11 +84,11 @@ def test_materializing_a_failed_stage_by_hand_is_a_new_recorded_round_and_reopen
 def test_a_partition_whose_run_a_person_cancelled_is_failed_not_restarted(
         pipeline_env, dagster_instance, monkeypatch) -> None:
     monkeypatch.setenv("VP_STALL_AFTER_S", "0.5")
-    engine = db.get_engine(pipeline_env.app_url)
+    engine = get_engine(pipeline_env.app_url)
     job = submit_sample(pipeline_env.app_url, variants=1)
     key = str(job.variant_ids[0])
-    with db.transaction(engine, "external") as conn:
-        db.set_variant_state(conn, key, "planner", "done")
+    with transaction(engine, "external") as conn:
+        set_variant_state(conn, key, "planner", "done")
     # Its run (waiting for a pool slot, say) was cancelled before overlay began.
     cancelled = dg.DagsterRun(job_name="variant_pipeline", run_id="c0ffee00-0000-4000-8000-000000000001",
                               status=dg.DagsterRunStatus.CANCELED, tags={"dagster/partition": key})
@@ -94,7 +97,7 @@ def test_a_partition_whose_run_a_person_cancelled_is_failed_not_restarted(
 
     result = _tick(dagster_instance)
     assert isinstance(result, dg.SensorResult) and result.run_requests == []
-    status = db.get_job_status(engine, job.job_id)
+    status = get_job_status(engine, job.job_id)
     assert (status.variants[0].step, status.variants[0].status) == ("overlay", "failed")
     assert status.variants[0].error == (f"cancelled: run {cancelled.run_id} was cancelled in Dagster "
                                         "before overlay started")
@@ -105,11 +108,11 @@ def test_a_due_retry_is_launched_once_and_names_the_failed_run(pipeline_env, dag
     import dataclasses
 
     from variant_pipeline.config import load_settings
+    from variant_pipeline.data.storage import AssetStore
     from variant_pipeline.handlers import HandlerContext, StageFailed, execute_stage
     from variant_pipeline.sensors.recovery import RETRIES_RUN_TAG
-    from variant_pipeline.storage import AssetStore
 
-    engine = db.get_engine(pipeline_env.app_url)
+    engine = get_engine(pipeline_env.app_url)
     job = submit_sample(pipeline_env.app_url, variants=1)
     key = str(job.variant_ids[0])
     settings = dataclasses.replace(load_settings(), faults="img_gen:raise", retry_backoff_s=0)

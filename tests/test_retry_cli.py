@@ -15,8 +15,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tests.fixtures.db import count_rows, create_job
-from variant_pipeline import claims, cli, db, recovery
-from variant_pipeline.outbox import Event, read_events_after
+from tests.fixtures.state import set_job_state, set_variant_state
+from variant_pipeline import claims, cli, recovery
+from variant_pipeline.data.engine import transaction
+from variant_pipeline.data.outbox import Event, read_events_after
 from variant_pipeline.sensors.outbox import PlannedRun, plan_tick
 
 
@@ -27,8 +29,8 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 
 def _set_variant(engine: Engine, key: str, step: str, status: str, error: str | None = None) -> None:
-    with db.transaction(engine, "dagster-run:earlier") as conn:
-        assert db.set_variant_state(conn, key, step, status, error=error)
+    with transaction(engine, "dagster-run:earlier") as conn:
+        assert set_variant_state(conn, key, step, status, error=error)
 
 
 def _variant(engine: Engine, key: str) -> dict:
@@ -117,8 +119,8 @@ def test_a_job_retries_exactly_its_failed_variants(engine, job) -> None:
 def _job_through_its_feed(engine, job) -> str:
     """Every variant done and the job at (instagram_feed_gen, done); returns the job id."""
     _finish_all(engine, job)
-    with db.transaction(engine, "dagster-run:job-run") as conn:
-        db.set_job_state(conn, str(job.job_id), "instagram_feed_gen", "done")
+    with transaction(engine, "dagster-run:job-run") as conn:
+        set_job_state(conn, str(job.job_id), "instagram_feed_gen", "done")
     return str(job.job_id)
 
 
@@ -163,8 +165,8 @@ def test_from_a_job_stage_requeues_the_job_alone(engine, job) -> None:
 def test_a_failed_job_stage_is_retried_without_from(engine, job) -> None:
     _finish_all(engine, job)
     job_key = str(job.job_id)
-    with db.transaction(engine, "dagster-run:job-run") as conn:
-        db.set_job_state(conn, job_key, "instagram_feed_gen", "failed", error="boom")
+    with transaction(engine, "dagster-run:job-run") as conn:
+        set_job_state(conn, job_key, "instagram_feed_gen", "failed", error="boom")
     cursor = _cursor(engine)
     [request] = recovery.request_retry(engine, job_key)
     assert (request.level, request.stage, request.previous) == ("job", "instagram_feed_gen",
@@ -178,7 +180,7 @@ def test_a_row_waiting_for_an_automatic_retry_is_made_due_now_with_a_fresh_budge
     """Re-queueing at the same stage writes no state change, so no outbox event: the retry is made
     due now, for the recovery sensor to start."""
     key = str(job.variant_ids[0])
-    with db.transaction(engine, "dagster-run:r1") as conn:
+    with transaction(engine, "dagster-run:r1") as conn:
         claim = claims.claim(conn, stage="vlm_analyze", partition_key=key, run_id="r1", origin="dagster-run:r1",
                              continues_attempts=False)
         claims.mark_failed(conn, level="variant", partition_key=key, stage="vlm_analyze", attempt=claim.attempt,
@@ -295,8 +297,8 @@ def test_cli_refuses_job_stages_while_variants_are_in_progress(engine, db_env, j
 
 def test_cli_refuses_a_job_whose_job_stage_is_running(engine, db_env, job, capsys) -> None:
     _finish_all(engine, job)
-    with db.transaction(engine, "dagster-run:job-run") as conn:
-        db.set_job_state(conn, str(job.job_id), "ad_copy_gen_kor", "running")
+    with transaction(engine, "dagster-run:job-run") as conn:
+        set_job_state(conn, str(job.job_id), "ad_copy_gen_kor", "running")
     err = _refused(engine, capsys, "retry", str(job.job_id), "--from", "overlay")
     assert "is running ad_copy_gen_kor" in err
 

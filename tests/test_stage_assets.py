@@ -8,9 +8,10 @@ import sqlalchemy as sa
 
 from tests.fixtures.db import count_rows, create_job
 from tests.fixtures.pipeline import submit_sample
-from variant_pipeline import db
 from variant_pipeline.assets.partitions import JobVariantsPartitionMapping, job_partitions, variant_partitions
 from variant_pipeline.assets.stage_assets import JOB_ASSETS, VARIANT_ASSETS
+from variant_pipeline.data.engine import get_engine
+from variant_pipeline.data.jobs import get_job_status
 from variant_pipeline.resources import default_resources
 from variant_pipeline.sensors.continuation import CONTINUATION_SENSOR_NAME, continuation_start
 from variant_pipeline.stages import VARIANT_STAGES
@@ -37,14 +38,14 @@ def _output_counts(engine) -> dict[str, int]:
 
 
 def test_variant_stages_write_one_answer_per_stage_and_rerun_replaces_it(pipeline_env, dagster_instance) -> None:
-    engine = db.get_engine(pipeline_env.app_url)
+    engine = get_engine(pipeline_env.app_url)
     job = submit_sample(pipeline_env.app_url, variants=1)
     key = str(job.variant_ids[0])
     dagster_instance.add_dynamic_partitions(variant_partitions.name, [key])
 
     result = _materialize(dagster_instance, VARIANT_ASSETS, key)
     assert result.success
-    status = db.get_job_status(engine, job.job_id)
+    status = get_job_status(engine, job.job_id)
     assert (status.variants[0].step, status.variants[0].status) == ("iou_eval", "done")
     assert (status.step, status.status) == ("iou_eval", "done")  # the one variant rolled the job up
     counts = _output_counts(engine)
@@ -107,11 +108,11 @@ def test_continuation_starts_after_the_furthest_materialized_stage() -> None:
 
 
 def test_broken_product_photo_fails_img_gen_with_the_reason_stored(pipeline_env, dagster_instance) -> None:
-    engine = db.get_engine(pipeline_env.app_url)
+    engine = get_engine(pipeline_env.app_url)
     job = submit_sample(pipeline_env.app_url, variants=1)
     key = str(job.variant_ids[0])
     from variant_pipeline.config import load_settings
-    from variant_pipeline.storage import AssetStore
+    from variant_pipeline.data.storage import AssetStore
 
     with engine.connect() as conn:
         path = conn.execute(sa.text("SELECT path FROM image_assets WHERE image_asset_id = :a"),
@@ -121,7 +122,7 @@ def test_broken_product_photo_fails_img_gen_with_the_reason_stored(pipeline_env,
 
     result = _materialize(dagster_instance, VARIANT_ASSETS, key)
     assert not result.success
-    variant = db.get_job_status(engine, job.job_id).variants[0]
+    variant = get_job_status(engine, job.job_id).variants[0]
     assert (variant.step, variant.status) == ("img_gen", "failed")
     assert "product photo" in variant.error and "not a readable image" in variant.error
     failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
@@ -131,20 +132,20 @@ def test_broken_product_photo_fails_img_gen_with_the_reason_stored(pipeline_env,
 
 
 def test_job_stages_refuse_a_job_with_no_finished_variant(pipeline_env, dagster_instance) -> None:
-    engine = db.get_engine(pipeline_env.app_url)
+    engine = get_engine(pipeline_env.app_url)
     job = create_job(engine, variants=2)
     key = str(job.job_id)
     dagster_instance.add_dynamic_partitions(job_partitions.name, [key])
     result = _materialize(dagster_instance, JOB_ASSETS, key)
     assert not result.success
-    status = db.get_job_status(engine, job.job_id)
+    status = get_job_status(engine, job.job_id)
     assert (status.step, status.status) == ("ad_copy_gen_kor", "failed")
     assert "no variant that finished iou_eval" in status.error
     assert count_rows(engine, "instagram_feeds") == 0
 
 
 def test_job_partition_depends_on_exactly_its_own_variants(pipeline_env, dagster_instance) -> None:
-    engine = db.get_engine(pipeline_env.app_url)
+    engine = get_engine(pipeline_env.app_url)
     first, second = create_job(engine, variants=3), create_job(engine, variants=2)
     variant_keys = [str(v) for v in first.variant_ids + second.variant_ids]
     dagster_instance.add_dynamic_partitions(variant_partitions.name, variant_keys)

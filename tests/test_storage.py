@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from variant_pipeline.storage import AssetStore
+from variant_pipeline.data.storage import AssetStore
 from variant_pipeline.validation import InputError
 
 

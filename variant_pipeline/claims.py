@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from variant_pipeline import stages as stage_graph
-from variant_pipeline.db import ORIGIN_SETTING
+from variant_pipeline.data.engine import ORIGIN_SETTING
 
 
 class ClaimRefused(RuntimeError):

@@ -44,10 +44,11 @@ def _add_db(sub: argparse._SubParsersAction) -> None:
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
-    from variant_pipeline import db
+    from variant_pipeline.data.engine import get_engine
+    from variant_pipeline.data.migrations import upgrade
 
-    engine = db.get_engine()
-    applied = db.upgrade(engine)
+    engine = get_engine()
+    applied = upgrade(engine)
     if applied:
         for migration in applied:
             print(f"applied {migration.path.name}")
@@ -57,18 +58,19 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _db_status(args: argparse.Namespace) -> int:
-    from variant_pipeline import db
-    from variant_pipeline.embedded_pg import embedded_server_state
+    from variant_pipeline.data.embedded_pg import embedded_server_state
+    from variant_pipeline.data.engine import app_database_url, get_engine, redact, uses_embedded_server
+    from variant_pipeline.data.migrations import migration_status
 
-    if db.uses_embedded_server():
+    if uses_embedded_server():
         state = embedded_server_state()
         print(f"server: embedded PostgreSQL, data {state.pgdata}, "
               f"{'running (pid ' + str(state.pid) + ')' if state.running else 'stopped'}")
     else:
         print("server: DATABASE_URL")
-    url = db.app_database_url()
-    print(f"url: {db.redact(url)}")
-    status = db.migration_status(db.get_engine(url))
+    url = app_database_url()
+    print(f"url: {redact(url)}")
+    status = migration_status(get_engine(url))
     for applied in status.applied:
         print(f"applied {applied.version}_{applied.name} at {applied.applied_at:%Y-%m-%d %H:%M:%S%z}")
     for pending in status.pending:
@@ -81,33 +83,38 @@ def _db_status(args: argparse.Namespace) -> int:
 
 
 def _db_start(args: argparse.Namespace) -> int:
-    from variant_pipeline import db
+    from variant_pipeline.data.engine import (
+        app_database_url,
+        dagster_database_url,
+        redact,
+        uses_embedded_server,
+    )
 
-    if not db.uses_embedded_server():
+    if not uses_embedded_server():
         print("DATABASE_URL is set: nothing to start")
         return EXIT_OK
-    url = db.app_database_url()
-    db.dagster_database_url()
-    print(f"embedded PostgreSQL running: {db.redact(url)}")
+    url = app_database_url()
+    dagster_database_url()
+    print(f"embedded PostgreSQL running: {redact(url)}")
     return EXIT_OK
 
 
 def _db_stop(args: argparse.Namespace) -> int:
-    from variant_pipeline import db
-    from variant_pipeline.embedded_pg import stop_embedded_server
+    from variant_pipeline.data.embedded_pg import stop_embedded_server
+    from variant_pipeline.data.engine import dispose_engines, uses_embedded_server
 
-    if not db.uses_embedded_server():
+    if not uses_embedded_server():
         print("DATABASE_URL is set: nothing to stop")
         return EXIT_OK
-    db.dispose_engines()
+    dispose_engines()
     print("embedded PostgreSQL stopped" if stop_embedded_server() else "embedded PostgreSQL was not running")
     return EXIT_OK
 
 
 def _db_url(args: argparse.Namespace) -> int:
-    from variant_pipeline import db
+    from variant_pipeline.data.engine import app_database_url, dagster_database_url
 
-    print(db.dagster_database_url() if args.dagster else db.app_database_url())
+    print(dagster_database_url() if args.dagster else app_database_url())
     return EXIT_OK
 
 
@@ -124,9 +131,10 @@ def _add_tenant(sub: argparse._SubParsersAction) -> None:
 
 
 def _tenant_add(args: argparse.Namespace) -> int:
-    from variant_pipeline import db
+    from variant_pipeline.data.engine import get_engine
+    from variant_pipeline.data.jobs import add_tenant
 
-    created = db.add_tenant(db.get_engine(), args.tenant_id, args.name)
+    created = add_tenant(get_engine(), args.tenant_id, args.name)
     print(f"tenant {args.tenant_id} {'added' if created else 'already exists'}")
     return EXIT_OK
 
@@ -151,12 +159,13 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from variant_pipeline import db
     from variant_pipeline.config import load_settings
-    from variant_pipeline.storage import AssetStore
+    from variant_pipeline.data.engine import get_engine
+    from variant_pipeline.data.jobs import JobRequest, submit_job
+    from variant_pipeline.data.storage import AssetStore
 
     # Validate everything before touching the database or the disk.
-    request = db.JobRequest.build(
+    request = JobRequest.build(
         tenant_id=args.tenant,
         description_kor=args.description,
         ad_copy_eng=args.ad_copy_en,
@@ -166,7 +175,7 @@ def _submit(args: argparse.Namespace) -> int:
         variants=args.variants,
     )
     store = AssetStore(load_settings().assets_dir) if request.image_path else None
-    job = db.submit_job(db.get_engine(), request, store)
+    job = submit_job(get_engine(), request, store)
     if args.json:
         print(json.dumps({"job_id": str(job.job_id), "variant_ids": [str(v) for v in job.variant_ids]}))
     else:
@@ -186,12 +195,13 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from variant_pipeline import db
+    from variant_pipeline.data.engine import get_engine
+    from variant_pipeline.data.jobs import get_job_status
     from variant_pipeline.validation import parse_uuid
 
     job_id = parse_uuid(args.job_id, "job id")  # before connecting: a typo needs no database
-    engine = db.get_engine()
-    job = db.get_job_status(engine, job_id)
+    engine = get_engine()
+    job = get_job_status(engine, job_id)
     attempts = _attempts_by_partition(engine, job) if args.attempts else {}
     if args.json:
         data = job.to_dict()
@@ -265,13 +275,13 @@ def _add_retry(sub: argparse._SubParsersAction) -> None:
 
 
 def _retry(args: argparse.Namespace) -> int:
-    from variant_pipeline import db
+    from variant_pipeline.data.engine import get_engine
     from variant_pipeline.recovery import RetryError, request_retry
     from variant_pipeline.validation import parse_uuid
 
     target = str(parse_uuid(args.target, "variant or job id"))
     try:
-        requests = request_retry(db.get_engine(), target, args.from_stage)
+        requests = request_retry(get_engine(), target, args.from_stage)
     except RetryError as exc:
         raise CliError(str(exc)) from None
     for r in requests:
@@ -350,8 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import sqlalchemy as sa
 
     from variant_pipeline.config import SettingsError
-    from variant_pipeline.db import MigrationError, normalize_database_url, redact
-    from variant_pipeline.embedded_pg import EmbeddedServerError
+    from variant_pipeline.data.embedded_pg import EmbeddedServerError
+    from variant_pipeline.data.engine import normalize_database_url, redact
+    from variant_pipeline.data.migrations import MigrationError
     from variant_pipeline.validation import InputError
 
     parser = build_parser()

@@ -20,10 +20,10 @@ from variant_pipeline.services import (
 
 
 def _summary(app_url: str, job_id: str, assets_dir: Path) -> list[str]:
-    from variant_pipeline import db
+    from variant_pipeline.data.engine import get_engine
 
     lines = []
-    with db.get_engine(app_url).connect() as conn:
+    with get_engine(app_url).connect() as conn:
         rows = conn.execute(
             sa.text(
                 """SELECT v.creation_order, a.path,
@@ -105,10 +105,10 @@ def run_demo(args: argparse.Namespace) -> int:
         return 0
     finally:
         services.stop()
-        from variant_pipeline import db
+        from variant_pipeline.data.engine import dispose_engines
 
-        db.dispose_engines()
+        dispose_engines()
         if env.embedded:
-            from variant_pipeline.embedded_pg import stop_embedded_server
+            from variant_pipeline.data.embedded_pg import stop_embedded_server
 
             stop_embedded_server()

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from variant_pipeline import claims
 from variant_pipeline import stages as stage_graph
-from variant_pipeline.db import transaction
+from variant_pipeline.data.engine import transaction
 
 RECOVERY_ORIGIN = "recovery:sensor"
 

@@ -21,7 +21,7 @@ from variant_pipeline.config import PROJECT_ROOT, Settings, load_settings
 
 DAGSTER_YAML = PROJECT_ROOT / "dagster.yaml"
 WORKSPACE_YAML = PROJECT_ROOT / "workspace.yaml"
-SAMPLE_PRODUCT = Path(__file__).resolve().parent / "data" / "coffee.jpg"
+SAMPLE_PRODUCT = Path(__file__).resolve().parent / "sample" / "coffee.jpg"
 
 
 @dataclass
@@ -36,14 +36,21 @@ class Environment:
 
 def prepare_environment(log=print) -> Environment:
     """Database up, schema applied, tiny models built if absent, Dagster home written."""
-    from variant_pipeline import db
+    from variant_pipeline.data.engine import (
+        app_database_url,
+        dagster_database_url,
+        get_engine,
+        redact,
+        uses_embedded_server,
+    )
+    from variant_pipeline.data.migrations import upgrade
 
     settings = load_settings()
-    embedded = db.uses_embedded_server()
-    app_url = db.app_database_url()
-    dagster_url = db.dagster_database_url()
-    applied = db.upgrade(db.get_engine(app_url))
-    log(f"database: {db.redact(app_url)} ({len(applied)} migrations applied now)")
+    embedded = uses_embedded_server()
+    app_url = app_database_url()
+    dagster_url = dagster_database_url()
+    applied = upgrade(get_engine(app_url))
+    log(f"database: {redact(app_url)} ({len(applied)} migrations applied now)")
 
     if not Path(settings.vlm_model).exists() and settings.models_dir.as_posix() in settings.vlm_model:
         from variant_pipeline.models.tiny import build_tiny_bundle
@@ -168,29 +175,31 @@ SAMPLE_JOB = {
 
 
 def submit_sample_job(app_url: str, variants: int = 3):
-    from variant_pipeline import db
-    from variant_pipeline.storage import AssetStore
+    from variant_pipeline.data.engine import get_engine
+    from variant_pipeline.data.jobs import JobRequest, add_tenant, submit_job
+    from variant_pipeline.data.storage import AssetStore
 
-    engine = db.get_engine(app_url)
-    db.add_tenant(engine, SAMPLE_JOB["tenant_id"], "Demo cafe")
-    request = db.JobRequest.build(
+    engine = get_engine(app_url)
+    add_tenant(engine, SAMPLE_JOB["tenant_id"], "Demo cafe")
+    request = JobRequest.build(
         tenant_id=SAMPLE_JOB["tenant_id"], description_kor=SAMPLE_JOB["description_kor"],
         ad_copy_eng=SAMPLE_JOB["ad_copy_eng"], ad_copy_kor=SAMPLE_JOB["ad_copy_kor"],
         prompt=SAMPLE_JOB["prompt"], image_path=SAMPLE_PRODUCT, variants=variants,
     )
-    return db.submit_job(engine, request, store=AssetStore(load_settings().assets_dir), origin="demo:submit")
+    return submit_job(engine, request, store=AssetStore(load_settings().assets_dir), origin="demo:submit")
 
 
 def wait_for_job(app_url: str, job_id, *, timeout_s: float = 1800, log=print, poll_s: float = 1.0):
     """Print each change of the job's and its variants' states until the job ends; return the last status."""
-    from variant_pipeline import db
+    from variant_pipeline.data.engine import get_engine
+    from variant_pipeline.data.jobs import get_job_status
     from variant_pipeline.stages import LAST_JOB_STAGE
 
-    engine = db.get_engine(app_url)
+    engine = get_engine(app_url)
     seen: dict[str, tuple[str, str]] = {}
     deadline = time.monotonic() + timeout_s
     while True:
-        status = db.get_job_status(engine, job_id)
+        status = get_job_status(engine, job_id)
         for v in status.variants:
             state = (v.step, v.status)
             if seen.get(str(v.job_variants_id)) != state:

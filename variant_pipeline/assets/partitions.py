@@ -31,7 +31,7 @@ def _lookup(select: str, ids: Sequence[str]) -> list[str]:
     """Run ``select`` (one text column, ``:ids`` a uuid[] parameter) against jobs_variants."""
     if not ids:
         return []
-    from variant_pipeline.db import get_engine
+    from variant_pipeline.data.engine import get_engine
 
     with get_engine().connect() as conn:
         rows = conn.execute(sa.text(select), {"ids": [str(uuid.UUID(i)) for i in ids]}).all()

@@ -19,7 +19,7 @@ from PIL import Image
 from sqlalchemy.engine import Connection, Engine
 
 from variant_pipeline.config import Settings
-from variant_pipeline.storage import AssetStore, StoredImage
+from variant_pipeline.data.storage import AssetStore, StoredImage
 from variant_pipeline.validation import (
     MAX_AD_COPY_KOR_CHARS,
     MAX_DESCRIPTION_CHARS,

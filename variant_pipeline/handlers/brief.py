@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from variant_pipeline.db import transaction
+from variant_pipeline.data.engine import transaction
 from variant_pipeline.handlers.base import HandlerContext, JobInputsRow, jsonable, load_job_inputs
 
 BRIEF_FIELDS = ("desc_eng", "ad_copy_eng", "ad_copy_kor")

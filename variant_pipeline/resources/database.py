@@ -10,7 +10,7 @@ from pydantic import PrivateAttr
 from sqlalchemy.engine import Engine
 
 from variant_pipeline.config import load_settings
-from variant_pipeline.storage import AssetStore
+from variant_pipeline.data.storage import AssetStore
 
 
 class DatabaseResource(dg.ConfigurableResource):
@@ -36,7 +36,7 @@ class DatabaseResource(dg.ConfigurableResource):
             self._lease = None
 
     def engine(self) -> Engine:
-        from variant_pipeline.db import get_engine
+        from variant_pipeline.data.engine import get_engine
 
         return get_engine(self.url or None)
 

@@ -23,7 +23,7 @@ import dagster as dg
 
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.assets.partitions import job_partitions, variant_partitions
-from variant_pipeline.outbox import CHANNELS, Event, NotifyListener, read_events_after
+from variant_pipeline.data.outbox import CHANNELS, Event, NotifyListener, read_events_after
 
 OUTBOX_SENSOR_NAME = "outbox_sensor"
 LAUNCHED_BY_TAG = "variant_pipeline/launched_by"
@@ -137,7 +137,7 @@ def next_plan(cursor: str | None, budget_s: float,
     the cursor on without ending the wait, so an external event arriving a moment later is still
     picked up within milliseconds.
     """
-    from variant_pipeline.db import get_engine
+    from variant_pipeline.data.engine import get_engine
 
     engine = get_engine()
     deadline = time.monotonic() + budget_s

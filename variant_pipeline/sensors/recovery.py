@@ -86,7 +86,7 @@ def build_recovery_sensor(variant_job: dg.UnresolvedAssetJobDefinition,
         "(bounded, with backoff), and restarts variants and jobs that stalled between stages.",
     )
     def recovery_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        from variant_pipeline.db import get_engine
+        from variant_pipeline.data.engine import get_engine
         from variant_pipeline.handlers import retry_policy
 
         current = load_settings()

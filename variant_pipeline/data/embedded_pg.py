@@ -100,13 +100,6 @@ def embedded_server_state(pgdata: Path | None = None) -> EmbeddedServerState:
     )
 
 
-def embedded_admin_url_if_running(pgdata: Path | None = None) -> str | None:
-    state = embedded_server_state(pgdata)
-    if state.running and state.socket_dir is not None:
-        return server_url(state.socket_dir)
-    return None
-
-
 def stop_embedded_server(pgdata: Path | None = None, timeout_s: int = 60) -> bool:
     """Stop the embedded server cleanly (``pg_ctl stop``, fast mode). Returns False if it was not running."""
     with _quiet_import():

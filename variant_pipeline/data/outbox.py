@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import select
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -145,7 +145,7 @@ class NotifyListener:
     def __init__(self, engine_or_url: Engine | str, channels: Sequence[str] = CHANNELS) -> None:
         import psycopg2
 
-        from variant_pipeline.db import make_engine
+        from variant_pipeline.data.engine import make_engine
 
         engine = engine_or_url if isinstance(engine_or_url, Engine) else make_engine(engine_or_url, pool=False)
         args, kwargs = engine.dialect.create_connect_args(engine.url)
@@ -176,18 +176,6 @@ class NotifyListener:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def wait_for_notify(
-    engine_or_url: Engine | str, channels: Iterable[str] = CHANNELS, timeout_s: float = 1.0
-) -> list[Notification]:
-    """LISTEN on ``channels`` and return as soon as a notification arrives, or [] after ``timeout_s``.
-
-    One-shot: a notification sent before the LISTEN is missed, which is fine for a latency hint
-    (always read the outbox after waking). For a loop, keep a ``NotifyListener`` open instead.
-    """
-    with NotifyListener(engine_or_url, tuple(channels)) as listener:
-        return listener.wait(timeout_s)
 
 
 def _channel(name: str) -> str:

@@ -1,0 +1,170 @@
+"""Schema migrations: the numbered files in sql/, applied in order, each once, and the
+``pipeline_stages`` table kept in step with stages.py."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from variant_pipeline import stages as stage_graph
+from variant_pipeline.config import SQL_DIR
+
+# Key of the session advisory lock that serialises concurrent `db upgrade` runs.
+_MIGRATION_LOCK_KEY = 0x7661726970  # "varip"
+_MIGRATION_FILE_RE = re.compile(r"^(\d{3,})_([A-Za-z0-9_]+)\.sql$")
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    path: Path
+    checksum: str
+
+    @property
+    def sql(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class AppliedMigration:
+    version: str
+    name: str
+    checksum: str
+    applied_at: datetime
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    applied: list[AppliedMigration]
+    pending: list[Migration]
+    changed: list[str] = field(default_factory=list)  # applied files whose content changed since
+
+
+def discover_migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
+    migrations: list[Migration] = []
+    seen: dict[str, Path] = {}
+    for path in sorted(sql_dir.glob("*.sql")):
+        match = _MIGRATION_FILE_RE.match(path.name)
+        if not match:
+            raise MigrationError(f"migration file name {path.name!r} is not NNN_name.sql")
+        version, name = match.groups()
+        if version in seen:
+            raise MigrationError(f"two migrations with version {version}: {seen[version].name}, {path.name}")
+        seen[version] = path
+        checksum = hashlib.sha256(path.read_bytes()).hexdigest()
+        migrations.append(Migration(version=version, name=name, path=path, checksum=checksum))
+    return migrations
+
+
+_CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    text PRIMARY KEY,
+    name       text NOT NULL,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def _applied(conn: Connection) -> list[AppliedMigration]:
+    exists = conn.execute(sa.text("SELECT to_regclass('schema_migrations') IS NOT NULL")).scalar_one()
+    if not exists:
+        return []
+    rows = conn.execute(
+        sa.text("SELECT version, name, checksum, applied_at FROM schema_migrations ORDER BY version")
+    ).all()
+    return [AppliedMigration(*row) for row in rows]
+
+
+def migration_status(engine: Engine, sql_dir: Path = SQL_DIR) -> MigrationStatus:
+    files = discover_migrations(sql_dir)
+    with engine.connect() as conn:
+        applied = _applied(conn)
+    by_version = {m.version: m for m in files}
+    applied_versions = {a.version for a in applied}
+    changed = [
+        by_version[a.version].path.name
+        for a in applied
+        if a.version in by_version and by_version[a.version].checksum != a.checksum
+    ]
+    pending = [m for m in files if m.version not in applied_versions]
+    return MigrationStatus(applied=applied, pending=pending, changed=changed)
+
+
+def upgrade(engine: Engine, sql_dir: Path = SQL_DIR) -> list[Migration]:
+    """Apply pending migrations in order (each in its own transaction), then sync pipeline_stages.
+
+    Returns the migrations applied now (empty when up to date). A file changed after it was
+    applied is an error: write a new migration instead.
+    """
+    files = discover_migrations(sql_dir)
+    applied_now: list[Migration] = []
+    with engine.connect() as conn:
+        # Session-level lock: two processes upgrading at once apply each file once.
+        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+        conn.commit()
+        try:
+            with conn.begin():
+                conn.exec_driver_sql(_CREATE_MIGRATIONS_TABLE)
+            with conn.begin():
+                applied = {a.version: a for a in _applied(conn)}
+            for migration in files:
+                done = applied.get(migration.version)
+                if done is not None:
+                    if done.checksum != migration.checksum:
+                        raise MigrationError(
+                            f"migration {migration.path.name} changed after it was applied "
+                            f"(recorded checksum {done.checksum[:12]}, file {migration.checksum[:12]}); "
+                            "add a new migration file instead of editing an applied one"
+                        )
+                    continue
+                with conn.begin():
+                    # no_parameters: the file goes to the server as it is ('%' is not a placeholder).
+                    conn.execution_options(no_parameters=True).exec_driver_sql(migration.sql)
+                    conn.execute(
+                        sa.text("INSERT INTO schema_migrations (version, name, checksum) VALUES (:v, :n, :c)"),
+                        {"v": migration.version, "n": migration.name, "c": migration.checksum},
+                    )
+                applied_now.append(migration)
+            with conn.begin():
+                sync_stages(conn)
+        finally:
+            conn.rollback()
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+            conn.commit()
+    return applied_now
+
+
+def sync_stages(conn: Connection, stage_list: Sequence[stage_graph.Stage] = stage_graph.STAGES) -> int:
+    """Make pipeline_stages match stages.py. Returns the number of rows inserted, changed or removed."""
+    changed = 0
+    for position, stage in enumerate(stage_list):
+        result = conn.execute(
+            sa.text(
+                """
+                INSERT INTO pipeline_stages (name, position, level) VALUES (:name, :position, :level)
+                ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, level = EXCLUDED.level
+                WHERE (pipeline_stages.position, pipeline_stages.level)
+                      IS DISTINCT FROM (EXCLUDED.position, EXCLUDED.level)
+                """
+            ),
+            {"name": stage.name, "position": position, "level": stage.level},
+        )
+        changed += result.rowcount
+    names = [s.name for s in stage_list]
+    removed = conn.execute(sa.text("DELETE FROM pipeline_stages WHERE NOT (name = ANY(:names))"), {"names": names})
+    return changed + removed.rowcount
+
