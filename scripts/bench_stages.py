@@ -299,19 +299,22 @@ def main(argv: list[str] | None = None) -> int:
 
             root = tmp / "tiny"
             bench.run("build_tiny_bundle", lambda: build_tiny_bundle(root), warmup=False, repeats=1)
-        vlm = bench.run("load:vlm", lambda: VlmBackend.load(str(root / "llava"), device, dtype),
+        from variant_pipeline.models.registry import tiny_defaults
+
+        tiny = tiny_defaults(root)
+        vlm = bench.run("load:vlm", lambda: VlmBackend.load(tiny["vlm_model"], device, dtype),
                         warmup=False, repeats=1)
-        det = bench.run("load:detector", lambda: Detector.load(str(root / "yolo" / "yolov8n.pt"), device, dtype),
+        det = bench.run("load:detector", lambda: Detector.load(tiny["detector_model"], device, dtype),
                         warmup=False, repeats=1)
 
         def _load_gen() -> ImageGenerator:
-            g = ImageGenerator.create(str(root / "sd-text2img"), str(root / "sd-inpaint"), device, dtype)
+            g = ImageGenerator.create(tiny["text2img_model"], tiny["inpaint_model"], device, dtype)
             g.text2img_pipeline()
             g.inpaint_pipeline()
             return g
 
         gen = bench.run("load:image_gen", _load_gen, warmup=False, repeats=1)
-        causal_lm_path = root / "causal-lm"
+        causal_lm_path = Path(tiny["text_model"])
 
     # ---- img_gen
     from variant_pipeline.work import img_gen as ig
@@ -394,7 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(ocr, Exception):
             bench.skip("ocr_eval", f"not importable: {ocr}")
         else:
-            engine = ocr.TesseractOcr()
+            from variant_pipeline.config import load_settings
+            from variant_pipeline.models.ocr import TesseractOcr
+
+            engine = TesseractOcr(cmd=load_settings().tesseract_cmd)
             bench.run("ocr_eval", lambda: [ocr.evaluate_ocr(engine, o.image, o.text_bbox_px, overlay_text,
                                                             font_size_px=o.font_size_px) for o in overlays], batch=n)
         if isinstance(readability, Exception):
@@ -413,13 +419,15 @@ def main(argv: list[str] | None = None) -> int:
             bench.skip(s, "no overlay result")
 
     # ---- job-level text stages (local causal LM)
-    cw, tm = _try_import("copywriting"), _try_import("text_model")
-    if isinstance(cw, Exception) or isinstance(tm, Exception):
-        bench.skip("ad_copy_gen_kor", "copywriting/text_model not importable")
+    cw = _try_import("copywriting")
+    if isinstance(cw, Exception):
+        bench.skip("ad_copy_gen_kor", "copywriting not importable")
     elif causal_lm_path is None:
         bench.skip("ad_copy_gen_kor", "no causal LM in --full-size mode (the original used an API model)")
     else:
-        lm = tm.LocalCausalLMBackend(str(causal_lm_path), str(device), str(dtype).removeprefix("torch."),
+        from variant_pipeline.models.text import LocalCausalLMBackend
+
+        lm = LocalCausalLMBackend(str(causal_lm_path), str(device), str(dtype).removeprefix("torch."),
                                      max_new_tokens_cap=max_new)
         bench.run("load:causal_lm", lm.load, warmup=False, repeats=1)
         expected = (cw.TextStageError,)

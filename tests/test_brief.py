@@ -14,14 +14,14 @@ from variant_pipeline.data.jobs import JobRequest, add_tenant, submit_job
 from variant_pipeline.data.storage import AssetStore
 from variant_pipeline.handlers.base import HandlerContext
 from variant_pipeline.handlers.brief import ensure_brief
-from variant_pipeline.work.text_model import text_model_from_settings
+from variant_pipeline.models.text import text_model_from_settings
 
 
 class _TextOnlyModels:
     def __init__(self) -> None:
         self.model = text_model_from_settings(load_settings())
 
-    def text_model(self):
+    def get(self, family: str):
         return self.model
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.openai_stub_server import OpenAIStubServer, openai_stub_server
+from variant_pipeline.models.text import LocalCausalLMBackend, OpenAIChatBackend
 from variant_pipeline.work import copywriting as cw
 from variant_pipeline.work.copywriting import (
     FeedInputs,
@@ -26,7 +27,6 @@ from variant_pipeline.work.copywriting import (
     write_english_ad_copy,
     write_short_korean_ad_copy,
 )
-from variant_pipeline.work.text_model import LocalCausalLMBackend, OpenAIChatBackend
 
 DESC_KOR = "부대찌개 맛집! 햄과 소시지, 김치가 듬뿍 들어간 얼큰한 부대찌개입니다."
 STORE = format_store_information("강남 부대찌개", "서울 강남구 역삼동의 30년 된 노포", "한식")

@@ -6,6 +6,7 @@ import dagster as dg
 
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.definitions import defs
+from variant_pipeline.models import registry
 
 
 def test_one_asset_per_stage_in_pipeline_order() -> None:
@@ -24,7 +25,7 @@ def test_partitions_groups_and_gpu_pool() -> None:
         assert node.partitions_def.name == ("job_variants" if stage.level == "variant" else "jobs")
         assert node.group_name == f"{stage.level}_stages"
         assert node.description
-        uses_gpu = stage.model in {"image_generator", "vlm", "detector", "text_model"}
+        uses_gpu = stage.model is not None and registry.family(stage.model).accelerator
         assert (node.pools == {"gpu"}) == uses_gpu, stage.name
 
 

@@ -52,7 +52,7 @@ def test_planted_boxes_to_detections_and_mask():
 
 @pytest.fixture(scope="module")
 def detector(tiny_models) -> Detector:
-    return Detector.load(str(tiny_models["yolo"]), "cpu")
+    return Detector.load(str(tiny_models["detector_model"]), "cpu")
 
 
 def test_detect_end_to_end_on_tiny_yolo(detector):

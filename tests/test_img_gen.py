@@ -18,7 +18,7 @@ from variant_pipeline.work.img_gen import (
 
 @pytest.fixture(scope="module")
 def generator(tiny_models) -> ImageGenerator:
-    return ImageGenerator.create(str(tiny_models["sd_text2img"]), str(tiny_models["sd_inpaint"]), "cpu", "float32")
+    return ImageGenerator.create(str(tiny_models["text2img_model"]), str(tiny_models["inpaint_model"]), "cpu", "float32")
 
 
 def _product_rgba() -> Image.Image:

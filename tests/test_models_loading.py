@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from PIL import Image
 
 from variant_pipeline.config import load_settings
 from variant_pipeline.models.cache import ModelCache, ModelNotFoundError, resolve_yolo_source
-from variant_pipeline.models.causal_lm import generate_chat, load_causal_lm
+from variant_pipeline.models.causal_lm import CausalLM, load_causal_lm
 from variant_pipeline.models.detector import Detector
 from variant_pipeline.models.device import DeviceConfigError, resolve_device, resolve_dtype
 from variant_pipeline.models.image_gen import ImageGenerator
@@ -28,11 +30,11 @@ def test_bundle_layout_matches_settings_defaults(tiny_models, monkeypatch):
     for name in ("VP_VLM_MODEL", "VP_DETECTOR_MODEL", "VP_TEXT2IMG_MODEL", "VP_INPAINT_MODEL", "VP_TEXT_MODEL"):
         monkeypatch.delenv(name, raising=False)
     s = load_settings()
-    assert Path(s.vlm_model) == tiny_models["llava"]
-    assert Path(s.detector_model) == tiny_models["yolo"]
-    assert Path(s.text2img_model) == tiny_models["sd_text2img"]
-    assert Path(s.inpaint_model) == tiny_models["sd_inpaint"]
-    assert Path(s.text_model) == tiny_models["causal_lm"]
+    assert Path(s.vlm_model) == tiny_models["vlm_model"]
+    assert Path(s.detector_model) == tiny_models["detector_model"]
+    assert Path(s.text2img_model) == tiny_models["text2img_model"]
+    assert Path(s.inpaint_model) == tiny_models["inpaint_model"]
+    assert Path(s.text_model) == tiny_models["text_model"]
     assert (tiny_models["root"] / "bundle.json").is_file()
 
 
@@ -42,7 +44,7 @@ def test_bundle_is_deterministic(tiny_models, tmp_path):
     from variant_pipeline.models.tiny import build_tiny_llava
 
     again = build_tiny_llava(tmp_path / "llava")
-    a = load_file(tiny_models["llava"] / "model.safetensors")
+    a = load_file(tiny_models["vlm_model"] / "model.safetensors")
     b = load_file(again / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -51,10 +53,10 @@ def test_bundle_is_deterministic(tiny_models, tmp_path):
 def test_llava_round_trip_through_auto_classes(tiny_models):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    vlm = VlmBackend.load(str(tiny_models["llava"]), "cpu", "float32", cache=ModelCache())
+    vlm = VlmBackend.load(str(tiny_models["vlm_model"]), "cpu", "float32", cache=ModelCache())
     assert isinstance(vlm.model, LlavaForConditionalGeneration)
     # The processor expands <image> into exactly the number of patches the vision tower yields.
-    processor = AutoProcessor.from_pretrained(tiny_models["llava"])
+    processor = AutoProcessor.from_pretrained(tiny_models["vlm_model"])
     enc = processor(images=[_noise(0)], text=[vlm.format_prompt("Describe.")], return_tensors="pt")
     image_token = vlm.model.config.image_token_index
     assert int((enc["input_ids"] == image_token).sum()) == 16  # (32 / 8) ** 2
@@ -66,7 +68,7 @@ def test_llava_round_trip_through_auto_classes(tiny_models):
 
 
 def test_vlm_sampling_seed_reproducible_per_item(tiny_models):
-    vlm = VlmBackend.load(str(tiny_models["llava"]), "cpu", "float32")
+    vlm = VlmBackend.load(str(tiny_models["vlm_model"]), "cpu", "float32")
     img = _noise(3)
     kw = dict(do_sample=True, temperature=1.0, max_new_tokens=12, min_new_tokens=12)
     alone = vlm.generate([img], ["Pick a font."], seed=[7], **kw)
@@ -77,7 +79,7 @@ def test_vlm_sampling_seed_reproducible_per_item(tiny_models):
 
 
 def test_detector_round_trip_and_class_names(tiny_models):
-    det = Detector.load(str(tiny_models["yolo"]), "cpu")
+    det = Detector.load(str(tiny_models["detector_model"]), "cpu")
     names = det.class_names
     assert len(names) == 80 and names[0] == "person" and "bowl" in names.values()
     assert type(det.model.model).__name__ == "DetectionModel"
@@ -95,7 +97,7 @@ def test_detector_round_trip_and_class_names(tiny_models):
 def test_diffusers_round_trip(tiny_models):
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
-    gen = ImageGenerator.create(str(tiny_models["sd_text2img"]), str(tiny_models["sd_inpaint"]), "cpu", "float32")
+    gen = ImageGenerator.create(str(tiny_models["text2img_model"]), str(tiny_models["inpaint_model"]), "cpu", "float32")
     assert isinstance(gen.text2img_pipeline(), StableDiffusionPipeline)
     assert isinstance(gen.inpaint_pipeline(), StableDiffusionInpaintPipeline)
     out = gen.text_to_image(["a bowl of soup"], "text", [1], 64, 48, 2)
@@ -104,8 +106,30 @@ def test_diffusers_round_trip(tiny_models):
         gen.text_to_image(["x"], None, [1], 60, 64, 2)
 
 
+@torch.inference_mode()
+def generate_chat(lm: CausalLM, conversations: Sequence[Sequence[dict[str, str]]], *,
+                  max_new_tokens: int = 256, min_new_tokens: int = 0, do_sample: bool = False,
+                  temperature: float = 0.7, seed: int | None = None) -> list[str]:
+    """One answer per conversation (a list of ``{"role", "content"}``), generated as one batch:
+    the loaded causal LM used directly, without the text backend."""
+    model, tok = lm
+    prompts = [tok.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False)
+               for c in conversations]
+    # The template already carries any BOS it needs.
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    if seed is not None:
+        torch.manual_seed(seed)
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                  do_sample=do_sample, pad_token_id=tok.pad_token_id)
+    if do_sample:
+        kwargs["temperature"] = temperature
+    out = model.generate(**enc, **kwargs)
+    new = out[:, enc["input_ids"].shape[1]:]
+    return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+
+
 def test_causal_lm_round_trip(tiny_models):
-    lm = load_causal_lm(str(tiny_models["causal_lm"]), "cpu", "float32")
+    lm = load_causal_lm(str(tiny_models["text_model"]), "cpu", "float32")
     model, tok = lm
     assert type(model).__name__ == "LlamaForCausalLM"
     assert tok.chat_template and tok.decode(tok("매콤한 김치찌개").input_ids) == "매콤한 김치찌개"
@@ -124,7 +148,7 @@ def test_cache_loads_once_under_concurrency(tiny_models):
     def worker() -> None:
         try:
             barrier.wait()
-            got.append(VlmBackend.load(str(tiny_models["llava"]), "cpu", "float32", cache=cache))
+            got.append(VlmBackend.load(str(tiny_models["vlm_model"]), "cpu", "float32", cache=cache))
         except BaseException as e:  # surfaced below
             errors.append(e)
 
@@ -136,9 +160,9 @@ def test_cache_loads_once_under_concurrency(tiny_models):
     assert not errors
     assert len(got) == n and all(g is got[0] for g in got)
     assert cache.load_count("vlm") == 1
-    assert cache.load_count("vlm", str(tiny_models["llava"]), "cpu", torch.float32) == 1
+    assert cache.load_count("vlm", str(tiny_models["vlm_model"]), "cpu", torch.float32) == 1
     # Another dtype is another model.
-    VlmBackend.load(str(tiny_models["llava"]), "cpu", "bfloat16", cache=cache)
+    VlmBackend.load(str(tiny_models["vlm_model"]), "cpu", "bfloat16", cache=cache)
     assert cache.load_count("vlm") == 2
 
 
@@ -216,7 +240,7 @@ def test_device_and_dtype_selection():
 
 
 def test_detector_leaves_torch_threads_alone(tiny_models):
-    det = Detector.load(str(tiny_models["yolo"]), "cpu")
+    det = Detector.load(str(tiny_models["detector_model"]), "cpu")
     before = torch.get_num_threads()
     det.predict([_noise(9, (64, 64))])
     assert torch.get_num_threads() == before

@@ -6,11 +6,11 @@ import pytest
 from PIL import Image
 
 from tests.imaging import box_mask, detection, gradient, paint_food, solid
+from variant_pipeline.models.ocr import TesseractOcr
 from variant_pipeline.work.ocr import (
     OcrError,
     OcrReading,
     OcrUnavailableError,
-    TesseractOcr,
     crop_box,
     evaluate_ocr,
     levenshtein,
@@ -145,7 +145,7 @@ def _tsv(rows: list[tuple[int, str, int, int, int, int]]) -> str:
 
 
 def test_split_hangul_syllables_are_rejoined_but_real_spaces_kept() -> None:
-    from variant_pipeline.work.ocr import _parse_tsv
+    from variant_pipeline.models.ocr import _parse_tsv
 
     # Tesseract's Korean model often splits "주문하면" into syllables a few pixels apart;
     # the space before "배달비" is much wider than that.

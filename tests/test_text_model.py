@@ -11,21 +11,17 @@ import pytest
 
 from tests.openai_stub_server import openai_stub_server
 from variant_pipeline.config import load_settings
-from variant_pipeline.work.text_model import (
-    ChatMessage,
-    ChatRequest,
-    Completion,
+from variant_pipeline.models.text import (
     LocalCausalLMBackend,
     OpenAIChatBackend,
-    TextModel,
     TextModelConfigError,
     TextModelError,
     TextModelHTTPError,
     TextModelResponseError,
     TextModelTimeout,
-    complete_batch,
     text_model_from_settings,
 )
+from variant_pipeline.work.text_model import ChatMessage, ChatRequest, Completion, TextModel, complete_batch
 
 MESSAGES = [ChatMessage("system", "You write ad copy. Answer in JSON."),
             ChatMessage("user", "치킨 광고 문구를 써 주세요.")]

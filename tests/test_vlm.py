@@ -178,7 +178,7 @@ def test_prompts_carry_korean_copy_and_brief():
 def vlm(tiny_models):
     from variant_pipeline.models.vlm import VlmBackend
 
-    return VlmBackend.load(str(tiny_models["llava"]), "cpu", "float32")
+    return VlmBackend.load(str(tiny_models["vlm_model"]), "cpu", "float32")
 
 
 def _img(seed: int) -> Image.Image:

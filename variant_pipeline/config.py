@@ -114,6 +114,7 @@ class Settings:
     stall_after_s: float = 300.0
     recovery_interval_s: float = 15.0
     run_lease_grace_s: float = 60.0  # a STARTED run without its lease for this long is dead
+    vlm_load_in_8bit: bool = False  # VP_VLM_LOAD_IN_8BIT: bitsandbytes 8-bit VLM (CUDA only)
     faults: str = ""  # VP_FAULTS fault drills (variant_pipeline/faults.py); empty: none
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -122,16 +123,17 @@ def load_settings() -> Settings:
     home = home_dir()
     models_dir = Path(_env("VP_MODELS_DIR", str(home / "models" / "tiny"))).resolve()
     forbidden = _env("VP_FORBIDDEN_CLASSES")
+    tiny = _tiny_defaults(models_dir)
     return Settings(
         home=home,
         database_url=_env("DATABASE_URL"),
         assets_dir=Path(_env("VP_ASSETS_DIR", str(home / "assets"))).resolve(),
         models_dir=models_dir,
-        vlm_model=_env("VP_VLM_MODEL", str(models_dir / "llava")),
-        detector_model=_env("VP_DETECTOR_MODEL", str(models_dir / "yolo" / "yolov8n.pt")),
-        text2img_model=_env("VP_TEXT2IMG_MODEL", str(models_dir / "sd-text2img")),
-        inpaint_model=_env("VP_INPAINT_MODEL", str(models_dir / "sd-inpaint")),
-        text_model=_env("VP_TEXT_MODEL", str(models_dir / "causal-lm")),
+        vlm_model=_env("VP_VLM_MODEL", tiny["vlm_model"]),
+        detector_model=_env("VP_DETECTOR_MODEL", tiny["detector_model"]),
+        text2img_model=_env("VP_TEXT2IMG_MODEL", tiny["text2img_model"]),
+        inpaint_model=_env("VP_INPAINT_MODEL", tiny["inpaint_model"]),
+        text_model=_env("VP_TEXT_MODEL", tiny["text_model"]),
         text_backend=_env("VP_TEXT_BACKEND", "local"),
         openai_base_url=_env("VP_OPENAI_BASE_URL"),
         openai_api_key=_env("VP_OPENAI_API_KEY"),
@@ -161,8 +163,16 @@ def load_settings() -> Settings:
         stall_after_s=_seconds("VP_STALL_AFTER_S", 300.0),
         recovery_interval_s=_seconds("VP_RECOVERY_INTERVAL_S", 15.0),
         run_lease_grace_s=_seconds("VP_RUN_LEASE_GRACE_S", 60.0, allow_zero=True),
+        vlm_load_in_8bit=_env_bool("VP_VLM_LOAD_IN_8BIT", False),
         faults=_faults(_env("VP_FAULTS", "") or ""),
     )
+
+
+def _tiny_defaults(models_dir: Path) -> dict[str, str]:
+    """Model locations default to the tiny bundle, laid out as the model registry declares it."""
+    from variant_pipeline.models.registry import tiny_defaults
+
+    return tiny_defaults(models_dir)
 
 
 def _seconds(name: str, default: float, *, allow_zero: bool = False) -> float:

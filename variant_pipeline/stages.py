@@ -12,15 +12,11 @@ from typing import Literal
 
 Level = Literal["variant", "job"]
 
-# Model resources a stage may need; the names match the resource keys in Dagster.
-ModelKind = Literal["image_generator", "vlm", "detector", "ocr", "text_model"]
-
-
 @dataclass(frozen=True)
 class Stage:
     name: str
     level: Level
-    model: ModelKind | None
+    model: str | None  # a model family in variant_pipeline.models.registry (its resource key); None: no model
     description: str
 
     @property

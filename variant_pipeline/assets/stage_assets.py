@@ -24,20 +24,11 @@ from variant_pipeline.handlers import (
     record_cancellation,
 )
 from variant_pipeline.handlers.base import thumbnail_markdown
+from variant_pipeline.models.registry import family, kinds_for, wants_accelerator
 from variant_pipeline.resources.models import model_load_counts
 from variant_pipeline.sensors.outbox import CONTINUES_ATTEMPTS_TAG
 
-GPU_POOL = "gpu"
-# Models that want the accelerator; their stages share the "gpu" concurrency pool.
-GPU_MODELS = frozenset({"image_generator", "vlm", "detector", "text_model"})
-KINDS: dict[str | None, set[str]] = {
-    "image_generator": {"diffusers", "pytorch"},
-    "vlm": {"transformers", "pytorch"},
-    "detector": {"ultralytics", "pytorch"},
-    "ocr": {"tesseract"},
-    "text_model": {"transformers"},
-    None: {"python"},
-}
+GPU_POOL = "gpu"  # stages of families that want the accelerator share this concurrency pool
 RUN_ORIGIN_PREFIX = "dagster-run:"
 
 
@@ -47,37 +38,18 @@ class ResourceModels:
     def __init__(self, resources: Any) -> None:
         self._resources = resources
 
-    def _resource(self, kind: str) -> Any:
+    def _resource(self, name: str) -> Any:
+        family(name)  # an unregistered name is a programming error, not a missing resource
         try:
-            return getattr(self._resources, kind)
+            return getattr(self._resources, name)
         except AttributeError:
-            raise RuntimeError(f"this stage did not declare the {kind!r} resource") from None
+            raise RuntimeError(f"this stage did not declare the {name!r} resource") from None
 
-    def vlm(self) -> Any:
-        return self._resource("vlm").get()
+    def get(self, name: str) -> Any:
+        return self._resource(name).get()
 
-    def detector(self) -> Any:
-        return self._resource("detector").get()
-
-    def image_generator(self) -> Any:
-        return self._resource("image_generator").get()
-
-    def text_model(self) -> Any:
-        return self._resource("text_model").get()
-
-    def ocr(self) -> Any:
-        return self._resource("ocr").get()
-
-    def describe(self, kind: str) -> str:
-        resource = self._resource(kind)
-        if hasattr(resource, "location"):
-            return resource.location()
-        settings = load_settings()
-        if kind == "text_model":
-            return f"{settings.text_backend}:{settings.openai_model if settings.text_backend == 'openai' else settings.text_model}"
-        if kind == "ocr":
-            return f"tesseract ({settings.tesseract_cmd})"
-        return kind
+    def describe(self, name: str) -> str:
+        return self._resource(name).location()
 
 
 def _metadata_value(value: Any) -> Any:
@@ -124,8 +96,8 @@ def build_stage_asset(stage: stage_graph.Stage) -> dg.AssetsDefinition:
         partitions_def=variant_partitions if stage.level == "variant" else job_partitions,
         deps=deps,
         group_name=f"{stage.level}_stages",
-        kinds=KINDS[stage.model],
-        pool=GPU_POOL if stage.model in GPU_MODELS else None,
+        kinds=set(kinds_for(stage.model)),
+        pool=GPU_POOL if wants_accelerator(stage.model) else None,
         required_resource_keys=resource_keys,
         metadata={"stage_position": stage.position, "level": stage.level, "model_resource": stage.model or "none"},
     )

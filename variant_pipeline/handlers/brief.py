@@ -75,7 +75,7 @@ def _missing(inputs: JobInputsRow, needed: set[str]) -> list[str]:
 def _generate(ctx: HandlerContext, inputs: JobInputsRow, missing: list[str]) -> JobInputsRow:
     from variant_pipeline.work import copywriting
 
-    model = ctx.models.text_model()
+    model = ctx.models.get("text_model")
     values = {f: getattr(inputs, f) for f in BRIEF_FIELDS}
     traces: list[tuple[str, dict]] = []
     if "desc_eng" in missing:

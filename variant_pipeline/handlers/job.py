@@ -42,7 +42,7 @@ def ad_copy_gen_kor(ctx: HandlerContext) -> StageOutcome:
         raise StageInputError(f"job {job_id} has no variant that finished {stage_graph.LAST_VARIANT_STAGE}")
     brief = ensure_brief(ctx, job_id, need=["ad_copy_eng"])
     start = time.perf_counter()
-    result = translate(ctx.models.text_model(), brief.ad_copy_eng, seed=ctx.settings.seed_base)
+    result = translate(ctx.models.get("text_model"), brief.ad_copy_eng, seed=ctx.settings.seed_base)
     latency = int((time.perf_counter() - start) * 1000)
     trace = result.trace()
 
@@ -73,7 +73,7 @@ def instagram_feed_gen(ctx: HandlerContext) -> StageOutcome:
     brief = ensure_brief(ctx, job_id, need=["ad_copy_eng"])
     start = time.perf_counter()
     feed = write_feed(
-        ctx.models.text_model(),
+        ctx.models.get("text_model"),
         FeedInputs(ad_copy_eng=brief.ad_copy_eng, product_description=inputs.desc_kor, ad_copy_kor=translated),
         seed=ctx.settings.seed_base,
     )

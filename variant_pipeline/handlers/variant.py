@@ -80,7 +80,7 @@ def img_gen(ctx: HandlerContext) -> StageOutcome:
     s = ctx.settings
     start = time.perf_counter()
     [generated] = generate_variants(
-        ctx.models.image_generator(),
+        ctx.models.get("image_generator"),
         ImgGenRequest(
             job_id=variant.job_id, prompt=prompt, product_image=product, n_variants=1,
             first_order=variant.creation_order, width=s.image_width, height=s.image_height,
@@ -114,7 +114,7 @@ def vlm_analyze(ctx: HandlerContext) -> StageOutcome:
     image = _variant_image(ctx, variant)
     brief = ensure_brief(ctx, variant.job_id)
     start = time.perf_counter()
-    result = analyze(ctx.models.vlm(), AnalyzeInput(image=image, ad_copy=brief.ad_copy_eng or None,
+    result = analyze(ctx.models.get("vlm"), AnalyzeInput(image=image, ad_copy=brief.ad_copy_eng or None,
                                                     overlay_text=brief.ad_copy_kor or None,
                                                     seed=ctx.settings.seed_base + variant.creation_order))
     latency = _ms(start)
@@ -163,7 +163,7 @@ def yolo_detect(ctx: HandlerContext) -> StageOutcome:
     image = _variant_image(ctx, variant)
     s = ctx.settings
     start = time.perf_counter()
-    [result] = detect(ctx.models.detector(), [image], forbidden_classes=s.forbidden_classes,
+    [result] = detect(ctx.models.get("detector"), [image], forbidden_classes=s.forbidden_classes,
                       conf=s.detector_conf, iou=s.detector_iou)
     latency = _ms(start)
     mask = ctx.store.save_image(variant.tenant_id, "forbidden_mask", result.forbidden_mask)
@@ -412,7 +412,7 @@ def vlm_judge(ctx: HandlerContext) -> StageOutcome:
     overlay_id, layout, overlaid = _overlay_record(ctx, variant)
     brief = ensure_brief(ctx, variant.job_id)
     start = time.perf_counter()
-    [verdict] = judge_batch(ctx.models.vlm(), [JudgeInput(
+    [verdict] = judge_batch(ctx.models.get("vlm"), [JudgeInput(
         image=overlaid,
         brief=Brief(overlay_text=layout.get("text") or brief.ad_copy_kor, ad_copy=brief.ad_copy_eng or None,
                     description=brief.desc_eng or None),
@@ -446,7 +446,7 @@ def ocr_eval(ctx: HandlerContext) -> StageOutcome:
     variant = _variant(ctx)
     overlay_id, layout, overlaid = _overlay_record(ctx, variant)
     start = time.perf_counter()
-    metrics = evaluate_ocr(ctx.models.ocr(), overlaid, layout["text_bbox_px"], layout["text"],
+    metrics = evaluate_ocr(ctx.models.get("ocr"), overlaid, layout["text_bbox_px"], layout["text"],
                            font_size_px=layout.get("font_size"))
     return _evaluation_outcome(
         variant, overlay_id, "ocr", metrics.to_dict(), _ms(start),

@@ -1,13 +1,7 @@
-"""The model layer: loading (offline by default), a load-once cache, device/dtype, batch backends.
+"""The model layer: the registry of model families, their loaders (offline by default), a
+load-once cache, device/dtype and the tiny offline bundle.
 
-Submodules import the heavy libraries lazily where they can, so ``import variant_pipeline.models``
-stays cheap. Always ``import variant_pipeline`` first: it sets the offline switches.
+Importing the package or its ``registry`` imports no model library (torch, transformers, ...):
+the loader modules do, and only when a model is loaded. Always ``import variant_pipeline`` first:
+it sets the offline switches.
 """
-
-from variant_pipeline.models.cache import MODEL_CACHE, ModelCache, ModelNotFoundError
-from variant_pipeline.models.device import DeviceConfigError, resolve_device, resolve_dtype
-
-__all__ = [
-    "MODEL_CACHE", "DeviceConfigError", "ModelCache", "ModelNotFoundError", "resolve_device",
-    "resolve_dtype",
-]

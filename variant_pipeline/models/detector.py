@@ -5,13 +5,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 
 from variant_pipeline.models.cache import MODEL_CACHE, ModelCache, resolve_yolo_source
 from variant_pipeline.models.device import resolve
+
+if TYPE_CHECKING:
+    from variant_pipeline.config import Settings
 
 
 @dataclass(frozen=True)
@@ -83,3 +86,9 @@ class Detector:
                 for b, s, c in zip(xyxy, scores, classes, strict=True)
             ])
         return out
+
+
+def load_detector(settings: Settings) -> Detector:
+    """The registry's loader: the configured detector, once per process."""
+    return Detector.load(settings.detector_model, settings.device, settings.dtype,
+                         allow_network=settings.allow_network)

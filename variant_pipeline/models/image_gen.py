@@ -9,13 +9,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 
 from variant_pipeline.models.cache import MODEL_CACHE, ModelCache, resolve_hf_source
 from variant_pipeline.models.device import resolve
+
+if TYPE_CHECKING:
+    from variant_pipeline.config import Settings
 
 
 def _load_pipeline(kind: str, location: str, dev: torch.device, dt: torch.dtype,
@@ -133,3 +136,9 @@ def _negatives(negative: Sequence[str] | str | None, n: int) -> list[str] | None
     if len(negative) != n:
         raise ValueError(f"{n} prompts but {len(negative)} negative prompts")
     return list(negative)
+
+
+def load_image_generator(settings: Settings) -> ImageGenerator:
+    """The registry's loader: both configured pipelines, each loaded (once) when first used."""
+    return ImageGenerator.create(settings.text2img_model, settings.inpaint_model, settings.device,
+                                 settings.dtype, allow_network=settings.allow_network)

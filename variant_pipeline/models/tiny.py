@@ -1,7 +1,8 @@
 """The tiny offline model bundle: random-weight models of every family, saved with each library's
 own save call so the project loads them through exactly the production loading calls.
 
-Layout under the bundle directory (matching ``config.load_settings`` defaults)::
+Layout under the bundle directory (declared per family in ``models.registry``; the settings'
+defaults point at it)::
 
     llava/            LlavaForConditionalGeneration + LlavaProcessor
     yolo/yolov8n.pt   ultralytics YOLOv8n (the scale comes from the file name)
@@ -188,17 +189,16 @@ def build_tiny_inpaint(out_dir: Path) -> Path:
 
 
 def build_tiny_bundle(out_dir: Path) -> dict[str, Path]:
-    """Build every tiny model under ``out_dir``; returns ``{"llava", "yolo", "sd_text2img",
-    "sd_inpaint", "causal_lm"}`` → path, in the layout ``config.load_settings`` expects."""
+    """Build every registered family's tiny models under ``out_dir``; returns ``{settings field:
+    path}`` (``vlm_model``, ``detector_model``, ...), the layout whose paths are the settings' defaults."""
+    from variant_pipeline.models.registry import FAMILIES
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "llava": build_tiny_llava(out_dir / "llava"),
-        "yolo": build_tiny_yolo(out_dir / "yolo" / "yolov8n.pt"),
-        "sd_text2img": build_tiny_text2img(out_dir / "sd-text2img"),
-        "sd_inpaint": build_tiny_inpaint(out_dir / "sd-inpaint"),
-        "causal_lm": build_tiny_causal_lm(out_dir / "causal-lm"),
-    }
+    paths: dict[str, Path] = {}
+    for fam in FAMILIES:
+        if fam.build_tiny is not None:
+            paths.update(fam.build_tiny(out_dir))
     _write_manifest(out_dir, paths)
     return paths
 

@@ -11,13 +11,16 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 
 from variant_pipeline.models.cache import MODEL_CACHE, ModelCache, resolve_hf_source
 from variant_pipeline.models.device import resolve
+
+if TYPE_CHECKING:
+    from variant_pipeline.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -161,3 +164,9 @@ class VlmBackend:
                 time.sleep(0.5)
         new_tokens = out[:, inputs["input_ids"].shape[1]:]
         return [t.strip() for t in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def load_vlm(settings: Settings) -> VlmBackend:
+    """The registry's loader: the configured vision-language model, once per process."""
+    return VlmBackend.load(settings.vlm_model, settings.device, settings.dtype,
+                           load_in_8bit=settings.vlm_load_in_8bit, allow_network=settings.allow_network)

@@ -1,13 +1,7 @@
-"""Dagster resources: database, asset storage and the shared model handles."""
+"""Dagster resources: database, asset storage and one model handle per registered model family."""
 
 from variant_pipeline.resources.database import AssetStorageResource, DatabaseResource
-from variant_pipeline.resources.models import (
-    DetectorResource,
-    ImageGeneratorResource,
-    OcrResource,
-    TextModelResource,
-    VisionLanguageModelResource,
-)
+from variant_pipeline.resources.models import ModelResource, model_resources
 
 
 def default_resources() -> dict[str, object]:
@@ -15,21 +9,14 @@ def default_resources() -> dict[str, object]:
     return {
         "database": DatabaseResource(),
         "asset_storage": AssetStorageResource(),
-        "vlm": VisionLanguageModelResource(),
-        "detector": DetectorResource(),
-        "image_generator": ImageGeneratorResource(),
-        "text_model": TextModelResource(),
-        "ocr": OcrResource(),
+        **model_resources(),
     }
 
 
 __all__ = [
     "AssetStorageResource",
     "DatabaseResource",
-    "DetectorResource",
-    "ImageGeneratorResource",
-    "OcrResource",
-    "TextModelResource",
-    "VisionLanguageModelResource",
+    "ModelResource",
     "default_resources",
+    "model_resources",
 ]

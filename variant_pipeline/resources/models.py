@@ -1,105 +1,73 @@
-"""Model resources: configuration plus a lazy, load-once-per-process handle.
+"""Model resources: one ``ModelResource`` per registered model family, under the family's name.
 
-The heavy objects live in ``variant_pipeline.models.cache.MODEL_CACHE`` (thread-safe, keyed by
-kind, source, device and dtype), so one vision-language model instance serves both vlm_analyze
-and vlm_judge in a run, and a run that only re-does iou_eval loads no model at all. Empty
-fields fall back to the settings (environment), which default to the tiny offline bundle.
+This is the one place that decides where a model runs. Today that is in this process:
+``get()`` returns ``family.load(settings)``, and the loaders keep the heavy objects in
+``variant_pipeline.models.cache.MODEL_CACHE`` (thread-safe, keyed by kind, source, device and
+dtype), so one vision-language model instance serves both vlm_analyze and vlm_judge in a run,
+and a run that only re-does iou_eval loads no model at all.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import dagster as dg
 
-from variant_pipeline.config import Settings, load_settings
+from variant_pipeline.config import Settings, SettingsError, load_settings
+from variant_pipeline.models import registry
+from variant_pipeline.models.registry import ModelFamily, family
 
 
-def _settings() -> Settings:
-    return load_settings()
+class ModelResource(dg.ConfigurableResource):
+    """A model family's handle. ``overrides`` replace settings for this resource only, by
+    Settings field name (``{"device": "cpu"}``, ``{"vlm_model": "llava-hf/llava-1.5-7b-hf"}``,
+    ``{"vlm_load_in_8bit": "true"}``); empty: the environment (config.py) decides."""
 
+    family: str
+    overrides: dict[str, str] = {}
 
-class _ModelResource(dg.ConfigurableResource):
-    device: str = ""
-    dtype: str = ""
+    def model_family(self) -> ModelFamily:
+        return family(self.family)
 
-    def _device(self) -> str:
-        return self.device or _settings().device
-
-    def _dtype(self) -> str:
-        return self.dtype or _settings().dtype
-
-
-class VisionLanguageModelResource(_ModelResource):
-    """LLaVA (or another image-text-to-text model) through transformers."""
-
-    model: str = ""
-    load_in_8bit: bool = False
+    def settings(self) -> Settings:
+        return _with_overrides(load_settings(), self.overrides)
 
     def location(self) -> str:
-        return self.model or _settings().vlm_model
+        return self.model_family().location(self.settings())
 
     def get(self) -> Any:
-        from variant_pipeline.models.vlm import VlmBackend
-
-        return VlmBackend.load(
-            self.location(), self._device(), self._dtype(), load_in_8bit=self.load_in_8bit,
-            allow_network=_settings().allow_network,
-        )
+        return self.model_family().load(self.settings())
 
 
-class DetectorResource(_ModelResource):
-    """YOLO through ultralytics."""
-
-    model: str = ""
-
-    def location(self) -> str:
-        return self.model or _settings().detector_model
-
-    def get(self) -> Any:
-        from variant_pipeline.models.detector import Detector
-
-        return Detector.load(self.location(), self._device(), self._dtype(),
-                             allow_network=_settings().allow_network)
-
-
-class ImageGeneratorResource(_ModelResource):
-    """Diffusers text-to-image and inpainting pipelines (each loads when first used)."""
-
-    text2img_model: str = ""
-    inpaint_model: str = ""
-
-    def location(self) -> str:
-        return f"{self.text2img_model or _settings().text2img_model} | {self.inpaint_model or _settings().inpaint_model}"
-
-    def get(self) -> Any:
-        from variant_pipeline.models.image_gen import ImageGenerator
-
-        s = _settings()
-        return ImageGenerator.create(
-            self.text2img_model or s.text2img_model, self.inpaint_model or s.inpaint_model,
-            self._device(), self._dtype(), allow_network=s.allow_network,
-        )
+def _with_overrides(settings: Settings, overrides: dict[str, str]) -> Settings:
+    if not overrides:
+        return settings
+    fields = {f.name for f in dataclasses.fields(settings)}
+    values: dict[str, Any] = {}
+    for name, text in overrides.items():
+        if name not in fields:
+            raise SettingsError(f"model resource override {name!r} is not a setting")
+        current = getattr(settings, name)
+        if isinstance(current, bool):
+            if text.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise SettingsError(f"model resource override {name} must be a boolean, got {text!r}")
+            values[name] = text.lower() in ("1", "true", "yes", "on")
+        elif isinstance(current, int | float):
+            try:
+                values[name] = type(current)(text)
+            except ValueError:
+                raise SettingsError(f"model resource override {name} must be a number, got {text!r}") from None
+        elif current is None or isinstance(current, str):
+            values[name] = text
+        else:
+            raise SettingsError(f"model resource override {name!r} is not a plain value setting")
+    return dataclasses.replace(settings, **values)
 
 
-class TextModelResource(_ModelResource):
-    """The text model: a local causal LM, or an OpenAI-compatible API (VP_TEXT_BACKEND=openai)."""
-
-    def get(self) -> Any:
-        from variant_pipeline.work.text_model import text_model_from_settings
-
-        return text_model_from_settings(_settings())
-
-
-class OcrResource(dg.ConfigurableResource):
-    """Tesseract OCR (Korean + English)."""
-
-    tesseract_cmd: str = ""
-
-    def get(self) -> Any:
-        from variant_pipeline.work.ocr import TesseractOcr
-
-        return TesseractOcr(cmd=self.tesseract_cmd or _settings().tesseract_cmd)
+def model_resources() -> dict[str, ModelResource]:
+    """One resource per registered family, keyed by its name (the key stages ask for)."""
+    return {fam.name: ModelResource(family=fam.name) for fam in registry.FAMILIES}
 
 
 def model_load_counts() -> dict[str, int]:
