@@ -56,14 +56,10 @@ Responder = Callable[[dict[str, Any]], str]
 
 def canned_responder(body: dict[str, Any]) -> str:
     """Plausible answers for the project's text operations, keyed by their system prompts."""
-    operation = None
-    try:
-        from variant_pipeline.work.copywriting import operation_for_system_prompt
+    from variant_pipeline.work.copywriting import SYSTEM_PROMPTS
 
-        system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
-        operation = operation_for_system_prompt(system)
-    except ImportError:
-        pass
+    system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
+    operation = next((op for op, prompt in SYSTEM_PROMPTS.items() if prompt == system), None)
     answers = {
         "kor_to_eng": json.dumps({"translation_en": "Crispy fried chicken, freshly made with a secret "
                                                     "garlic soy glaze."}),

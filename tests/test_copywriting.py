@@ -22,7 +22,6 @@ from variant_pipeline.work.copywriting import (
     instagram_feed_gen,
     normalize_hashtags,
     parse_feed_answer,
-    parse_json_object,
     translate_description_to_english,
     write_english_ad_copy,
     write_short_korean_ad_copy,
@@ -120,18 +119,6 @@ def test_feed_parser_garbage() -> None:
                      '{"instagram_ad_copy": "  ", "hashtags": "#a"}']:
         with pytest.raises(TextStageError, match="feed_gen: .*no readable post text"):
             parse_feed_answer(unusable)
-
-
-def test_json_parser() -> None:
-    assert parse_json_object('{"a": 1}').value == {"a": 1}
-    p = parse_json_object("Here you go:\n```\n{'a': 'it', 'b': true, 'c': null,}\n```")
-    assert p.value == {"a": "it", "b": True, "c": None} and p.repaired
-    assert parse_json_object('[{"a": 1}]').value == {"a": 1}
-    assert parse_json_object('text {"a": "}{"} more').value == {"a": "}{"}
-    assert parse_json_object("“a”: 1").value is None
-    for bad in ["", "no json here", "{{{{", "[1, 2]", "\ufffd{\ufffd"]:
-        p = parse_json_object(bad)
-        assert p.value is None and p.error
 
 
 def test_hashtag_normalizer() -> None:

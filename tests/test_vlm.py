@@ -12,7 +12,6 @@ from variant_pipeline.work.vlm import (
     JudgeInput,
     VlmOptions,
     analyze_batch,
-    extract_json_object,
     font_prompt,
     judge_batch,
     judge_prompt,
@@ -159,12 +158,6 @@ def test_parse_judge_variants():
     assert v.on_brief is v.occlusion is v.contrast_ok is v.cta_present is None
     assert set(v.unparsed) == {"on_brief", "occlusion", "contrast_ok", "cta_present", "issues", "reasoning"}
     assert v.raw == GARBAGE
-
-
-def test_extract_json_object_prefers_fenced_and_survives_python_literals():
-    assert extract_json_object("x {'a': True,} y") == {"a": True}
-    assert extract_json_object('noise {"a": 1} ```json\n{"b": 2}\n```') == {"b": 2}
-    assert extract_json_object("{{{{ not json") is None
 
 
 def test_prompts_carry_korean_copy_and_brief():

@@ -24,14 +24,13 @@ hashtag, tags are derived from the description and the store information, and th
 
 from __future__ import annotations
 
-import ast
-import json
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from variant_pipeline.work.model_json import FENCE_RE, lookup, parse_json_object
 from variant_pipeline.work.text_model import ChatMessage, ChatRequest, Completion, TextModel
 
 # Decoding parameters (spec §8): translation 0.3; the feed 0.7 in JSON mode; max_tokens 1000.
@@ -99,14 +98,6 @@ DEFAULT_FEED_INSTRUCTION = (
     "단골손님과 처음 오는 손님 모두에게 말을 거는 듯한, 따뜻하고 생동감 있는 인스타그램 피드 글을 "
     "한국어로 써 주세요."
 )
-
-
-def operation_for_system_prompt(system_prompt: str) -> str | None:
-    """Which operation a system prompt belongs to (lets test servers answer in kind)."""
-    for op, prompt in SYSTEM_PROMPTS.items():
-        if system_prompt == prompt:
-            return op
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,7 +288,6 @@ def count_visible_chars(text: str) -> int:
     return sum(1 for ch in text if unicodedata.category(ch)[0] in ("L", "N"))
 
 
-_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\n?(.*?)(?:```|$)", re.S)
 _LABEL_RE = re.compile(
     r"^(?:translation(?:_en)?|english|korean|ad ?copy|headline|answer|output|copy|"
     r"번역|광고 ?문구|문구|한국어|답변|헤드라인)\s*[:：]\s*", re.I)
@@ -313,7 +303,7 @@ def _strip_wrappers(line: str) -> str:
 
 
 def _unfence(text: str) -> str:
-    m = _FENCE_RE.search(text)
+    m = FENCE_RE.search(text)
     return m.group(2).strip() if m else text
 
 
@@ -340,136 +330,6 @@ def _single_line_answer(text: str) -> tuple[str, list[str]]:
     if len(lines) > 1:
         issues.append("extra_lines_dropped")
     return lines[0], issues
-
-
-# --------------------------------------------------------------------------------------------
-# JSON parsing with repairs and a fallback
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JsonParse:
-    value: dict[str, Any] | None
-    error: str | None  # why nothing could be parsed (None on success)
-    repaired: bool = False  # parsed only after a repair (fences, quotes, commas, ...)
-
-
-def _balanced_object(text: str, start: int) -> str | None:
-    """The ``{...}`` starting at ``start``, respecting strings in either quote style."""
-    depth = 0
-    quote: str | None = None
-    escaped = False
-    for i in range(start, len(text)):
-        ch = text[i]
-        if quote:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == quote:
-                quote = None
-            continue
-        if ch in ('"', "'"):
-            quote = ch
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i + 1]
-    return None
-
-
-def _json_candidates(text: str) -> Iterator[str]:
-    stripped = text.strip()
-    yield stripped
-    for m in _FENCE_RE.finditer(text):
-        yield m.group(2).strip()
-    starts = [i for i, ch in enumerate(text) if ch == "{"][:20]
-    for i in starts:
-        obj = _balanced_object(text, i)
-        if obj:
-            yield obj
-    if starts:
-        # Cut off (max_tokens): close what is open.
-        tail = text[starts[0]:].rstrip().rstrip(",")
-        for closer in ('"}', "}", '"]}', "]}"):
-            yield tail + closer
-
-
-def _repair(candidate: str) -> str:
-    s = candidate.replace("“", '"').replace("”", '"').replace("‘", "'").replace("’", "'")
-    s = s.replace("\\_", "_")  # LLaVA-style escaped underscores (spec P14)
-    s = re.sub(r",\s*([}\]])", r"\1", s)  # trailing commas
-    return s
-
-
-_PY_LITERALS = re.compile(r"\b(true|false|null)\b")
-
-
-def _as_object(value: Any) -> dict[str, Any] | None:
-    if isinstance(value, dict):
-        return value
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
-        return value[0]
-    return None
-
-
-def parse_json_object(text: str) -> JsonParse:
-    """A JSON object from a model answer: plain, fenced, after prose, single-quoted, with trailing
-    commas or cut off at the end. ``value`` is None with the reason when nothing works."""
-    if not text or "{" not in text:
-        return JsonParse(None, "no JSON object in the answer")
-    last_error = "no JSON object in the answer"
-    seen: set[str] = set()
-    for candidate in _json_candidates(text):
-        if not candidate or candidate in seen:
-            continue
-        seen.add(candidate)
-        try:
-            obj = _as_object(json.loads(candidate))
-            if obj is not None:
-                return JsonParse(obj, None, repaired=candidate != text.strip())
-            last_error = "the JSON value is not an object"
-            continue
-        except json.JSONDecodeError as e:
-            last_error = f"invalid JSON: {e.msg} at position {e.pos}"
-        repaired = _repair(candidate)
-        try:
-            obj = _as_object(json.loads(repaired))
-            if obj is not None:
-                return JsonParse(obj, None, repaired=True)
-        except json.JSONDecodeError:
-            pass
-        # Python-style dicts (single quotes); JSON literals mapped to Python ones.
-        try:
-            py = _PY_LITERALS.sub(lambda m: {"true": "True", "false": "False", "null": "None"}[m.group(1)],
-                                  repaired)
-            obj = _as_object(ast.literal_eval(py))
-            if obj is not None:
-                return JsonParse(obj, None, repaired=True)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            pass
-    return JsonParse(None, last_error)
-
-
-def _norm_key(key: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", key.lower())
-
-
-def _lookup(obj: Mapping[str, Any], *names: str) -> Any:
-    """A field by any of ``names``, case/underscore-insensitive, also one level down."""
-    wanted = [_norm_key(n) for n in names]
-    index = {_norm_key(str(k)): v for k, v in obj.items()}
-    for w in wanted:
-        if w in index and index[w] not in (None, ""):
-            return index[w]
-    for v in obj.values():
-        if isinstance(v, Mapping):
-            found = _lookup(v, *names)
-            if found not in (None, ""):
-                return found
-    return None
 
 
 def _first_string(obj: Mapping[str, Any]) -> str | None:
@@ -626,7 +486,7 @@ def translate_description_to_english(model: TextModel, desc_kor: str, *,
     parsed = parse_json_object(text)
     translation = None
     if parsed.value is not None:
-        found = _lookup(parsed.value, "translation_en", "translation", "english", "text")
+        found = lookup(parsed.value, "translation_en", "translation", "english", "text")
         translation = found if isinstance(found, str) else _first_string(parsed.value)
     parsed_json = translation is not None
     if translation is None:
@@ -789,9 +649,9 @@ def parse_feed_answer(text: str, *, product_description: str = "", store_informa
     raw_tags: Any = None
     parse_error: str | None = None
     if parsed.value is not None:
-        found = _lookup(parsed.value, *_COPY_KEYS)
+        found = lookup(parsed.value, *_COPY_KEYS)
         copy = found if isinstance(found, str) else None
-        raw_tags = _lookup(parsed.value, *_TAG_KEYS)
+        raw_tags = lookup(parsed.value, *_TAG_KEYS)
         if copy is None:
             parse_error = "the JSON object has no instagram_ad_copy text"
         elif parsed.repaired:

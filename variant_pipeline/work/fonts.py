@@ -88,7 +88,6 @@ NAME_STYLES: tuple[tuple[str, str], ...] = (
     ("times", "serif"), ("georgia", "serif"), ("garamond", "serif"), ("playfair", "serif"),
     ("brush", "italic"), ("script", "italic"),
 )
-KOREAN_RE = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7a3]")
 
 
 class FontCoverageError(RuntimeError):
@@ -600,6 +599,3 @@ def resolve_font(
     """
     return resolve_font_chain(text, rec, font_path, use_settings=use_settings, fallback=False).primary
 
-
-def has_korean(text: str) -> bool:
-    return bool(KOREAN_RE.search(text))

@@ -41,7 +41,6 @@ GRID_SIZES: tuple[tuple[float, float], ...] = (
     (0.3, 0.12), (0.9, 0.15), (0.65, 0.16), (0.45, 0.14),
 )
 FREE_AREA_SOURCE = "max_size_free_area"
-DEFAULT_BOX = NormBox(0.1, 0.05, 0.8, 0.18)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ Parsers never raise on model output. A field they cannot read is ``None`` and it
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 
 from PIL import Image, ImageColor
 
+from variant_pipeline.work.model_json import TYPOGRAPHIC_QUOTES, lookup, parse_json_object
 from variant_pipeline.work.types import FontRecommendation
 
 
@@ -56,8 +56,6 @@ HANGUL_FONTS: dict[str, str] = {
     "Jua": "bold", "Gowun Dodum": "sans-serif", "Gowun Batang": "serif", "IBM Plex Sans KR": "sans-serif",
     "UnDotum": "sans-serif", "UnBatang": "serif", "Baekmuk Gulim": "sans-serif", "Baekmuk Batang": "serif",
 }
-FONT_STYLES = ("sans-serif", "serif", "bold")
-SIZE_CATEGORIES = ("small", "medium", "large")
 
 _STYLE_SYNONYMS = {
     "sans-serif": "sans-serif", "sans serif": "sans-serif", "sansserif": "sans-serif", "sans": "sans-serif",
@@ -172,72 +170,11 @@ def _first_lines(text: str, n: int) -> str:
 # --------------------------------------------------------------------------------------------------
 # Parsing helpers.
 
-_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
-_QUOTES = str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'"})
-
-
 def clean_answer(text: str | None) -> str:
     """Undo LLaVA's escaped underscores (``on\\_brief``, spec P14) and typographic quotes."""
     if not text:
         return ""
-    return text.replace("\\_", "_").translate(_QUOTES).strip()
-
-
-def _balanced_objects(text: str) -> list[str]:
-    """Every top-level ``{...}`` span, string-aware."""
-    spans, depth, start, in_str, esc = [], 0, -1, False, False
-    for i, ch in enumerate(text):
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-            continue
-        if ch == '"':
-            in_str = depth > 0
-        elif ch == "{":
-            if depth == 0:
-                start = i
-            depth += 1
-        elif ch == "}" and depth > 0:
-            depth -= 1
-            if depth == 0:
-                spans.append(text[start:i + 1])
-    return spans
-
-
-def _loads_lenient(s: str) -> Any:
-    try:
-        return json.loads(s)
-    except (ValueError, RecursionError):
-        pass
-    t = re.sub(r",\s*([}\]])", r"\1", s)  # trailing commas
-    t = re.sub(r"\bTrue\b", "true", re.sub(r"\bFalse\b", "false", re.sub(r"\bNone\b", "null", t)))
-    if '"' not in t:
-        t = t.replace("'", '"')
-    try:
-        return json.loads(t)
-    except (ValueError, RecursionError):
-        return None
-
-
-def extract_json_object(text: str) -> dict[str, Any] | None:
-    """The first JSON object in a ```json fence, a plain fence, or the text; None if there is none."""
-    text = clean_answer(text)
-    candidates = [m.group(1) for m in _FENCE.finditer(text)]
-    candidates += [obj for c in candidates for obj in _balanced_objects(c)]
-    candidates += _balanced_objects(text)
-    for c in candidates:
-        obj = _loads_lenient(c.strip())
-        if isinstance(obj, dict):
-            return {_norm_key(k): v for k, v in obj.items()}
-    return None
-
-
-def _norm_key(key: Any) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", str(key).lower()).strip("_")
+    return text.replace("\\_", "_").translate(TYPOGRAPHIC_QUOTES).strip()
 
 
 def labelled(text: str, *labels: str) -> str | None:
@@ -463,12 +400,12 @@ def _parse_color(value: Any) -> str | None:
 def parse_font(answer: str) -> FontRecommendation:
     """A ``FontRecommendation`` whose name is a Hangul font and style one the overlay can use for Korean."""
     text = clean_answer(answer)
-    obj = extract_json_object(text) or {}
+    obj = parse_json_object(text).value or {}
 
     def pick(*keys: str) -> Any:
-        for k in keys:
-            if obj.get(k) not in (None, ""):
-                return obj[k]
+        found = lookup(obj, *keys)
+        if found is not None:
+            return found
         return labelled(text, *[k.replace("_", " ") for k in keys])
 
     unparsed: list[str] = []
@@ -567,11 +504,11 @@ _JUDGE_KEYS: dict[str, tuple[str, ...]] = {
 
 def parse_judge(answer: str, prompt: str = "") -> JudgeVerdict:
     text = clean_answer(answer)
-    obj = extract_json_object(text) or {}
+    obj = parse_json_object(text).value or {}
     unparsed: list[str] = []
     flags: dict[str, bool | None] = {}
     for name, keys in _JUDGE_KEYS.items():
-        value = next((parse_bool(obj[_norm_key(k)]) for k in keys if _norm_key(k) in obj), None)
+        value = parse_bool(lookup(obj, *keys))
         if value is None:
             value = parse_bool(labelled(text, *keys) or "")
         if value is None:
@@ -584,7 +521,7 @@ def parse_judge(answer: str, prompt: str = "") -> JudgeVerdict:
             unparsed.append(name)
 
     issues: list[str] | None = None
-    raw_issues = obj.get("issues")
+    raw_issues = lookup(obj, "issues")
     if isinstance(raw_issues, list):
         issues = [str(i).strip() for i in raw_issues if str(i).strip()]
     elif isinstance(raw_issues, str):
@@ -595,7 +532,7 @@ def parse_judge(answer: str, prompt: str = "") -> JudgeVerdict:
             issues = [] if _is_none_text(line) else [s.strip() for s in re.split(r"[;•]", line) if s.strip()]
     if issues is None:
         unparsed.append("issues")
-    reasoning = obj.get("reasoning")
+    reasoning = lookup(obj, "reasoning")
     if not isinstance(reasoning, str) or not reasoning.strip():
         reasoning = labelled(text, "reasoning", "reason")
     if reasoning is None:
