@@ -182,7 +182,7 @@ def fill_from_dagster(instance, timing: EventTiming) -> None:
 def sensor_ticks(dagster_url: str, name: str) -> list[Any]:
     """The ticks (TickData) of sensor ``name`` in Dagster's storage, oldest first."""
     import sqlalchemy as sa
-    from dagster._serdes import deserialize_value
+    from dagster import deserialize_value
 
     from variant_pipeline.data.engine import make_engine
 

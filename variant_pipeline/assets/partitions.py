@@ -10,15 +10,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import dagster as dg
 import sqlalchemy as sa
-from dagster._core.definitions.partitions.context import partition_loading_context
-from dagster._core.definitions.partitions.mapping.partition_mapping import UpstreamPartitionsResult
 
-if TYPE_CHECKING:
-    from dagster._core.instance import DynamicPartitionsStore
+from variant_pipeline.assets.dagster_internals import (
+    DynamicPartitionsStore,
+    UpstreamPartitionsResult,
+    partition_loading_context,
+)
 
 VARIANT_PARTITIONS_NAME = "job_variants"
 JOB_PARTITIONS_NAME = "jobs"
