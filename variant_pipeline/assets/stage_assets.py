@@ -14,18 +14,16 @@ from dagster import AssetExecutionContext
 
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.assets.partitions import JobVariantsPartitionMapping, job_partitions, variant_partitions
+from variant_pipeline.assets.rendering import result_metadata
 from variant_pipeline.claims import ClaimRefused
 from variant_pipeline.config import load_settings
 from variant_pipeline.handlers import (
     HandlerContext,
     StageFailed,
-    StageOutcome,
     execute_stage,
     record_cancellation,
 )
-from variant_pipeline.handlers.base import thumbnail_markdown
 from variant_pipeline.models.registry import family, kinds_for, wants_accelerator
-from variant_pipeline.resources.models import model_load_counts
 from variant_pipeline.sensors.outbox import CONTINUES_ATTEMPTS_TAG
 
 GPU_POOL = "gpu"  # stages of families that want the accelerator share this concurrency pool
@@ -50,28 +48,6 @@ class ResourceModels:
 
     def describe(self, name: str) -> str:
         return self._resource(name).location()
-
-
-def _metadata_value(value: Any) -> Any:
-    if value is None:
-        return dg.MetadataValue.null()
-    if isinstance(value, bool | int | float | str):
-        return value
-    return dg.MetadataValue.json(value)
-
-
-def result_metadata(outcome: StageOutcome, latency_s: float) -> dict[str, Any]:
-    metadata: dict[str, Any] = {k: _metadata_value(v) for k, v in outcome.metadata.items()}
-    for thumb in outcome.thumbnails:
-        metadata[f"image: {thumb.label}"] = dg.MetadataValue.md(thumbnail_markdown(thumb.image, thumb.label))
-        if thumb.path:
-            metadata[f"file: {thumb.label}"] = dg.MetadataValue.path(thumb.path)
-    if outcome.model:
-        metadata["model"] = outcome.model
-    # Loads of each model in this run process so far: 1 means the model was loaded once and shared.
-    metadata["model_loads_in_run"] = dg.MetadataValue.json(model_load_counts())
-    metadata["stage_seconds"] = round(latency_s, 3)
-    return metadata
 
 
 def _cancel_requested(context: AssetExecutionContext) -> bool:

@@ -16,23 +16,36 @@ from variant_pipeline import claims
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.config import Settings
 from variant_pipeline.faults import inject, parse_faults
-from variant_pipeline.handlers import job, variant
+from variant_pipeline.handlers import (
+    ad_copy_gen_kor,
+    img_gen,
+    instagram_feed_gen,
+    iou_eval,
+    ocr_eval,
+    overlay,
+    planner,
+    readability_eval,
+    vlm_analyze,
+    vlm_judge,
+    yolo_detect,
+)
 from variant_pipeline.handlers.base import HandlerContext, StageInputError, StageOutcome
 
 Handler = Callable[[HandlerContext], StageOutcome]
 
+# One module per stage, named after it (handlers/<stage>.py), each with ``run``.
 HANDLERS: dict[str, Handler] = {
-    "img_gen": variant.img_gen,
-    "vlm_analyze": variant.vlm_analyze,
-    "yolo_detect": variant.yolo_detect,
-    "planner": variant.planner,
-    "overlay": variant.overlay,
-    "vlm_judge": variant.vlm_judge,
-    "ocr_eval": variant.ocr_eval,
-    "readability_eval": variant.readability_eval,
-    "iou_eval": variant.iou_eval,
-    "ad_copy_gen_kor": job.ad_copy_gen_kor,
-    "instagram_feed_gen": job.instagram_feed_gen,
+    "img_gen": img_gen.run,
+    "vlm_analyze": vlm_analyze.run,
+    "yolo_detect": yolo_detect.run,
+    "planner": planner.run,
+    "overlay": overlay.run,
+    "vlm_judge": vlm_judge.run,
+    "ocr_eval": ocr_eval.run,
+    "readability_eval": readability_eval.run,
+    "iou_eval": iou_eval.run,
+    "ad_copy_gen_kor": ad_copy_gen_kor.run,
+    "instagram_feed_gen": instagram_feed_gen.run,
 }
 _unmatched = set(stage_graph.STAGE_NAMES) ^ set(HANDLERS)
 if _unmatched:  # the stage graph and the handlers must name the same stages

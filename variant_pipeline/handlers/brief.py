@@ -10,16 +10,16 @@ holds back the outbox reader while the model is generating.
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
 from variant_pipeline.data.engine import transaction
-from variant_pipeline.handlers.base import HandlerContext, JobInputsRow, jsonable, load_job_inputs
+from variant_pipeline.handlers.base import HandlerContext
+from variant_pipeline.handlers.outputs import update_brief_texts, upsert_ad_copy, upsert_llm_trace
+from variant_pipeline.handlers.rows import JobInputsRow, load_job_inputs
 
 BRIEF_FIELDS = ("desc_eng", "ad_copy_eng", "ad_copy_kor")
 
@@ -94,13 +94,7 @@ def _generate(ctx: HandlerContext, inputs: JobInputsRow, missing: list[str]) -> 
         traces.append(("ad_copy_kor", result.trace()))
     ctx.log(f"job {inputs.job_id}: wrote missing brief texts {missing} with {model.name}")
     with transaction(ctx.engine, ctx.origin) as conn:
-        conn.execute(
-            sa.text(
-                "UPDATE job_inputs SET desc_eng = :desc_eng, ad_copy_eng = :ad_copy_eng, "
-                "ad_copy_kor = :ad_copy_kor WHERE job_id = :job"
-            ),
-            {**values, "job": inputs.job_id},
-        )
+        update_brief_texts(conn, inputs.job_id, values)
         for operation, trace in traces:
             trace_id = upsert_llm_trace(conn, inputs.job_id, operation, trace)
             upsert_ad_copy(conn, inputs.job_id, operation, values[_FIELD_OF[operation]], trace_id)
@@ -108,42 +102,3 @@ def _generate(ctx: HandlerContext, inputs: JobInputsRow, missing: list[str]) -> 
 
 
 _FIELD_OF = {"kor_to_eng": "desc_eng", "ad_copy_eng": "ad_copy_eng", "ad_copy_kor": "ad_copy_kor"}
-
-
-def upsert_llm_trace(conn: Connection, job_id: str, operation: str, trace: dict) -> str:
-    """One current trace per (job, operation): re-running replaces it."""
-    return str(
-        conn.execute(
-            sa.text(
-                """INSERT INTO llm_traces (job_id, operation_type, provider, model, request, response,
-                                           prompt_tokens, completion_tokens, total_tokens, latency_ms)
-                   VALUES (:job, :op, :provider, :model, CAST(:request AS jsonb), CAST(:response AS jsonb),
-                           :pt, :ct, :tt, :latency)
-                   ON CONFLICT (job_id, operation_type) DO UPDATE SET
-                       provider = EXCLUDED.provider, model = EXCLUDED.model, request = EXCLUDED.request,
-                       response = EXCLUDED.response, prompt_tokens = EXCLUDED.prompt_tokens,
-                       completion_tokens = EXCLUDED.completion_tokens, total_tokens = EXCLUDED.total_tokens,
-                       latency_ms = EXCLUDED.latency_ms, updated_at = now()
-                   RETURNING llm_trace_id::text"""
-            ),
-            {
-                "job": job_id, "op": operation, "provider": trace.get("provider"), "model": trace.get("model"),
-                "request": json.dumps(jsonable(trace.get("request", {})), ensure_ascii=False),
-                "response": json.dumps(jsonable(trace.get("response", {})), ensure_ascii=False),
-                "pt": trace.get("prompt_tokens"), "ct": trace.get("completion_tokens"),
-                "tt": trace.get("total_tokens"),
-                "latency": None if trace.get("latency_ms") is None else int(trace["latency_ms"]),
-            },
-        ).scalar_one()
-    )
-
-
-def upsert_ad_copy(conn: Connection, job_id: str, kind: str, text: str, llm_trace_id: str | None) -> None:
-    conn.execute(
-        sa.text(
-            """INSERT INTO ad_copies (job_id, kind, text, llm_trace_id) VALUES (:job, :kind, :text, :trace)
-               ON CONFLICT (job_id, kind) DO UPDATE SET text = EXCLUDED.text,
-                   llm_trace_id = EXCLUDED.llm_trace_id, updated_at = now()"""
-        ),
-        {"job": job_id, "kind": kind, "text": text, "trace": llm_trace_id},
-    )
