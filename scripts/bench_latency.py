@@ -151,7 +151,7 @@ def fire_event(engine, variant_id: str) -> tuple[int, float, float]:
 def run_records_for_event(instance, event_id: int) -> list:
     from dagster import RunsFilter
 
-    from variant_pipeline.sensors.outbox import EVENT_TAG
+    from variant_pipeline.assets.jobs import EVENT_TAG
 
     return list(instance.get_run_records(RunsFilter(tags={EVENT_TAG: str(event_id)})))
 
@@ -283,7 +283,8 @@ def run_configuration(listen_s: float, home: Path, args: argparse.Namespace, log
             fill_from_dagster(instance, timing)
         from dagster import RunsFilter
 
-        from variant_pipeline.sensors.outbox import EVENT_TAG, OUTBOX_SENSOR_NAME
+        from variant_pipeline.assets.jobs import EVENT_TAG
+        from variant_pipeline.sensors.outbox import OUTBOX_SENSOR_NAME
 
         all_runs = list(instance.get_run_records(RunsFilter()))
         result.total_runs = len(all_runs)

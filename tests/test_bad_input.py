@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from tests.fixtures.db import create_job
 from tests.imaging import gradient
 from tests.test_fonts import needs_emoji
-from variant_pipeline import claims, cli
+from variant_pipeline import cli
 from variant_pipeline.assets.partitions import job_partitions, variant_partitions
 from variant_pipeline.assets.stage_assets import JOB_ASSETS, VARIANT_ASSETS
 from variant_pipeline.config import load_settings
@@ -38,6 +38,7 @@ from variant_pipeline.data.outbox import read_events_after
 from variant_pipeline.data.storage import AssetStore
 from variant_pipeline.resources import default_resources
 from variant_pipeline.sensors.outbox import plan_tick
+from variant_pipeline.state import claims
 from variant_pipeline.validation import MAX_AD_COPY_KOR_CHARS, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
 from variant_pipeline.work.fonts import missing_glyphs
 

@@ -16,16 +16,13 @@ import pytest
 import sqlalchemy as sa
 
 from tests.fixtures.db import create_job
-from variant_pipeline import claims, handlers, recovery
+from variant_pipeline import handlers
 from variant_pipeline.config import load_settings
 from variant_pipeline.data.storage import AssetStore
-from variant_pipeline.handlers import (
-    HandlerContext,
-    StageFailed,
-    StageInputError,
-    StageOutcome,
-    execute_stage,
-)
+from variant_pipeline.handlers import HandlerContext, StageOutcome, execute_stage
+from variant_pipeline.state import claims, locks, recovery
+from variant_pipeline.state.attempts import StageFailed, StageInputError
+from variant_pipeline.state.retry import RetryPolicy
 
 STAGE = "img_gen"
 
@@ -86,7 +83,7 @@ def test_a_second_worker_is_refused_while_the_first_holds_the_partition(engine, 
     first = _ctx(engine, key, tmp_path, origin="dagster-run:first", faults=f"{STAGE}:sleep=2")
     thread, errors = _start_in_background(engine, key, first)
 
-    with pytest.raises(claims.PartitionBusy, match="being worked on by another run"):
+    with pytest.raises(locks.PartitionBusy, match="being worked on by another run"):
         execute_stage(STAGE, _ctx(engine, key, tmp_path, origin="dagster-run:second"))
     assert _row(engine, key)["run_id"] == "first"  # the refused worker changed nothing
     thread.join()
@@ -149,7 +146,7 @@ def test_a_hanging_stage_is_stopped_at_its_time_limit_and_retried(engine, varian
     assert (row["status"], row["attempt"]) == ("queued", 1)
     assert "StageTimeout" in row["error"]
     # The partition is free again: the retry can claim it.
-    lock = claims.PartitionLock(engine, key)
+    lock = locks.PartitionLock(engine, key)
     assert lock.try_acquire()
     lock.release()
 
@@ -165,7 +162,7 @@ def test_a_worker_whose_session_died_is_recovered_and_its_late_results_discarded
     thread, errors = _start_in_background(engine, key, ctx)
 
     _end_lock_session(engine, key)
-    lost = recovery.recover_lost_claims(engine, claims.RetryPolicy(max_attempts=3, backoff_s=0))
+    lost = recovery.recover_lost_claims(engine, RetryPolicy(max_attempts=3, backoff_s=0))
     assert [(c.partition_key, c.stage, c.will_retry) for c in lost] == [(key, STAGE, True)]
     assert _row(engine, key)["status"] == "queued"
 
@@ -182,7 +179,7 @@ def test_recovery_leaves_a_live_worker_alone(engine, variant, tmp_path, monkeypa
     monkeypatch.setitem(handlers.HANDLERS, STAGE, _writes_marker([]))
     ctx = _ctx(engine, key, tmp_path, faults=f"{STAGE}:sleep=2")
     thread, errors = _start_in_background(engine, key, ctx)
-    assert recovery.recover_lost_claims(engine, claims.RetryPolicy(3, 0)) == []
+    assert recovery.recover_lost_claims(engine, RetryPolicy(3, 0)) == []
     thread.join()
     assert not errors and _row(engine, key)["status"] == "done"
 
@@ -199,7 +196,7 @@ def _start_in_background(engine, key: str, ctx: HandlerContext) -> tuple[threadi
 def _end_lock_session(engine, key: str) -> None:
     """Terminate the session holding the partition lock (what a server restart or a cut does)."""
     with engine.connect() as conn:
-        holder = claims.lock_holder_pid(conn, claims.lock_key(key))
+        holder = _lock_holder_pid(conn, locks.lock_key(key))
         assert holder is not None
         conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": holder})
         conn.commit()
@@ -208,7 +205,18 @@ def _end_lock_session(engine, key: str) -> None:
 
 def _holder(engine, key: str) -> int | None:
     with engine.connect() as conn:
-        return claims.lock_holder_pid(conn, claims.lock_key(key))
+        return _lock_holder_pid(conn, locks.lock_key(key))
+
+
+def _lock_holder_pid(conn: sa.Connection, key: int) -> int | None:
+    """The server process id of the session holding advisory lock ``key``."""
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    return conn.execute(
+        sa.text("""SELECT pid FROM pg_locks
+                    WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                      AND classid::bigint = :high AND objid::bigint = :low LIMIT 1"""),
+        {"high": unsigned >> 32, "low": unsigned & 0xFFFFFFFF},
+    ).scalar()
 
 
 def _capture(errors: list[BaseException], fn, *args) -> None:

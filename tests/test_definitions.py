@@ -41,10 +41,9 @@ def test_sensors_run_by_default() -> None:
 
 
 def test_recovery_sensor_interval_follows_the_setting(monkeypatch) -> None:
-    from variant_pipeline.assets.stage_assets import job_pipeline_job, variant_pipeline_job
     from variant_pipeline.sensors.recovery import build_recovery_sensor
 
     monkeypatch.setenv("VP_RECOVERY_INTERVAL_S", "7")
-    sensor = build_recovery_sensor(variant_pipeline_job, job_pipeline_job)
+    sensor = build_recovery_sensor()
     assert sensor.minimum_interval_seconds == 7
     assert defs.resolve_sensor_def("recovery_sensor").minimum_interval_seconds == 15  # the default

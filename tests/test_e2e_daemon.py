@@ -14,8 +14,8 @@ import sqlalchemy as sa
 
 from tests.fixtures.pipeline import submit_sample
 from variant_pipeline import stages as stage_graph
+from variant_pipeline.assets.jobs import EVENT_TAG, LAUNCHED_BY_TAG
 from variant_pipeline.data.engine import get_engine
-from variant_pipeline.sensors.outbox import EVENT_TAG, LAUNCHED_BY_TAG
 from variant_pipeline.services import (
     prepare_environment,
     start_services,

@@ -21,7 +21,6 @@ import pytest
 import sqlalchemy as sa
 
 from tests.fixtures.pipeline import submit_sample
-from variant_pipeline import claims, recovery
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.data.engine import get_engine
 from variant_pipeline.data.jobs import get_job_status
@@ -34,6 +33,7 @@ from variant_pipeline.services import (
     wait_for_job,
     wait_for_runs_to_settle,
 )
+from variant_pipeline.state import claims, recovery
 
 # Fast recovery for the tests; the defaults are minutes (see the README's guarantees).
 RECOVERY_ENV = {

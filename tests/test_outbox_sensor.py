@@ -10,9 +10,11 @@ import sqlalchemy as sa
 
 from tests.fixtures.db import create_job
 from variant_pipeline import stages as stage_graph
+from variant_pipeline.assets.jobs import EVENT_TAG, LAUNCHED_BY_TAG
 from variant_pipeline.data.engine import get_engine, transaction
 from variant_pipeline.data.outbox import Event
-from variant_pipeline.sensors.outbox import EVENT_TAG, LAUNCHED_BY_TAG, plan_tick, start_stage_for
+from variant_pipeline.sensors.outbox import plan_tick
+from variant_pipeline.state.transitions import start_stage_for
 
 JOB = uuid.uuid4()
 VARIANT = uuid.uuid4()
@@ -90,9 +92,10 @@ def _sensor_tick(instance: dg.DagsterInstance, cursor: str | None):
     from variant_pipeline.definitions import defs
 
     sensor = defs.resolve_sensor_def("outbox_sensor")
-    context = dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=cursor,
-                                      definitions=defs)
-    return sensor.evaluate_tick(context)
+    # The daemon hands a sensor its resources (set up for the tick) from the definitions.
+    with dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=cursor,
+                                 definitions=defs, resources=defs.resources) as context:
+        return sensor.evaluate_tick(context)
 
 
 def test_sensor_tick_adds_partitions_and_requests_one_run_per_new_variant(pipeline_env, dagster_instance,
@@ -145,7 +148,7 @@ def test_idle_tick_keeps_listening_past_events_that_ask_for_nothing(pipeline_env
     engine = get_engine(pipeline_env.app_url)
     job = create_job(engine, variants=1)
     variant = str(job.variant_ids[0])
-    _, cursor, _ = next_plan(None, 0.0, lambda events: plan_tick(events, [], []))  # past the submit
+    _, cursor, _ = next_plan(engine, None, 0.0, lambda events: plan_tick(events, [], []))  # past the submit
 
     def writes() -> None:
         time.sleep(0.3)  # a run's own progress first: asks for nothing
@@ -159,7 +162,7 @@ def test_idle_tick_keeps_listening_past_events_that_ask_for_nothing(pipeline_env
 
     writer = threading.Thread(target=writes)
     writer.start()
-    tick, _, read = next_plan(cursor, 20.0, lambda events: plan_tick(events, [variant], [str(job.job_id)]))
+    tick, _, read = next_plan(engine, cursor, 20.0, lambda events: plan_tick(events, [variant], [str(job.job_id)]))
     writer.join()
     assert tick is not None, "the external event was not picked up within the listen budget"
     [run] = tick.runs
@@ -173,11 +176,11 @@ def test_idle_tick_with_only_own_writes_moves_the_cursor_and_asks_for_nothing(pi
 
     engine = get_engine(pipeline_env.app_url)
     job = create_job(engine, variants=1)
-    _, cursor, _ = next_plan(None, 0.0, lambda events: plan_tick(events, [], []))
+    _, cursor, _ = next_plan(engine, None, 0.0, lambda events: plan_tick(events, [], []))
     with transaction(engine, "dagster-run:r2") as conn:
         conn.execute(sa.text("UPDATE jobs_variants SET status = 'running' WHERE job_variants_id = :v"),
                      {"v": str(job.variant_ids[0])})
-    tick, after, read = next_plan(cursor, 0.5, lambda events: plan_tick(events, [str(job.variant_ids[0])],
+    tick, after, read = next_plan(engine, cursor, 0.5, lambda events: plan_tick(events, [str(job.variant_ids[0])],
                                                                           [str(job.job_id)]))
     assert tick is None and read >= 1
     assert decode_cursor(after) > decode_cursor(cursor)

@@ -18,14 +18,18 @@ from sqlalchemy.engine import Engine
 
 from tests.fixtures.db import create_job
 from tests.fixtures.state import set_job_state, set_variant_state
-from variant_pipeline import claims, recovery
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.data.engine import make_engine, transaction
 from variant_pipeline.data.outbox import read_events_after
-from variant_pipeline.recovery import Restart, restart_stage
 from variant_pipeline.sensors.outbox import plan_tick
+from variant_pipeline.state import claims, recovery
+from variant_pipeline.state.locks import lock_key
+from variant_pipeline.state.origins import RECOVERY_ORIGIN
+from variant_pipeline.state.recovery import Restart
+from variant_pipeline.state.retry import RetryPolicy
+from variant_pipeline.state.transitions import restart_stage
 
-POLICY = claims.RetryPolicy(max_attempts=3, backoff_s=30)
+POLICY = RetryPolicy(max_attempts=3, backoff_s=30)
 VARIANT_ORDER = [s.name for s in stage_graph.VARIANT_STAGES]
 JOB_ORDER = [s.name for s in stage_graph.JOB_STAGES]
 
@@ -101,7 +105,7 @@ def _fail_attempt(engine: Engine, key: str, stage: str, *, backoff_s: float, con
     with transaction(engine, f"dagster-run:{run}") as conn:
         assert claims.mark_failed(conn, level=claim.level, partition_key=key, stage=stage, attempt=claim.attempt,
                                   attempt_id=claim.attempt_id, reason="RuntimeError: boom", retryable=True,
-                                  policy=claims.RetryPolicy(max_attempts=5, backoff_s=backoff_s))
+                                  policy=RetryPolicy(max_attempts=5, backoff_s=backoff_s))
     return claim
 
 
@@ -289,7 +293,7 @@ def test_a_running_row_without_its_lock_holder_becomes_a_lost_attempt_and_a_retr
 def test_a_lost_claim_without_attempts_left_fails_the_row(engine, job) -> None:
     key = str(job.variant_ids[0])
     _claim(engine, key, "vlm_analyze")
-    [lost] = recovery.recover_lost_claims(engine, claims.RetryPolicy(max_attempts=1, backoff_s=30))
+    [lost] = recovery.recover_lost_claims(engine, RetryPolicy(max_attempts=1, backoff_s=30))
     assert not lost.will_retry
     row = _row(engine, "variant", key)
     assert (row["current_step"], row["status"], row["retry_at"]) == ("vlm_analyze", "failed", None)
@@ -315,7 +319,7 @@ def _lock_held_elsewhere(db_url: str, key: str) -> Iterator[None]:
     other = make_engine(db_url, pool=False)
     try:
         with other.connect() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": claims.lock_key(key)})
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": lock_key(key)})
             conn.commit()
             yield
     finally:
@@ -346,27 +350,27 @@ def test_recovery_writes_start_no_outbox_run_except_the_job_rollup(engine, db_ur
     _claim(engine, failing, "overlay", run="b")
     _, cursor = read_events_after(engine, cursor, limit=10_000)  # past the claims
     with _lock_held_elsewhere(db_url, retried):  # the worker of "retried" is alive: its turn comes later
-        [lost] = recovery.recover_lost_claims(engine, claims.RetryPolicy(max_attempts=1, backoff_s=0))
+        [lost] = recovery.recover_lost_claims(engine, RetryPolicy(max_attempts=1, backoff_s=0))
     assert lost.partition_key == failing
     events, cursor = read_events_after(engine, cursor, limit=10_000)
     assert [(e.kind, e.new_step, e.new_status, e.origin) for e in events] == [
-        ("variant", "overlay", "failed", recovery.RECOVERY_ORIGIN)]  # the job stays (vlm_analyze, running)
+        ("variant", "overlay", "failed", RECOVERY_ORIGIN)]  # the job stays (vlm_analyze, running)
     assert plan_tick(events, [retried, failing, done], [str(job.job_id)]).runs == []
 
     # The retried variant's worker is lost too; a retry is scheduled (recovery launches it) ...
-    [lost] = recovery.recover_lost_claims(engine, claims.RetryPolicy(max_attempts=3, backoff_s=0))
+    [lost] = recovery.recover_lost_claims(engine, RetryPolicy(max_attempts=3, backoff_s=0))
     assert lost.partition_key == retried and lost.will_retry
     events, cursor = read_events_after(engine, cursor, limit=10_000)
     assert [(e.kind, e.new_status, e.origin) for e in events if e.kind == "variant"] == [
-        ("variant", "queued", recovery.RECOVERY_ORIGIN)]
+        ("variant", "queued", RECOVERY_ORIGIN)]
     assert plan_tick(events, [retried, failing, done], [str(job.job_id)]).runs == []
 
     # ... and when it fails for good, the job rolls up and its job stages start.
     _claim(engine, retried, "vlm_analyze", run="c")
     _, cursor = read_events_after(engine, cursor, limit=10_000)
-    recovery.recover_lost_claims(engine, claims.RetryPolicy(max_attempts=1, backoff_s=0))
+    recovery.recover_lost_claims(engine, RetryPolicy(max_attempts=1, backoff_s=0))
     events, cursor = read_events_after(engine, cursor, limit=10_000)
-    assert ("job", "iou_eval", "done", recovery.RECOVERY_ORIGIN) in {
+    assert ("job", "iou_eval", "done", RECOVERY_ORIGIN) in {
         (e.kind, e.new_step, e.new_status, e.origin) for e in events}
     [run] = plan_tick(events, [retried, failing, done], [str(job.job_id)]).runs
     assert (run.level, run.partition_key, run.start_stage) == ("job", str(job.job_id), "ad_copy_gen_kor")

@@ -11,19 +11,26 @@ import sqlalchemy as sa
 
 from tests.fixtures.pipeline import submit_sample
 from tests.fixtures.state import set_job_state, set_variant_state
-from variant_pipeline import claims
+from variant_pipeline.assets.jobs import (
+    CONTINUES_ATTEMPTS_TAG,
+    LAUNCHED_BY_TAG,
+    RECOVERY_REASON_TAG,
+    START_STAGE_TAG,
+)
 from variant_pipeline.assets.partitions import variant_partitions
-from variant_pipeline.assets.stage_assets import VARIANT_ASSETS, job_pipeline_job, variant_pipeline_job
+from variant_pipeline.assets.stage_assets import VARIANT_ASSETS
 from variant_pipeline.data.engine import get_engine, transaction
 from variant_pipeline.data.jobs import get_job_status
-from variant_pipeline.resources import default_resources
-from variant_pipeline.sensors.outbox import CONTINUES_ATTEMPTS_TAG, LAUNCHED_BY_TAG, START_STAGE_TAG
-from variant_pipeline.sensors.recovery import RECOVERY_REASON_TAG, build_recovery_sensor
+from variant_pipeline.resources import DatabaseResource, default_resources
+from variant_pipeline.sensors.recovery import build_recovery_sensor
+from variant_pipeline.state import claims
 
 
 def _tick(instance) -> dg.SensorResult | dg.SkipReason:
-    sensor = build_recovery_sensor(variant_pipeline_job, job_pipeline_job)
-    return sensor(dg.build_sensor_context(instance=instance))
+    sensor = build_recovery_sensor()
+    # As the daemon does: the sensor's resources (only those it names), set up for the tick.
+    with dg.build_sensor_context(instance=instance, resources={"database": DatabaseResource()}) as context:
+        return sensor(context)
 
 
 def test_a_job_whose_variants_finished_but_whose_job_stages_never_started_is_restarted_once(
@@ -107,10 +114,11 @@ def test_a_partition_whose_run_a_person_cancelled_is_failed_not_restarted(
 def test_a_due_retry_is_launched_once_and_names_the_failed_run(pipeline_env, dagster_instance, tmp_path) -> None:
     import dataclasses
 
+    from variant_pipeline.assets.jobs import RETRIES_RUN_TAG
     from variant_pipeline.config import load_settings
     from variant_pipeline.data.storage import AssetStore
-    from variant_pipeline.handlers import HandlerContext, StageFailed, execute_stage
-    from variant_pipeline.sensors.recovery import RETRIES_RUN_TAG
+    from variant_pipeline.handlers import HandlerContext, execute_stage
+    from variant_pipeline.state.attempts import StageFailed
 
     engine = get_engine(pipeline_env.app_url)
     job = submit_sample(pipeline_env.app_url, variants=1)

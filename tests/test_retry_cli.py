@@ -16,10 +16,12 @@ from sqlalchemy.engine import Engine
 
 from tests.fixtures.db import count_rows, create_job
 from tests.fixtures.state import set_job_state, set_variant_state
-from variant_pipeline import claims, cli, recovery
+from variant_pipeline import cli
 from variant_pipeline.data.engine import transaction
 from variant_pipeline.data.outbox import Event, read_events_after
 from variant_pipeline.sensors.outbox import PlannedRun, plan_tick
+from variant_pipeline.state import claims, recovery
+from variant_pipeline.state.retry import RetryPolicy
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -185,7 +187,7 @@ def test_a_row_waiting_for_an_automatic_retry_is_made_due_now_with_a_fresh_budge
                              continues_attempts=False)
         claims.mark_failed(conn, level="variant", partition_key=key, stage="vlm_analyze", attempt=claim.attempt,
                            attempt_id=claim.attempt_id, reason="boom", retryable=True,
-                           policy=claims.RetryPolicy(max_attempts=3, backoff_s=3600))
+                           policy=RetryPolicy(max_attempts=3, backoff_s=3600))
     assert recovery.find_restarts(engine, stall_after_s=600, busy_partitions=[]) == []  # backing off
 
     [request] = recovery.request_retry(engine, key, "vlm_analyze")

@@ -13,8 +13,9 @@ from variant_pipeline.assets.stage_assets import JOB_ASSETS, VARIANT_ASSETS
 from variant_pipeline.data.engine import get_engine
 from variant_pipeline.data.jobs import get_job_status
 from variant_pipeline.resources import default_resources
-from variant_pipeline.sensors.continuation import CONTINUATION_SENSOR_NAME, continuation_start
+from variant_pipeline.sensors.continuation import CONTINUATION_SENSOR_NAME
 from variant_pipeline.stages import VARIANT_STAGES
+from variant_pipeline.state.transitions import continuation_start
 
 
 def _materialize(instance, assets, key: str, selection: list[str] | None = None):

@@ -227,7 +227,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _attempts_by_partition(engine, job) -> dict[str, list[dict]]:
-    from variant_pipeline.claims import attempts_of
+    from variant_pipeline.state.claims import attempts_of
 
     # For the job id, attempts_of gives the job's own (job-level) attempts only.
     keys = [str(job.job_id)] + [str(v.job_variants_id) for v in job.variants]
@@ -276,7 +276,7 @@ def _add_retry(sub: argparse._SubParsersAction) -> None:
 
 def _retry(args: argparse.Namespace) -> int:
     from variant_pipeline.data.engine import get_engine
-    from variant_pipeline.recovery import RetryError, request_retry
+    from variant_pipeline.state.recovery import RetryError, request_retry
     from variant_pipeline.validation import parse_uuid
 
     target = str(parse_uuid(args.target, "variant or job id"))

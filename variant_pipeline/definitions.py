@@ -6,7 +6,8 @@ import warnings
 
 import dagster as dg
 
-from variant_pipeline.assets.stage_assets import STAGE_ASSETS, job_pipeline_job, variant_pipeline_job
+from variant_pipeline.assets.jobs import PIPELINE_JOBS
+from variant_pipeline.assets.stage_assets import STAGE_ASSETS
 from variant_pipeline.resources import default_resources
 from variant_pipeline.sensors.continuation import build_continuation_sensor
 from variant_pipeline.sensors.outbox import build_outbox_sensor
@@ -18,12 +19,8 @@ warnings.filterwarnings("ignore", message="Non-built-in PartitionMappings")
 
 defs = dg.Definitions(
     assets=STAGE_ASSETS,
-    jobs=[variant_pipeline_job, job_pipeline_job],
-    sensors=[
-        build_outbox_sensor(variant_pipeline_job, job_pipeline_job),
-        build_continuation_sensor(variant_pipeline_job, job_pipeline_job),
-        build_recovery_sensor(variant_pipeline_job, job_pipeline_job),
-    ],
+    jobs=PIPELINE_JOBS,
+    sensors=[build_outbox_sensor(), build_continuation_sensor(), build_recovery_sensor()],
     resources=default_resources(),
     # Every run, the implicit asset job's included, runs its steps in one process: models load
     # once per run and no step pays a process spawn (measured: ~2 s each on this machine).

@@ -4,6 +4,7 @@ The assets are thin: each builds a ``HandlerContext`` from its resources and cal
 ``execute_stage``, which claims the partition, runs the pure stage work, writes its outputs and
 marks the stage done (or failed, with the reason) in PostgreSQL. The asset adds what people look
 at in the UI: thumbnails, scores, the model used, latency and model loads in this run process.
+The jobs that run them, and the run requests of the sensors, are in ``assets/jobs.py``.
 """
 
 
@@ -13,21 +14,17 @@ import dagster as dg
 from dagster import AssetExecutionContext
 
 from variant_pipeline import stages as stage_graph
+from variant_pipeline.assets.jobs import continues_attempts
 from variant_pipeline.assets.partitions import JobVariantsPartitionMapping, job_partitions, variant_partitions
 from variant_pipeline.assets.rendering import result_metadata
-from variant_pipeline.claims import ClaimRefused
 from variant_pipeline.config import load_settings
-from variant_pipeline.handlers import (
-    HandlerContext,
-    StageFailed,
-    execute_stage,
-    record_cancellation,
-)
+from variant_pipeline.handlers import HandlerContext, execute_stage
 from variant_pipeline.models.registry import family, kinds_for, wants_accelerator
-from variant_pipeline.sensors.outbox import CONTINUES_ATTEMPTS_TAG
+from variant_pipeline.state.attempts import StageFailed, record_cancellation
+from variant_pipeline.state.locks import ClaimRefused
+from variant_pipeline.state.origins import run_origin
 
 GPU_POOL = "gpu"  # stages of families that want the accelerator share this concurrency pool
-RUN_ORIGIN_PREFIX = "dagster-run:"
 
 
 class ResourceModels:
@@ -86,11 +83,11 @@ def build_stage_asset(stage: stage_graph.Stage) -> dg.AssetsDefinition:
             store=resources.asset_storage.store(),
             settings=load_settings(),
             models=ResourceModels(resources),
-            origin=f"{RUN_ORIGIN_PREFIX}{context.run.run_id}",
+            origin=run_origin(context.run.run_id),
             partition_key=context.partition_key,
             log=context.log.info,
             run_id=context.run.run_id,
-            continues_attempts=context.run.tags.get(CONTINUES_ATTEMPTS_TAG) == "1",
+            continues_attempts=continues_attempts(context.run.tags),
         )
         start = time.perf_counter()
         try:
@@ -116,18 +113,3 @@ def build_stage_asset(stage: stage_graph.Stage) -> dg.AssetsDefinition:
 STAGE_ASSETS: list[dg.AssetsDefinition] = [build_stage_asset(s) for s in stage_graph.STAGES]
 VARIANT_ASSETS = [a for a, s in zip(STAGE_ASSETS, stage_graph.STAGES, strict=True) if s.level == "variant"]
 JOB_ASSETS = [a for a, s in zip(STAGE_ASSETS, stage_graph.STAGES, strict=True) if s.level == "job"]
-
-variant_pipeline_job = dg.define_asset_job(
-    "variant_pipeline",
-    selection=dg.AssetSelection.assets(*VARIANT_ASSETS),
-    partitions_def=variant_partitions,
-    executor_def=dg.in_process_executor,
-    description="The variant stages for one variant partition (all of them, or the ones selected).",
-)
-job_pipeline_job = dg.define_asset_job(
-    "job_pipeline",
-    selection=dg.AssetSelection.assets(*JOB_ASSETS),
-    partitions_def=job_partitions,
-    executor_def=dg.in_process_executor,
-    description="The job-level stages for one job partition.",
-)

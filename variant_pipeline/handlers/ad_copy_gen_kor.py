@@ -7,10 +7,11 @@ import time
 from sqlalchemy.engine import Connection
 
 from variant_pipeline import stages as stage_graph
-from variant_pipeline.handlers.base import HandlerContext, StageInputError, StageOutcome, elapsed_ms
+from variant_pipeline.handlers.base import HandlerContext, StageOutcome, elapsed_ms
 from variant_pipeline.handlers.brief import ensure_brief
 from variant_pipeline.handlers.outputs import upsert_ad_copy, upsert_llm_trace
 from variant_pipeline.handlers.rows import finished_variant_images
+from variant_pipeline.state.attempts import StageInputError
 
 
 def run(ctx: HandlerContext) -> StageOutcome:

@@ -21,10 +21,6 @@ from variant_pipeline.config import Settings
 from variant_pipeline.data.storage import AssetStore
 
 
-class StageInputError(ValueError):
-    """A stage cannot run because an input is missing or unusable (the message says which)."""
-
-
 class Models(Protocol):
     """Lazy handles to the shared models, by model family name (``models.registry``); each
     loads on first use, once per process."""

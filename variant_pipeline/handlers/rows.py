@@ -17,7 +17,8 @@ from sqlalchemy.engine import Connection
 
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.data.storage import AssetStore
-from variant_pipeline.handlers.base import HandlerContext, StageInputError
+from variant_pipeline.handlers.base import HandlerContext
+from variant_pipeline.state.attempts import StageInputError
 from variant_pipeline.validation import (
     MAX_AD_COPY_KOR_CHARS,
     MAX_DESCRIPTION_CHARS,

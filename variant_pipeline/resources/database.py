@@ -16,7 +16,7 @@ from variant_pipeline.data.storage import AssetStore
 class DatabaseResource(dg.ConfigurableResource):
     """The application database. Empty ``url``: DATABASE_URL, else the embedded server.
 
-    While a run uses it, the run holds its lease (``claims.RunLease``): how the recovery sensor
+    While a run uses it, the run holds its lease (``state.locks.RunLease``): how the recovery sensor
     tells a live run worker from a killed one.
     """
 
@@ -25,7 +25,7 @@ class DatabaseResource(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if context.run_id:
-            from variant_pipeline.claims import RunLease
+            from variant_pipeline.state.locks import RunLease
 
             self._lease = RunLease(self.engine(), context.run_id)
             self._lease.acquire()

@@ -9,34 +9,20 @@ remaining stage and are ignored, so nothing is ever continued twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import dagster as dg
 
-from variant_pipeline import stages as stage_graph
-from variant_pipeline.sensors.outbox import LAUNCHED_BY_TAG, START_STAGE_TAG
+from variant_pipeline.assets.jobs import LAUNCHED_BY_TAG, PIPELINE_JOBS, SOURCE_RUN_TAG, run_request
+from variant_pipeline.state.transitions import continuation_start
 
 CONTINUATION_SENSOR_NAME = "manual_run_continuation_sensor"
 CONTINUATION = "continuation"
-SOURCE_RUN_TAG = "variant_pipeline/continues_run"
 
 
-def continuation_start(materialized_stage_names: Iterable[str]) -> str | None:
-    """The stage after the furthest materialized one, on the same level; None at the end."""
-    names = [n for n in materialized_stage_names if n in stage_graph.STAGES_BY_NAME]
-    if not names:
-        return None
-    furthest = max((stage_graph.stage(n) for n in names), key=lambda s: s.position)
-    following = stage_graph.next_stage(furthest.name)
-    return following.name if following else None
-
-
-def build_continuation_sensor(variant_job: dg.UnresolvedAssetJobDefinition,
-                              job_level_job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
+def build_continuation_sensor() -> dg.SensorDefinition:
     @dg.run_status_sensor(
         name=CONTINUATION_SENSOR_NAME,
         run_status=dg.DagsterRunStatus.SUCCESS,
-        request_jobs=[variant_job, job_level_job],
+        request_jobs=PIPELINE_JOBS,
         minimum_interval_seconds=1,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="After a successful hand-started run of some stages for one partition, runs the "
@@ -57,13 +43,7 @@ def build_continuation_sensor(variant_job: dg.UnresolvedAssetJobDefinition,
         start = continuation_start(materialized)
         if start is None:
             return dg.SkipReason(f"run {run.run_id} materialized {sorted(materialized)}: nothing to continue")
-        level = stage_graph.stage(start).level
-        return dg.RunRequest(
-            run_key=f"continue:{run.run_id}",
-            partition_key=partition,
-            job_name=(variant_job if level == "variant" else job_level_job).name,
-            asset_selection=[dg.AssetKey(s.name) for s in stage_graph.stages_from(start)],
-            tags={LAUNCHED_BY_TAG: CONTINUATION, SOURCE_RUN_TAG: run.run_id, START_STAGE_TAG: start},
-        )
+        return run_request(partition_key=partition, start_stage=start, run_key=f"continue:{run.run_id}",
+                           launched_by=CONTINUATION, tags={SOURCE_RUN_TAG: run.run_id})
 
     return manual_run_continuation_sensor

@@ -20,22 +20,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import dagster as dg
+from sqlalchemy.engine import Engine
 
-from variant_pipeline import stages as stage_graph
+from variant_pipeline.assets.jobs import EVENT_TAG, PIPELINE_JOBS, asset_selection, run_request
 from variant_pipeline.assets.partitions import job_partitions, variant_partitions
+from variant_pipeline.config import load_settings
 from variant_pipeline.data.outbox import CHANNELS, Event, NotifyListener, read_events_after
+from variant_pipeline.resources.database import DatabaseResource
+from variant_pipeline.state.transitions import is_request, start_stage_for
 
 OUTBOX_SENSOR_NAME = "outbox_sensor"
-LAUNCHED_BY_TAG = "variant_pipeline/launched_by"
-EVENT_TAG = "variant_pipeline/event_id"
-START_STAGE_TAG = "variant_pipeline/start_stage"
-# Set ("1") on automatic retries: their attempts count on from the last failed one.
-CONTINUES_ATTEMPTS_TAG = "variant_pipeline/continues_attempts"
-# Origins written by this project's own runs (see assets/stage_assets.py): their (step, done)
-# writes are progress inside a run that carries on by itself, never a reason to start another
-# run. The recovery sensor's writes are followed by the runs it launches itself.
-RUN_ORIGIN_PREFIX = "dagster-run:"
-RECOVERY_ORIGIN_PREFIX = "recovery:"
 
 MAX_EVENTS_PER_TICK = 300  # keeps partition adds per tick cheap (about 15 ms each in the daemon)
 MAX_LISTEN_S = 4.5  # under the daemon's 5 s loop, so ticks do not pile up
@@ -54,7 +48,7 @@ class PlannedRun:
 
     @property
     def asset_selection(self) -> list[dg.AssetKey]:
-        return [dg.AssetKey(s.name) for s in stage_graph.stages_from(self.start_stage)]
+        return asset_selection(self.start_stage)
 
 
 @dataclass(frozen=True)
@@ -62,36 +56,6 @@ class TickPlan:
     new_variant_keys: list[str]
     new_job_keys: list[str]
     runs: list[PlannedRun]
-
-
-def start_stage_for(event: Event) -> str | None:
-    """Which stage a state change asks to run next, or None.
-
-    ``queued`` asks for its own step (an external system queued it); ``done`` for the next step of
-    the same level. The last variant stage done for a job is the rollup: the job stages start.
-    ``running`` and ``failed`` ask for nothing here (recovery is a separate concern).
-    """
-    if event.new_status == "queued":
-        return event.new_step
-    if event.new_status != "done":
-        return None
-    if event.kind == "job" and event.new_step == stage_graph.LAST_VARIANT_STAGE:
-        return stage_graph.FIRST_JOB_STAGE
-    following = stage_graph.next_stage(event.new_step)
-    return following.name if following else None
-
-
-def is_own_run_write(event: Event) -> bool:
-    return event.origin.startswith((RUN_ORIGIN_PREFIX, RECOVERY_ORIGIN_PREFIX))
-
-
-def _is_request_candidate(event: Event) -> bool:
-    if event.kind == "variant" and event.job_variants_id is None:
-        return False
-    # A job's rollup is written inside the transaction of its last variant's write, so it carries
-    # that run's origin; it is still the signal for the job stages.
-    rollup = event.kind == "job" and event.new_step == stage_graph.LAST_VARIANT_STAGE
-    return rollup or not is_own_run_write(event)
 
 
 def plan_tick(events: Sequence[Event], known_variant_keys: Iterable[str], known_job_keys: Iterable[str]) -> TickPlan:
@@ -115,20 +79,20 @@ def plan_tick(events: Sequence[Event], known_variant_keys: Iterable[str], known_
                 known_variants.add(variant_key)
                 new_variants.append(variant_key)
         # A run's own progress is not a request, and must not hide an earlier request in the batch.
-        if _is_request_candidate(event):
+        if is_request(event):
             partition = str(event.job_variants_id) if event.kind == "variant" else job_key
             latest[(event.kind, partition)] = event
 
     runs: list[PlannedRun] = []
     for (level, key), event in latest.items():
-        start = start_stage_for(event)
-        if start is None or stage_graph.stage(start).level != level:
+        start = start_stage_for(event)  # on the event's own level
+        if start is None:
             continue
         runs.append(PlannedRun(level=level, partition_key=key, start_stage=start, event_id=event.id))
     return TickPlan(new_variant_keys=new_variants, new_job_keys=new_jobs, runs=runs)
 
 
-def next_plan(cursor: str | None, budget_s: float,
+def next_plan(engine: Engine, cursor: str | None, budget_s: float,
               plan: Callable[[list[Event]], TickPlan]) -> tuple[TickPlan | None, str, int]:
     """Read events until some ask for work (or add a partition), or the budget runs out.
 
@@ -137,9 +101,6 @@ def next_plan(cursor: str | None, budget_s: float,
     the cursor on without ending the wait, so an external event arriving a moment later is still
     picked up within milliseconds.
     """
-    from variant_pipeline.data.engine import get_engine
-
-    engine = get_engine()
     deadline = time.monotonic() + budget_s
     read = 0
     # LISTEN before the first read: an event committed after the read still wakes us.
@@ -163,22 +124,20 @@ def next_plan(cursor: str | None, budget_s: float,
 
 def listen_budget_s() -> float:
     """VP_SENSOR_LISTEN_S (default 4 s), capped below the daemon's 5 s sensor loop."""
-    from variant_pipeline.config import load_settings
-
     return max(0.0, min(load_settings().sensor_listen_s, MAX_LISTEN_S))
 
 
-def build_outbox_sensor(variant_job: dg.UnresolvedAssetJobDefinition,
-                        job_level_job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
+def build_outbox_sensor() -> dg.SensorDefinition:
     @dg.sensor(
         name=OUTBOX_SENSOR_NAME,
-        jobs=[variant_job, job_level_job],
+        jobs=PIPELINE_JOBS,
         minimum_interval_seconds=1,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Reads pipeline_events (the trigger-fed outbox) after its cursor; adds partitions "
         "for new variants and jobs and launches the runs their state changes ask for.",
     )
-    def outbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    def outbox_sensor(context: dg.SensorEvaluationContext,
+                      database: DatabaseResource) -> dg.SensorResult | dg.SkipReason:
         instance = context.instance
 
         def plan(events: list[Event]) -> TickPlan:
@@ -188,23 +147,14 @@ def build_outbox_sensor(variant_job: dg.UnresolvedAssetJobDefinition,
                 known_job_keys=_existing(instance, job_partitions.name, events, "job"),
             )
 
-        tick, cursor, read = next_plan(context.cursor, listen_budget_s(), plan)
+        tick, cursor, read = next_plan(database.engine(), context.cursor, listen_budget_s(), plan)
         if tick is None:
             if read:  # only events that ask for nothing: keep the cursor moving
                 return dg.SensorResult(run_requests=[], cursor=cursor)
             return dg.SkipReason("no new pipeline events")
         run_requests = [
-            dg.RunRequest(
-                run_key=run.run_key,
-                partition_key=run.partition_key,
-                job_name=(variant_job if run.level == "variant" else job_level_job).name,
-                asset_selection=run.asset_selection,
-                tags={
-                    LAUNCHED_BY_TAG: OUTBOX_SENSOR_NAME,
-                    EVENT_TAG: str(run.event_id),
-                    START_STAGE_TAG: run.start_stage,
-                },
-            )
+            run_request(partition_key=run.partition_key, start_stage=run.start_stage, run_key=run.run_key,
+                        launched_by=OUTBOX_SENSOR_NAME, tags={EVENT_TAG: str(run.event_id)})
             for run in tick.runs
         ]
         partition_requests = []

@@ -3,11 +3,11 @@
 Each tick, in this order:
 
 1. **Dead runs.** A run of this project that Dagster thinks is STARTED but whose worker no longer
-   holds its lease (``claims.RunLease``) is reported failed. Dagster's default run launcher
+   holds its lease (``state.locks.RunLease``) is reported failed. Dagster's default run launcher
    cannot see a dead worker by itself, and a dead run would keep its GPU pool slot forever.
-2. **Lost claims** (``recovery.recover_lost_claims``): rows running with nobody holding their
+2. **Lost claims** (``state.recovery.recover_lost_claims``): rows running with nobody holding their
    partition lock become a recorded ``lost`` attempt and a scheduled retry (or ``failed``).
-3. **Restarts** (``recovery.find_restarts``): due retries and stalled rows without a run in
+3. **Restarts** (``state.recovery.find_restarts``): due retries and stalled rows without a run in
    flight get one run each, from their first unfinished stage, under a run key that names the
    attempt or the stall, so a repeated tick never launches twice.
 """
@@ -17,21 +17,22 @@ from __future__ import annotations
 import datetime as dt
 
 import dagster as dg
+from sqlalchemy.engine import Engine
 
-from variant_pipeline import claims, recovery
-from variant_pipeline import stages as stage_graph
+from variant_pipeline.assets.jobs import PIPELINE_JOBS, RECOVERY_REASON_TAG, RETRIES_RUN_TAG, run_request
 from variant_pipeline.config import load_settings
-from variant_pipeline.sensors.outbox import CONTINUES_ATTEMPTS_TAG, LAUNCHED_BY_TAG, START_STAGE_TAG
+from variant_pipeline.resources.database import DatabaseResource
+from variant_pipeline.state import recovery
+from variant_pipeline.state.locks import is_lock_free, run_lock_key
+from variant_pipeline.state.retry import retry_policy
 
 RECOVERY_SENSOR_NAME = "recovery_sensor"
 IMPLICIT_ASSET_JOB_NAME = "__ASSET_JOB"  # dagster's name for the job of hand-picked assets
-RECOVERY_REASON_TAG = "variant_pipeline/recovery"
-RETRIES_RUN_TAG = "variant_pipeline/retries_run"
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
              dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
-def fail_dead_runs(instance: dg.DagsterInstance, engine, job_names: set[str], now: float,
+def fail_dead_runs(instance: dg.DagsterInstance, engine: Engine, job_names: set[str], now: float,
                    grace_s: float) -> list[str]:
     """Report STARTED runs whose worker lost its lease as failed, and free their pool slots.
 
@@ -44,7 +45,7 @@ def fail_dead_runs(instance: dg.DagsterInstance, engine, job_names: set[str], no
         if run.job_name not in job_names or record.start_time is None or now - record.start_time < grace_s:
             continue
         with engine.begin() as conn:
-            free = claims.is_lock_free(conn, claims.run_lock_key(run.run_id))
+            free = is_lock_free(conn, run_lock_key(run.run_id))
         if free:
             instance.report_run_failed(
                 run, "recovery sensor: the run worker is gone (its database lease ended without the run finishing)"
@@ -73,27 +74,24 @@ def _cancelled_last_run(instance: dg.DagsterInstance, partition_key: str, job_na
     return None
 
 
-def build_recovery_sensor(variant_job: dg.UnresolvedAssetJobDefinition,
-                          job_level_job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
+def build_recovery_sensor() -> dg.SensorDefinition:
     settings = load_settings()
 
     @dg.sensor(
         name=RECOVERY_SENSOR_NAME,
-        jobs=[variant_job, job_level_job],
+        jobs=PIPELINE_JOBS,
         minimum_interval_seconds=max(1, int(settings.recovery_interval_s)),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Fails runs whose worker died, retries stages whose worker was lost or that failed "
         "(bounded, with backoff), and restarts variants and jobs that stalled between stages.",
     )
-    def recovery_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        from variant_pipeline.data.engine import get_engine
-        from variant_pipeline.handlers import retry_policy
-
+    def recovery_sensor(context: dg.SensorEvaluationContext,
+                        database: DatabaseResource) -> dg.SensorResult | dg.SkipReason:
         current = load_settings()
-        engine = get_engine()
+        engine = database.engine()
         instance = context.instance
         # Hand-started materializations from the UI run as Dagster's implicit asset job.
-        job_names = {variant_job.name, job_level_job.name, IMPLICIT_ASSET_JOB_NAME}
+        job_names = {job.name for job in PIPELINE_JOBS} | {IMPLICIT_ASSET_JOB_NAME}
         now = dt.datetime.now(dt.UTC).timestamp()
 
         dead = fail_dead_runs(instance, engine, job_names, now, current.run_lease_grace_s)
@@ -116,20 +114,12 @@ def build_recovery_sensor(variant_job: dg.UnresolvedAssetJobDefinition,
                 context.log.info(f"{restart.level} {restart.partition_key}: its run {cancelled} was cancelled; "
                                  f"{restart.start_stage} marked failed instead of restarted")
                 continue
-            level = stage_graph.stage(restart.start_stage).level
-            tags = {LAUNCHED_BY_TAG: RECOVERY_SENSOR_NAME, START_STAGE_TAG: restart.start_stage,
-                    RECOVERY_REASON_TAG: restart.why}
-            if restart.continues_attempts:
-                tags[CONTINUES_ATTEMPTS_TAG] = "1"
+            tags = {RECOVERY_REASON_TAG: restart.why}
             if restart.retries_run:
                 tags[RETRIES_RUN_TAG] = restart.retries_run  # links the retry to its failed run in the UI
-            run_requests.append(dg.RunRequest(
-                run_key=restart.run_key,
-                partition_key=restart.partition_key,
-                job_name=(variant_job if level == "variant" else job_level_job).name,
-                asset_selection=[dg.AssetKey(s.name) for s in stage_graph.stages_from(restart.start_stage)],
-                tags=tags,
-            ))
+            run_requests.append(run_request(
+                partition_key=restart.partition_key, start_stage=restart.start_stage, run_key=restart.run_key,
+                launched_by=RECOVERY_SENSOR_NAME, continues_attempts=restart.continues_attempts, tags=tags))
             context.log.info(f"{restart.why}: {restart.level} {restart.partition_key} from {restart.start_stage}")
         return dg.SensorResult(run_requests=run_requests)
 

@@ -1,8 +1,7 @@
 """Finding work that stopped, and deciding where it restarts: the database side of recovery.
 
 The recovery sensor (sensors/recovery.py) calls these on every tick; the CLI's ``retry`` uses
-``request_retry``. Everything is decided in pipeline order from the stage graph, never by
-comparing step names as text (the original's lexicographic bug, spec 4.7).
+``request_retry``. Where a row restarts is the transition rule (``transitions.restart_stage``).
 
 Three kinds of stopped work:
 
@@ -28,11 +27,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from variant_pipeline import claims
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.data.engine import transaction
-
-RECOVERY_ORIGIN = "recovery:sensor"
+from variant_pipeline.state import claims
+from variant_pipeline.state.locks import is_lock_free, lock_key
+from variant_pipeline.state.origins import MANUAL_RETRY_ORIGIN, RECOVERY_ORIGIN
+from variant_pipeline.state.retry import RetryPolicy
+from variant_pipeline.state.transitions import restart_stage
 
 
 @dataclass(frozen=True)
@@ -58,20 +59,6 @@ class Restart:
     retries_run: str | None = None  # for retries: the run whose attempt failed
 
 
-def restart_stage(level: str, step: str, status: str) -> str | None:
-    """The first unfinished stage of a row in state (step, status), on the row's own level."""
-    if status in ("queued", "running", "failed"):
-        return step if stage_graph.stage(step).level == level else None
-    if level == "job" and step == stage_graph.LAST_VARIANT_STAGE:
-        # The last variant stage done, on a job row, is the rollup: the job stages come next.
-        # (next_stage stays within a level, so this must be said here.)
-        return stage_graph.FIRST_JOB_STAGE
-    following = stage_graph.next_stage(step)
-    if following is None or following.level != level:
-        return None
-    return following.name
-
-
 _ROWS = """
     SELECT 'variant' AS level, job_variants_id::text AS key, job_id::text AS job_id, current_step, status,
            attempt, run_id, retry_at, updated_at
@@ -87,7 +74,7 @@ def _rows(conn: Connection, variant_filter: str, job_filter: str, **params: Any)
     return [dict(r) for r in conn.execute(sa.text(query), params).mappings()]
 
 
-def recover_lost_claims(engine: Engine, policy: claims.RetryPolicy) -> list[LostClaim]:
+def recover_lost_claims(engine: Engine, policy: RetryPolicy) -> list[LostClaim]:
     """Turn every running row whose worker is gone into a recorded lost attempt (and a retry)."""
     job_steps = "(SELECT name FROM pipeline_stages WHERE level = 'job')"
     with engine.connect() as conn:
@@ -95,7 +82,7 @@ def recover_lost_claims(engine: Engine, policy: claims.RetryPolicy) -> list[Lost
     lost: list[LostClaim] = []
     for row in candidates:
         with transaction(engine, RECOVERY_ORIGIN) as conn:
-            if not claims.is_lock_free(conn, claims.lock_key(row["key"])):
+            if not is_lock_free(conn, lock_key(row["key"])):
                 continue  # a live worker holds it
             now = claims.read_row(conn, row["level"], row["key"], lock=True)
             if now is None or (now["current_step"], now["status"], now["attempt"], now["run_id"]) != (
@@ -174,7 +161,7 @@ def fail_cancelled(engine: Engine, restart: Restart, run_id: str) -> bool:
     person can ``retry`` it. Returns False if the row moved on meanwhile."""
     table, id_column = claims.table_for(restart.level)
     with transaction(engine, RECOVERY_ORIGIN) as conn:
-        if not claims.is_lock_free(conn, claims.lock_key(restart.partition_key)):
+        if not is_lock_free(conn, lock_key(restart.partition_key)):
             return False
         return conn.execute(
             sa.text(f"""UPDATE {table} SET current_step = :stage, status = 'failed', retry_at = NULL,
@@ -217,7 +204,7 @@ class RetryRequest:
 
 
 def request_retry(engine: Engine, target: str, from_stage: str | None = None,
-                  origin: str = "cli:retry") -> list[RetryRequest]:
+                  origin: str = MANUAL_RETRY_ORIGIN) -> list[RetryRequest]:
     """Queue a variant or a job again, from ``from_stage`` or from where it failed.
 
     The rows go to ``(stage, queued)`` with a fresh attempt budget; the outbox sensor launches

@@ -1,11 +1,8 @@
-"""Who may work on a partition, and the bookkeeping of every attempt.
+"""Claims, the fence and the attempt records: the row writes of the state machine.
 
-Three mechanisms, each for one failure:
+Under the partition lock (``locks.PartitionLock``, held for the whole stage):
 
-- **The partition lock**: a PostgreSQL session advisory lock, held by the worker for the whole
-  stage on a connection of its own. A second worker cannot take it (no stage runs twice at once),
-  and the server drops it the moment the worker's session ends, whatever killed it. A row that
-  says ``running`` while nobody holds its lock therefore belongs to a dead worker.
+- **The claim** moves the row to ``(stage, running)`` for a new attempt and records it.
 - **The fence**: the partition row names the attempt in progress (``attempt``, ``run_id``). A
   worker writes its outputs and ``done`` only if the row still names its own attempt, in one
   transaction under the lock; a worker that lost its session and was replaced writes nothing.
@@ -16,7 +13,6 @@ Three mechanisms, each for one failure:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 from dataclasses import dataclass
@@ -28,14 +24,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.data.engine import ORIGIN_SETTING
-
-
-class ClaimRefused(RuntimeError):
-    """This worker may not run the stage now; nothing was written."""
-
-
-class PartitionBusy(ClaimRefused):
-    """Another live worker holds the partition."""
+from variant_pipeline.state.locks import ClaimRefused
+from variant_pipeline.state.retry import RetryPolicy, failure_message
 
 
 class AttemptSuperseded(ClaimRefused):
@@ -44,17 +34,6 @@ class AttemptSuperseded(ClaimRefused):
 
 class PartitionMissing(LookupError):
     """The variant or job does not exist."""
-
-
-def lock_key(partition_key: str) -> int:
-    """A signed 64-bit advisory-lock key for one partition (variants and jobs have distinct UUIDs)."""
-    digest = hashlib.blake2b(f"vp-partition:{partition_key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-def run_lock_key(run_id: str) -> int:
-    digest = hashlib.blake2b(f"vp-run:{run_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
 
 
 def worker_id() -> str:
@@ -67,111 +46,6 @@ OF_PARTITION = "(job_variants_id = CAST(:k AS uuid) OR (level = 'job' AND job_id
 
 def table_for(level: str) -> tuple[str, str]:
     return ("jobs_variants", "job_variants_id") if level == "variant" else ("jobs", "job_id")
-
-
-class SessionLock:
-    """A session advisory lock held on a connection of its own until released (or the session dies)."""
-
-    def __init__(self, engine: Engine, key: int) -> None:
-        self._engine = engine
-        self._key = key
-        self._conn: Connection | None = None
-
-    def _take(self, function: str) -> bool:
-        conn = self._engine.connect()
-        try:
-            got = conn.execute(sa.text(f"SELECT {function}(:k)"), {"k": self._key}).scalar()
-            conn.commit()
-        except BaseException:
-            conn.close()
-            raise
-        if got is False:
-            conn.close()
-            return False
-        self._conn = conn
-        return True
-
-    def release(self) -> None:
-        if self._conn is None:
-            return
-        try:
-            self._conn.rollback()
-            self._conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
-            self._conn.commit()
-            self._conn.close()
-        except sa.exc.DBAPIError:
-            self._discard()  # the session is gone, and the lock with it
-        self._conn = None
-
-    def _discard(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.invalidate()
-                self._conn.close()
-            except Exception:  # already broken; nothing left to release
-                pass
-        self._conn = None
-
-
-class PartitionLock(SessionLock):
-    """The lock on one partition, held for the stage's length."""
-
-    def __init__(self, engine: Engine, partition_key: str) -> None:
-        super().__init__(engine, lock_key(partition_key))
-
-    def try_acquire(self) -> bool:
-        return self._take("pg_try_advisory_lock")
-
-    def connection(self) -> Connection:
-        """The lock's connection, alive and holding the lock.
-
-        If the session died (a server restart, a dropped connection), the lock went with it:
-        reconnect and take it again, or raise ``PartitionBusy`` if someone else has it now. The
-        caller's fence check then decides whether this attempt may still write.
-        """
-        if self._conn is not None:
-            try:
-                self._conn.execute(sa.text("SELECT 1"))
-                self._conn.commit()
-                return self._conn
-            except sa.exc.DBAPIError:
-                self._discard()
-        if not self.try_acquire():
-            raise PartitionBusy("the partition lock was lost and another worker holds it now")
-        assert self._conn is not None
-        return self._conn
-
-
-class RunLease(SessionLock):
-    """Held by a run worker from its first stage to its end: the recovery sensor's proof of life.
-
-    Dagster's default run launcher cannot tell whether a run worker still lives, so a SIGKILLed
-    run would stay STARTED (holding its GPU pool slot) forever. Its lease, a session advisory
-    lock, goes away with its database session.
-    """
-
-    def __init__(self, engine: Engine, run_id: str) -> None:
-        super().__init__(engine, run_lock_key(run_id))
-
-    def acquire(self) -> None:
-        # Blocking (pg_advisory_lock returns void): the recovery sensor's probe holds it a moment only.
-        self._take("pg_advisory_lock")
-
-
-def lock_holder_pid(conn: Connection, key: int) -> int | None:
-    """The server process id of the session holding advisory lock ``key`` (for operators and tests)."""
-    unsigned = key & 0xFFFFFFFFFFFFFFFF
-    return conn.execute(
-        sa.text("""SELECT pid FROM pg_locks
-                    WHERE locktype = 'advisory' AND granted AND objsubid = 1
-                      AND classid::bigint = :high AND objid::bigint = :low LIMIT 1"""),
-        {"high": unsigned >> 32, "low": unsigned & 0xFFFFFFFF},
-    ).scalar()
-
-
-def is_lock_free(conn: Connection, key: int) -> bool:
-    """Whether nobody holds the advisory lock ``key``; takes it for the caller's transaction if so."""
-    return bool(conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar_one())
 
 
 def set_origin(conn: Connection, origin: str) -> None:
@@ -308,25 +182,6 @@ def mark_done(conn: Connection, claim_: Claim) -> None:
 
 def mark_superseded(conn: Connection, claim_: Claim, reason: str) -> None:
     _finish_attempt(conn, claim_.attempt_id, "superseded", reason, None)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int
-    backoff_s: float
-
-    def delay_after(self, attempt: int) -> float:
-        """Exponential backoff: backoff_s after the first failure, doubling after each further one."""
-        return self.backoff_s * (2 ** max(0, attempt - 1))
-
-
-def failure_message(reason: str, attempt: int, policy: RetryPolicy, will_retry: bool) -> str:
-    if will_retry:
-        return (f"attempt {attempt} of {policy.max_attempts} failed: {reason} "
-                f"(retrying in {policy.delay_after(attempt):g} s)")
-    if attempt > 1:
-        return f"failed after {attempt} attempts: {reason}"
-    return reason
 
 
 def mark_failed(conn: Connection, *, level: str, partition_key: str, stage: str, attempt: int,

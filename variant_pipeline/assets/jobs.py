@@ -1,0 +1,70 @@
+"""The asset jobs, the run tags, and the one way a pipeline run is requested.
+
+Every sensor (outbox, continuation, recovery) asks for runs through ``run_request``: one run for
+one partition, from a first stage through every later stage of its level, in that level's job.
+The tags say why a run exists; the stage assets read ``continues_attempts`` from them.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from variant_pipeline import stages as stage_graph
+from variant_pipeline.assets.partitions import job_partitions, variant_partitions
+
+# Set on every run the pipeline launches, to the sensor that launched it: a run without it was
+# started by a person (the continuation sensor carries those on).
+LAUNCHED_BY_TAG = "variant_pipeline/launched_by"
+START_STAGE_TAG = "variant_pipeline/start_stage"
+# Set ("1") on automatic retries: their attempts count on from the last failed one.
+CONTINUES_ATTEMPTS_TAG = "variant_pipeline/continues_attempts"
+EVENT_TAG = "variant_pipeline/event_id"  # the outbox event that asked for the run
+SOURCE_RUN_TAG = "variant_pipeline/continues_run"  # the hand-started run a continuation carries on
+RECOVERY_REASON_TAG = "variant_pipeline/recovery"  # "retry" or "stalled"
+RETRIES_RUN_TAG = "variant_pipeline/retries_run"  # links a retry to its failed run in the UI
+
+variant_pipeline_job = dg.define_asset_job(
+    "variant_pipeline",
+    selection=dg.AssetSelection.assets(*(s.name for s in stage_graph.VARIANT_STAGES)),
+    partitions_def=variant_partitions,
+    executor_def=dg.in_process_executor,
+    description="The variant stages for one variant partition (all of them, or the ones selected).",
+)
+job_pipeline_job = dg.define_asset_job(
+    "job_pipeline",
+    selection=dg.AssetSelection.assets(*(s.name for s in stage_graph.JOB_STAGES)),
+    partitions_def=job_partitions,
+    executor_def=dg.in_process_executor,
+    description="The job-level stages for one job partition.",
+)
+PIPELINE_JOBS = [variant_pipeline_job, job_pipeline_job]
+
+
+def asset_selection(start_stage: str) -> list[dg.AssetKey]:
+    """``start_stage`` and every later stage of its level."""
+    return [dg.AssetKey(s.name) for s in stage_graph.stages_from(start_stage)]
+
+
+def run_request(*, partition_key: str, start_stage: str, run_key: str, launched_by: str,
+                continues_attempts: bool = False, tags: dict[str, str] | None = None) -> dg.RunRequest:
+    """One run for ``partition_key`` from ``start_stage`` on, in the job of the stage's level.
+
+    ``run_key`` makes the request idempotent: Dagster launches a key once, so a repeated tick
+    never starts a second run.
+    """
+    level = stage_graph.stage(start_stage).level
+    run_tags = {LAUNCHED_BY_TAG: launched_by, START_STAGE_TAG: start_stage, **(tags or {})}
+    if continues_attempts:
+        run_tags[CONTINUES_ATTEMPTS_TAG] = "1"
+    return dg.RunRequest(
+        run_key=run_key,
+        partition_key=partition_key,
+        job_name=(variant_pipeline_job if level == "variant" else job_pipeline_job).name,
+        asset_selection=asset_selection(start_stage),
+        tags=run_tags,
+    )
+
+
+def continues_attempts(run_tags: dict[str, str]) -> bool:
+    """Whether a run is an automatic retry, whose attempts count on from the last one."""
+    return run_tags.get(CONTINUES_ATTEMPTS_TAG) == "1"

@@ -1,0 +1,65 @@
+"""The transition rule: which stage a row's state asks to run next. Pure functions of the stage graph.
+
+Everything is decided in pipeline order from the stage graph (``stages.py``), never by comparing
+step names as text (the original's lexicographic bug, spec 4.7). A job row at the last variant
+stage ``done`` is the rollup of its variants: its job-level stages come next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from variant_pipeline import stages as stage_graph
+from variant_pipeline.data.outbox import Event
+from variant_pipeline.state.origins import RECOVERY_ORIGIN_PREFIX, RUN_ORIGIN_PREFIX
+
+
+def restart_stage(level: str, step: str, status: str) -> str | None:
+    """The first unfinished stage of a row in state (step, status), on the row's own level."""
+    if status in ("queued", "running", "failed"):
+        return step if stage_graph.stage(step).level == level else None
+    if level == "job" and step == stage_graph.LAST_VARIANT_STAGE:
+        # The last variant stage done, on a job row, is the rollup: the job stages come next.
+        # (next_stage stays within a level, so this must be said here.)
+        return stage_graph.FIRST_JOB_STAGE
+    following = stage_graph.next_stage(step)
+    if following is None or following.level != level:
+        return None
+    return following.name
+
+
+def start_stage_for(event: Event) -> str | None:
+    """Which stage a state change asks to run next, on its row's level, or None.
+
+    ``queued`` asks for its own step (an external system queued it); ``done`` for the next step of
+    the same level. The last variant stage done for a job is the rollup: the job stages start.
+    ``running`` and ``failed`` ask for nothing here (recovery is a separate concern).
+    """
+    if event.new_status not in ("queued", "done"):
+        return None
+    return restart_stage(event.kind, event.new_step, event.new_status)
+
+
+def is_own_run_write(origin: str) -> bool:
+    """Written by a pipeline run or the recovery sensor: progress that carries on by itself."""
+    return origin.startswith((RUN_ORIGIN_PREFIX, RECOVERY_ORIGIN_PREFIX))
+
+
+def is_request(event: Event) -> bool:
+    """Whether an outbox event may ask for a run: a change made by someone else, or a job's rollup."""
+    if event.kind == "variant" and event.job_variants_id is None:
+        return False
+    # A job's rollup is written inside the transaction of its last variant's write, so it carries
+    # that run's origin; it is still the signal for the job stages.
+    rollup = event.kind == "job" and event.new_step == stage_graph.LAST_VARIANT_STAGE
+    return rollup or not is_own_run_write(event.origin)
+
+
+def continuation_start(materialized_stage_names: Iterable[str]) -> str | None:
+    """After a hand-started run: the stage after the furthest materialized one, on the same level."""
+    names = [n for n in materialized_stage_names if n in stage_graph.STAGES_BY_NAME]
+    if not names:
+        return None
+    furthest = max((stage_graph.stage(n) for n in names), key=lambda s: s.position)
+    following = stage_graph.next_stage(furthest.name)
+    return following.name if following else None
