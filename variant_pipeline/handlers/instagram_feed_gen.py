@@ -8,7 +8,6 @@ from sqlalchemy.engine import Connection
 
 from variant_pipeline.handlers.base import (
     HandlerContext,
-    StageInputError,
     StageOutcome,
     Thumbnail,
     elapsed_ms,
@@ -21,6 +20,7 @@ from variant_pipeline.handlers.rows import (
     open_image,
     translated_ad_copy,
 )
+from variant_pipeline.state.attempts import StageInputError
 
 
 def run(ctx: HandlerContext) -> StageOutcome:

@@ -10,7 +10,6 @@ from sqlalchemy.engine import Connection
 
 from variant_pipeline.handlers.base import (
     HandlerContext,
-    StageInputError,
     StageOutcome,
     Thumbnail,
     elapsed_ms,
@@ -18,6 +17,7 @@ from variant_pipeline.handlers.base import (
 from variant_pipeline.handlers.brief import ensure_brief
 from variant_pipeline.handlers.outputs import replace_variant_image, set_variant_image, upsert_overlay_layout
 from variant_pipeline.handlers.rows import font_recommendation_of, plan_of, variant_image, variant_of
+from variant_pipeline.state.attempts import StageInputError
 
 
 def run(ctx: HandlerContext) -> StageOutcome:
