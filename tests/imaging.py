@@ -1,11 +1,17 @@
-"""Synthetic images and detections for the image-geometry and evaluation stage tests."""
+"""Synthetic images and detections for the image-geometry and evaluation stage tests, and the
+marker for tests that draw emoji."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from variant_pipeline.work import fonts
 from variant_pipeline.work.types import Detection, NormBox
+
+needs_emoji = pytest.mark.skipif(not any("emoji" in stem for stem in fonts._installed_fonts()),
+                                 reason="no emoji font installed (scripts/setup.sh installs fonts-noto-color-emoji)")
 
 
 def gradient(width: int, height: int | None = None, seed: int = 0) -> Image.Image:

@@ -26,8 +26,7 @@ from PIL import Image
 from sqlalchemy.engine import Engine
 
 from tests.fixtures.db import create_job
-from tests.imaging import gradient
-from tests.test_fonts import needs_emoji
+from tests.imaging import gradient, needs_emoji
 from variant_pipeline import cli
 from variant_pipeline.assets.partitions import job_partitions, variant_partitions
 from variant_pipeline.assets.stage_assets import JOB_ASSETS, VARIANT_ASSETS

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+from tests.imaging import needs_emoji
 from variant_pipeline.work import fonts
 from variant_pipeline.work.fonts import FontCoverageError, missing_glyphs, resolve_font, resolve_font_chain
 from variant_pipeline.work.types import FontRecommendation
@@ -16,8 +17,6 @@ DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 NANUM_DIR = Path("/usr/share/fonts/truetype/nanum")
 needs_dejavu = pytest.mark.skipif(not Path(DEJAVU).is_file(), reason="DejaVu fonts not installed")
 needs_nanum = pytest.mark.skipif(not NANUM_DIR.is_dir(), reason="fonts-nanum not installed")
-needs_emoji = pytest.mark.skipif(not any("emoji" in stem for stem in fonts._installed_fonts()),
-                                 reason="no emoji font installed (scripts/setup.sh installs fonts-noto-color-emoji)")
 
 
 @pytest.fixture(autouse=True)

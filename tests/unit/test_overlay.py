@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.imaging import box_mask, detection, gradient, paint_food, solid
-from tests.test_fonts import needs_emoji
+from tests.imaging import box_mask, detection, gradient, needs_emoji, paint_food, solid
 from variant_pipeline.work.fonts import ChainedFont, missing_glyphs, resolve_font, resolve_font_chain
 from variant_pipeline.work.iou import box_iou
 from variant_pipeline.work.overlay import (
