@@ -1,5 +1,5 @@
 """The recovery sensor's tick and the hand-started path, in process, against real PostgreSQL and a
-PostgreSQL-backed Dagster instance. (Killed workers and dead runs are in test_faults_e2e.py.)"""
+PostgreSQL-backed Dagster instance. (Killed workers and dead runs are in tests/e2e/test_faults.py.)"""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 A custom ``PartitionMapping`` (``assets/partitions.py``) needs three names Dagster does not export
 publicly. Private modules move between releases; importing them here, through ``_private``, turns
 a moved name into one error that names the symbol and the installed Dagster version, and
-``tests/test_dagster_internals.py`` fails the same way before anything else runs into it.
+``tests/unit/test_dagster_internals.py`` fails the same way before anything else runs into it.
 Import these names from this module only (that test also checks no other module reaches into
 ``dagster._``).
 """
