@@ -289,6 +289,43 @@ def _retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- prune ------------------------------------------------------------------------------------
+
+
+def _add_prune(sub: argparse._SubParsersAction) -> None:
+    prune = sub.add_parser(
+        "prune", help="remove what jobs finished long ago leave behind: partitions, files, old events",
+        description="For jobs finished (done or failed) before now - DURATION: delete their dynamic "
+        "partitions in Dagster (their runs and materialization history stay in Dagster), their asset "
+        "files, and with --rows their rows. Also deletes outbox events older than the cutoff that the "
+        "outbox sensor has read, and orphan files no row names (older than the cutoff and "
+        "VP_ORPHAN_MIN_AGE_S). Never touches a queued or running job; running it again is harmless.",
+    )
+    prune.add_argument("--older-than", required=True, metavar="DURATION",
+                       help="e.g. 30d, 12h, 1d12h (units s, m, h, d, w)")
+    prune.add_argument("--dry-run", action="store_true", help="print what would be removed; change nothing")
+    prune.add_argument("--rows", action="store_true",
+                       help="also delete the jobs' rows (inputs, variants, outputs, traces, attempts)")
+    prune.set_defaults(handler=_prune)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from variant_pipeline.config import load_settings
+    from variant_pipeline.data.engine import get_engine
+    from variant_pipeline.retention import parse_duration, prune
+
+    older_than = parse_duration(args.older_than)  # before connecting: a typo needs no database
+    from variant_pipeline.sensors.retention import DagsterOrchestrator, open_instance
+
+    settings = load_settings()
+    with open_instance() as instance:
+        report = prune(get_engine(), DagsterOrchestrator(instance), settings.assets_dir, older_than,
+                       rows=args.rows, dry_run=args.dry_run, orphan_min_age_s=settings.orphan_min_age_s)
+    for line in report.lines():
+        print(line)
+    return EXIT_OK
+
+
 # --- models -----------------------------------------------------------------------------------
 
 
@@ -336,6 +373,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_submit,
     _add_status,
     _add_retry,
+    _add_prune,
     _add_models,
     _add_demo,
 ]

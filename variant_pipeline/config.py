@@ -116,6 +116,12 @@ class Settings:
     run_lease_grace_s: float = 60.0  # a STARTED run without its lease for this long is dead
     vlm_load_in_8bit: bool = False  # VP_VLM_LOAD_IN_8BIT: bitsandbytes 8-bit VLM (CUDA only)
     faults: str = ""  # VP_FAULTS fault drills (variant_pipeline/faults.py); empty: none
+    # Retention (variant_pipeline/retention.py): the daily prune schedule exists only when
+    # prune_older_than is set; orphan files younger than orphan_min_age_s are never removed.
+    prune_older_than: str = ""
+    prune_rows: bool = False
+    prune_cron: str = "0 3 * * *"
+    orphan_min_age_s: float = 3600.0
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -165,6 +171,10 @@ def load_settings() -> Settings:
         run_lease_grace_s=_seconds("VP_RUN_LEASE_GRACE_S", 60.0, allow_zero=True),
         vlm_load_in_8bit=_env_bool("VP_VLM_LOAD_IN_8BIT", False),
         faults=_faults(_env("VP_FAULTS", "") or ""),
+        prune_older_than=_prune_older_than(_env("VP_PRUNE_OLDER_THAN", "") or ""),
+        prune_rows=_env_bool("VP_PRUNE_ROWS", False),
+        prune_cron=_env("VP_PRUNE_CRON", "0 3 * * *") or "0 3 * * *",
+        orphan_min_age_s=_seconds("VP_ORPHAN_MIN_AGE_S", 3600.0, allow_zero=True),
     )
 
 
@@ -173,6 +183,18 @@ def _tiny_defaults(models_dir: Path) -> dict[str, str]:
     from variant_pipeline.models.registry import tiny_defaults
 
     return tiny_defaults(models_dir)
+
+
+def _prune_older_than(spec: str) -> str:
+    from variant_pipeline.retention import parse_duration
+    from variant_pipeline.validation import InputError
+
+    if spec:
+        try:
+            parse_duration(spec)
+        except InputError as exc:
+            raise SettingsError(f"VP_PRUNE_OLDER_THAN: {exc}") from None
+    return spec
 
 
 def _seconds(name: str, default: float, *, allow_zero: bool = False) -> float:

@@ -1,0 +1,261 @@
+"""Retention (variant-pipeline prune) against the real database, a PostgreSQL-backed Dagster
+instance and real files: what is removed, what is kept, and what a busy job is spared."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from tests.fixtures.pipeline import submit_sample
+from tests.fixtures.state import set_job_state, set_variant_state
+from variant_pipeline import claims
+from variant_pipeline import stages as stage_graph
+from variant_pipeline.assets.partitions import job_partitions, variant_partitions
+from variant_pipeline.assets.stage_assets import VARIANT_ASSETS
+from variant_pipeline.cli import main
+from variant_pipeline.config import load_settings
+from variant_pipeline.data.engine import get_engine, transaction
+from variant_pipeline.data.jobs import get_job_status
+from variant_pipeline.data.storage import AssetStore
+from variant_pipeline.handlers.base import replace_image_asset
+from variant_pipeline.recovery import request_retry
+from variant_pipeline.resources import default_resources
+from variant_pipeline.retention import parse_duration, prune
+from variant_pipeline.sensors.retention import DagsterOrchestrator
+from variant_pipeline.validation import InputError
+
+# --- DURATION -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("45s", 45), ("90m", 5400), ("12h", 43200), ("30d", 30 * 86400), ("2w", 14 * 86400),
+    ("1d12h", 129600), ("1.5h", 5400), (" 7D ", 7 * 86400),
+])
+def test_durations_parse(text: str, seconds: float) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "30", "d", "3x", "-1d", "0d", "1d 2h", "1e3s", "30 days"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(InputError, match="invalid duration"):
+        parse_duration(text)
+
+
+def test_cli_refuses_a_bad_duration_in_one_line_before_touching_anything(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("VARIANT_PIPELINE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert main(["prune", "--older-than", "3 weeks"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid duration '3 weeks'") and err.count("\n") == 1
+    assert not (tmp_path / "home").exists()  # no embedded server started, nothing written
+
+
+# --- Jobs in every state ------------------------------------------------------------------------
+
+
+def _finish(engine, job, status: str = "done", days_ago: float = 40) -> None:
+    """Take a job to its end as the pipeline's writers do, then date its finish ``days_ago``."""
+    with transaction(engine, "test:finish") as conn:
+        for key in job.variant_ids:
+            set_variant_state(conn, key, stage_graph.LAST_VARIANT_STAGE, "done")
+    with transaction(engine, "test:finish") as conn:
+        set_job_state(conn, job.job_id, stage_graph.LAST_JOB_STAGE, status)
+        conn.execute(sa.text("UPDATE jobs SET finished_at = now() - make_interval(secs => :s) WHERE job_id = :j"),
+                     {"s": days_ago * 86400, "j": str(job.job_id)})
+
+
+def _add_images(engine, store: AssetStore, job) -> list[Path]:
+    """One generated image per variant, saved and recorded as img_gen records it."""
+    paths = []
+    for key in job.variant_ids:
+        stored = store.save_image("demo-cafe", "generated", Image.new("RGB", (32, 32), "red"))
+        with transaction(engine) as conn:
+            replace_image_asset(conn, stored, tenant_id="demo-cafe", job_id=str(job.job_id),
+                                job_variants_id=str(key), image_type="generated")
+        paths.append(stored.path)
+    return paths
+
+
+def _partitions(instance) -> tuple[set[str], set[str]]:
+    return (set(instance.get_dynamic_partitions(variant_partitions.name)),
+            set(instance.get_dynamic_partitions(job_partitions.name)))
+
+
+def _register(instance, job) -> None:
+    instance.add_dynamic_partitions(variant_partitions.name, [str(v) for v in job.variant_ids])
+    instance.add_dynamic_partitions(job_partitions.name, [str(job.job_id)])
+
+
+def _keys(job) -> set[str]:
+    return {str(v) for v in job.variant_ids}
+
+
+@pytest.fixture
+def jobs(pipeline_env, dagster_instance):
+    """old: done 40 days ago; old_failed: failed 40 days ago; recent: done now; running: mid-pipeline."""
+    engine = get_engine(pipeline_env.app_url)
+    store = AssetStore(load_settings().assets_dir)
+    made = {}
+    for name in ("old", "old_failed", "recent", "running"):
+        job = submit_sample(pipeline_env.app_url, variants=2)
+        _register(dagster_instance, job)
+        _add_images(engine, store, job)
+        made[name] = job
+    _finish(engine, made["old"])
+    _finish(engine, made["old_failed"], status="failed")
+    _finish(engine, made["recent"], days_ago=0)
+    with transaction(engine, "test") as conn:
+        set_variant_state(conn, made["running"].variant_ids[0], "vlm_analyze", "running")
+    return engine, store, made
+
+
+def _files_of(engine, job) -> list[str]:
+    with engine.connect() as conn:
+        return [p for (p,) in conn.execute(sa.text("SELECT path FROM image_assets WHERE job_id = :j"),
+                                           {"j": str(job.job_id)})]
+
+
+def test_prune_removes_old_partitions_and_files_keeps_rows_and_is_harmless_twice(jobs, dagster_instance) -> None:
+    engine, store, made = jobs
+    orchestrator = DagsterOrchestrator(dagster_instance)
+    before = _partitions(dagster_instance)
+
+    dry = prune(engine, orchestrator, store.root, timedelta(days=30), dry_run=True, orphan_min_age_s=0)
+    assert {j.job_id for j in dry.jobs} == {str(made["old"].job_id), str(made["old_failed"].job_id)}
+    assert _partitions(dagster_instance) == before  # a dry run changes nothing
+    assert all(store.path_for(p).exists() for name in made for p in _files_of(engine, made[name]))
+
+    report = prune(engine, orchestrator, store.root, timedelta(days=30), orphan_min_age_s=0)
+    old = ("old", "old_failed")
+    assert {j.job_id for j in report.jobs} == {str(made[n].job_id) for n in old}
+    # Each old job: 2 variant partitions, 1 job partition, 3 files (2 generated, the product photo).
+    assert [(j.variant_partitions, j.job_partitions, j.files) for j in report.jobs] == [(2, 1, 3), (2, 1, 3)]
+    variants, job_keys = _partitions(dagster_instance)
+    for name in old:
+        assert not _keys(made[name]) & variants and str(made[name].job_id) not in job_keys
+        assert not any(store.path_for(p).exists() for p in _files_of(engine, made[name]))
+        # Rows stay: status still answers, and the job is marked pruned.
+        assert get_job_status(engine, made[name].job_id).status in ("done", "failed")
+    for name in ("recent", "running"):
+        assert _keys(made[name]) <= variants and str(made[name].job_id) in job_keys
+        assert all(store.path_for(p).exists() for p in _files_of(engine, made[name]))
+    assert report.orphans == []  # every file left is named by a row
+
+    again = prune(engine, orchestrator, store.root, timedelta(days=30), orphan_min_age_s=0)
+    assert again.jobs == [] and again.busy == [] and again.orphans == []
+
+
+def test_prune_rows_deletes_the_job_and_everything_hanging_off_it(jobs, dagster_instance) -> None:
+    engine, store, made = jobs
+    old = str(made["old"].job_id)
+    with transaction(engine) as conn:  # an attempt and outputs of the kinds stages write
+        conn.execute(sa.text("""INSERT INTO stage_attempts (level, job_id, job_variants_id, stage, attempt, origin,
+                                                            outcome, finished_at)
+                                VALUES ('variant', :j, :v, 'img_gen', 1, 'test', 'done', now())"""),
+                     {"j": old, "v": str(made["old"].variant_ids[0])})
+        conn.execute(sa.text("""INSERT INTO evaluations (job_id, job_variants_id, evaluation_type, metrics)
+                                VALUES (:j, :v, 'iou', '{}')"""), {"j": old, "v": str(made["old"].variant_ids[0])})
+    report = prune(engine, DagsterOrchestrator(dagster_instance), store.root, timedelta(days=30), rows=True)
+    assert {j.job_id for j in report.jobs if j.rows_deleted} == {old, str(made["old_failed"].job_id)}
+    with engine.connect() as conn:
+        for table in ("jobs", "job_inputs", "jobs_variants", "image_assets", "stage_attempts", "evaluations"):
+            left = conn.execute(sa.text(f"SELECT count(*) FROM {table} WHERE job_id = :j"), {"j": old}).scalar_one()
+            assert left == 0, table
+        kept = conn.execute(sa.text("SELECT count(*) FROM jobs_variants WHERE job_id = ANY(CAST(:j AS uuid[]))"),
+                            {"j": [str(made[n].job_id) for n in ("recent", "running")]}).scalar_one()
+    assert kept == 4
+    # A job pruned earlier without --rows keeps its rows until a prune with --rows.
+    assert prune(engine, DagsterOrchestrator(dagster_instance), store.root, timedelta(days=30), rows=True).jobs == []
+
+
+def test_a_job_held_by_a_worker_or_a_retry_is_skipped_then_pruned_later(jobs, dagster_instance) -> None:
+    engine, store, made = jobs
+    orchestrator = DagsterOrchestrator(dagster_instance)
+    old, old_failed = made["old"], made["old_failed"]
+    lock = claims.PartitionLock(engine, str(old.variant_ids[1]))  # a worker's partition lock
+    assert lock.try_acquire()
+    with engine.connect() as retry_conn, retry_conn.begin():
+        # A retry's transaction holding the failed job's variant row (as request_retry does).
+        retry_conn.execute(sa.text("SELECT 1 FROM jobs_variants WHERE job_variants_id = :k FOR UPDATE"),
+                           {"k": str(old_failed.variant_ids[0])})
+        report = prune(engine, orchestrator, store.root, timedelta(days=30))
+    lock.release()
+    assert report.jobs == [] and sorted(report.busy) == sorted([str(old.job_id), str(old_failed.job_id)])
+    assert _keys(old) | _keys(old_failed) <= _partitions(dagster_instance)[0]
+
+    later = prune(engine, orchestrator, store.root, timedelta(days=30))
+    assert sorted(j.job_id for j in later.jobs) == sorted([str(old.job_id), str(old_failed.job_id)])
+
+
+def test_a_reopened_job_is_not_pruned_and_a_run_in_flight_spares_its_job(jobs, dagster_instance) -> None:
+    engine, store, made = jobs
+    orchestrator = DagsterOrchestrator(dagster_instance)
+    old, old_failed = made["old"], made["old_failed"]
+    request_retry(engine, str(old.job_id), from_stage="overlay")  # reopened: queued again
+    dagster_instance.add_run(dg.DagsterRun(  # a run still going for one of the failed job's variants
+        job_name="variant_pipeline", run_id="started-run-1", status=dg.DagsterRunStatus.STARTED,
+        tags={"dagster/partition": str(old_failed.variant_ids[0])}))
+    report = prune(engine, orchestrator, store.root, timedelta(days=30))
+    assert report.jobs == [] and report.busy == [str(old_failed.job_id)]
+    assert _keys(old) | _keys(old_failed) <= _partitions(dagster_instance)[0]
+    assert get_job_status(engine, old.job_id).finished_at is None  # reopened, not finished
+
+
+def test_orphan_file_of_a_timed_out_attempt_is_removed_and_live_files_stay(pipeline_env, dagster_instance,
+                                                                            monkeypatch) -> None:
+    """A real failed attempt: img_gen times out (its work thread was held by a sleep drill), the
+    abandoned thread still generates and saves its image, which no row will ever name. The retry
+    writes its own image. prune removes the first and keeps the second (and the product photo)."""
+    engine = get_engine(pipeline_env.app_url)
+    store = AssetStore(load_settings().assets_dir)
+    job = submit_sample(pipeline_env.app_url, variants=1)
+    key = str(job.variant_ids[0])
+    _register(dagster_instance, job)
+    generated = store.root / "tenants" / "demo-cafe" / "generated"
+
+    monkeypatch.setenv("VP_FAULTS", "img_gen:sleep=3:attempt=1")
+    monkeypatch.setenv("VP_STAGE_TIMEOUTS", "img_gen=1")
+    failed = dg.materialize(VARIANT_ASSETS[:1], partition_key=key, instance=dagster_instance,
+                            resources=default_resources(), raise_on_error=False)
+    assert not failed.success
+    deadline = time.monotonic() + 60
+    while not list(generated.rglob("*.png")):  # the abandoned attempt's late image
+        assert time.monotonic() < deadline, "the timed-out attempt never wrote its image"
+        time.sleep(0.2)
+    [orphan] = list(generated.rglob("*.png"))
+    attempts = claims.attempts_of(engine, key)
+    assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "failed")]
+
+    monkeypatch.delenv("VP_FAULTS")
+    monkeypatch.delenv("VP_STAGE_TIMEOUTS")
+    assert dg.materialize(VARIANT_ASSETS[:1], partition_key=key, instance=dagster_instance,
+                          resources=default_resources()).success
+    live = {store.path_for(p) for p in _files_of(engine, job)}
+    assert orphan not in live and len(live) == 2  # the retry's image and the product photo
+
+    orchestrator = DagsterOrchestrator(dagster_instance)
+    # Younger than the age guard: kept.
+    assert prune(engine, orchestrator, store.root, timedelta(seconds=1), orphan_min_age_s=3600).orphans == []
+    assert orphan.exists()
+    # An attempt running on another variant that started before the file was written: kept too.
+    other = submit_sample(pipeline_env.app_url, variants=1)
+    with engine.begin() as conn:
+        conn.execute(sa.text("""INSERT INTO stage_attempts (level, job_id, job_variants_id, stage, attempt, origin,
+                                                            started_at)
+                                VALUES ('variant', :j, :v, 'img_gen', 1, 'test', now() - interval '1 hour')"""),
+                     {"j": str(other.job_id), "v": str(other.variant_ids[0])})
+    assert prune(engine, orchestrator, store.root, timedelta(seconds=1), orphan_min_age_s=0).orphans == []
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE stage_attempts SET outcome = 'lost', finished_at = now() WHERE origin = 'test'"))
+
+    report = prune(engine, orchestrator, store.root, timedelta(seconds=1), orphan_min_age_s=0)
+    assert [store.path_for(p) for p in report.orphans] == [orphan]
+    assert not orphan.exists() and all(p.exists() for p in live)
+    assert report.jobs == []  # the job itself is not finished: its partition and files stay
+    assert {key} <= _partitions(dagster_instance)[0]

@@ -1,0 +1,311 @@
+"""Retention: removing what a finished job leaves behind, while the pipeline keeps running.
+
+``prune`` (``variant-pipeline prune --older-than DURATION``, and the optional daily schedule)
+removes, for every job finished (done or failed) before the cutoff:
+
+- its dynamic partitions in Dagster (the job's and its variants'); Dagster keeps their runs and
+  materialization history (OSS storage cannot wipe a partition's history);
+- its asset files (product photo, generated, mask, planner, overlay images);
+- with ``rows=True``, its rows: the job row, and through its foreign keys (ON DELETE CASCADE)
+  its inputs, variants, image rows, stage outputs, traces and attempts.
+
+It also removes outbox events older than the cutoff that the outbox sensor's saved cursor has
+passed (in batches), and orphan files: files under the asset root that no ``image_assets`` row
+names (an image of an attempt that was superseded or timed out, an image a re-run replaced).
+
+Safety against work in flight. A job is pruned in one short transaction per job that first
+takes, without waiting, the row locks the pipeline's writers take (its variants, then the job:
+a claim, a retry and the rollup lock them) and the partition locks its workers hold; a job
+whose rows or partitions are busy is skipped this time. Under those locks it checks again that
+the job and every variant are finished, before the cutoff, with no attempt running and no
+Dagster run in flight for its partitions, and only then deletes. A retry that reopens the job
+waits for that transaction and then finds the partitions gone: the outbox sensor adds them
+again when it sees the retry's event. An orphan file is removed only if it is older than the
+cutoff, than ``orphan_min_age_s`` and than the oldest attempt still running (an attempt's file
+is written after its claim and named by a row when its stage commits).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from variant_pipeline.claims import lock_key
+from variant_pipeline.data.outbox import decode_cursor
+from variant_pipeline.validation import InputError
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+EVENT_BATCH = 10_000
+JOB_PAGE = 500
+_PATH_CHUNK = 1_000
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` or a sum such as ``1d12h``; more than zero."""
+    value = (text or "").strip().lower()
+    parts = _DURATION_PART.findall(value)
+    if not value or "".join(n + u for n, u in parts) != value:
+        raise InputError(f"invalid duration {text!r}: use a number and a unit (s, m, h, d, w), e.g. 30d or 1d12h")
+    seconds = sum(float(number) * _UNIT_S[unit] for number, unit in parts)
+    if seconds <= 0:
+        raise InputError(f"invalid duration {text!r}: must be more than zero")
+    return timedelta(seconds=seconds)
+
+
+class Orchestrator(Protocol):
+    """What prune needs from Dagster (variant_pipeline/sensors/retention.py implements it)."""
+
+    def existing_partitions(self, level: str, keys: Sequence[str]) -> list[str]: ...
+    def delete_partitions(self, level: str, keys: Sequence[str]) -> None: ...
+    def partitions_in_flight(self, keys: Sequence[str]) -> set[str]: ...
+    def outbox_cursor(self) -> str | None: ...
+
+
+@dataclass
+class PrunedJob:
+    job_id: str
+    status: str
+    finished_at: datetime
+    variant_partitions: int
+    job_partitions: int
+    files: int
+    bytes: int
+    rows_deleted: bool
+
+
+@dataclass
+class PruneReport:
+    cutoff: datetime
+    dry_run: bool
+    rows: bool
+    jobs: list[PrunedJob] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # finished jobs skipped: something held them
+    events: int = 0
+    outbox_cursor: str | None = None
+    orphans: list[str] = field(default_factory=list)
+    orphan_bytes: int = 0
+
+    def lines(self) -> list[str]:
+        verb = "would remove" if self.dry_run else "removed"
+        out = [f"cutoff {self.cutoff.isoformat(timespec='seconds')}" + (" (dry run: nothing changed)" if self.dry_run else "")]
+        for job in self.jobs:
+            out.append(
+                f"job {job.job_id} ({job.status}, finished {job.finished_at.isoformat(timespec='seconds')}): "
+                f"{verb} {job.variant_partitions} variant and {job.job_partitions} job partitions, "
+                f"{job.files} files ({job.bytes} bytes)" + (", its rows" if job.rows_deleted else "")
+            )
+        for job_id in self.busy:
+            out.append(f"job {job_id}: skipped, in use (a run, a claim or a retry holds it); the next prune takes it")
+        if self.outbox_cursor is None:
+            out.append("outbox: the outbox sensor has no saved cursor yet; no events removed")
+        else:
+            out.append(f"outbox: {verb} {self.events} events older than the cutoff and behind the sensor's cursor")
+        for path in self.orphans:
+            out.append(f"orphan file {path}")
+        files = sum(j.files for j in self.jobs)
+        out.append(
+            f"total: {verb} {len(self.jobs)} jobs' partitions "
+            f"({sum(j.variant_partitions for j in self.jobs)} variant, {sum(j.job_partitions for j in self.jobs)} job), "
+            f"{files} job files, {len(self.orphans)} orphan files ({self.orphan_bytes} bytes), "
+            f"{sum(1 for j in self.jobs if j.rows_deleted)} jobs' rows, {self.events} events"
+        )
+        return out
+
+
+def prune(engine: Engine, orchestrator: Orchestrator, assets_root: Path, older_than: timedelta, *,
+          rows: bool = False, dry_run: bool = False, orphan_min_age_s: float = 3600.0) -> PruneReport:
+    """Remove what jobs finished before ``now - older_than`` left behind; see the module docstring."""
+    with engine.connect() as conn:
+        now = conn.execute(sa.text("SELECT now()")).scalar_one()
+    report = PruneReport(cutoff=now - older_than, dry_run=dry_run, rows=rows)
+    root = Path(assets_root).resolve()
+    for candidate in _finished_jobs(engine, report.cutoff, rows):
+        _prune_job(engine, orchestrator, root, candidate, report)
+    _trim_outbox(engine, orchestrator, report)
+    _remove_orphans(engine, root, report, now - timedelta(seconds=orphan_min_age_s))
+    return report
+
+
+def _finished_jobs(engine: Engine, cutoff: datetime, rows: bool) -> Iterator[str]:
+    """Jobs finished before the cutoff not pruned since they finished (with ``rows``: all of them),
+    oldest first, a page at a time (keyset, so a skipped job does not stall the walk)."""
+    after: tuple[datetime, str] | None = None
+    while True:
+        with engine.connect() as conn:
+            page = conn.execute(
+                sa.text(
+                    """SELECT finished_at, job_id::text FROM jobs
+                        WHERE finished_at < :cutoff
+                          AND (:rows OR pruned_at IS NULL OR pruned_at < finished_at)
+                          AND (CAST(:after_ts AS timestamptz) IS NULL
+                               OR (finished_at, job_id) > (CAST(:after_ts AS timestamptz), CAST(:after_id AS uuid)))
+                        ORDER BY finished_at, job_id LIMIT :limit"""
+                ),
+                {"cutoff": cutoff, "rows": rows, "after_ts": after[0] if after else None,
+                 "after_id": after[1] if after else None, "limit": JOB_PAGE},
+            ).all()
+        for finished_at, job_id in page:
+            yield job_id
+            after = (finished_at, job_id)
+        if len(page) < JOB_PAGE:
+            return
+
+
+class _Busy(Exception):
+    pass
+
+
+def _prune_job(engine: Engine, orchestrator: Orchestrator, root: Path, job_id: str, report: PruneReport) -> None:
+    with engine.connect() as conn:
+        try:
+            with conn.begin() as tx:
+                found = _lock_finished_job(conn, job_id, report.cutoff)
+                if found is None:
+                    return  # reopened or gone since the page was read
+                status, finished_at, variant_keys = found
+                keys = [*variant_keys, job_id]
+                if orchestrator.partitions_in_flight(keys):
+                    raise _Busy
+                paths = [p for (p,) in conn.execute(
+                    sa.text("SELECT path FROM image_assets WHERE job_id = CAST(:j AS uuid)"), {"j": job_id})]
+                variant_parts = orchestrator.existing_partitions("variant", variant_keys)
+                job_parts = orchestrator.existing_partitions("job", [job_id])
+                files = [f for f in (_stat(root, p) for p in paths) if f is not None]
+                if report.dry_run:
+                    tx.rollback()
+                else:
+                    orchestrator.delete_partitions("variant", variant_parts)
+                    orchestrator.delete_partitions("job", job_parts)
+                    for path, _size in files:
+                        path.unlink(missing_ok=True)
+                    if report.rows:
+                        conn.execute(sa.text("DELETE FROM jobs WHERE job_id = CAST(:j AS uuid)"), {"j": job_id})
+                    else:
+                        conn.execute(sa.text("UPDATE jobs SET pruned_at = now() WHERE job_id = CAST(:j AS uuid)"),
+                                     {"j": job_id})
+        except _Busy:
+            report.busy.append(job_id)
+            return
+        except sa.exc.OperationalError as exc:
+            if getattr(exc.orig, "pgcode", None) == "55P03":  # lock_not_available: a writer holds it
+                report.busy.append(job_id)
+                return
+            raise
+    report.jobs.append(PrunedJob(job_id, status, finished_at, len(variant_parts), len(job_parts), len(files),
+                                 sum(size for _p, size in files), report.rows))
+
+
+def _lock_finished_job(conn: Connection, job_id: str, cutoff: datetime) -> tuple[str, datetime, list[str]] | None:
+    """Lock the job's rows and partitions without waiting (``_Busy`` if taken); None unless the
+    job and all its variants are still finished before the cutoff with no attempt running."""
+    # Variants first, then the job: the order a claim and the rollup take them.
+    variants = conn.execute(
+        sa.text("""SELECT job_variants_id::text, finished_at FROM jobs_variants WHERE job_id = CAST(:j AS uuid)
+                    ORDER BY job_variants_id FOR UPDATE NOWAIT"""), {"j": job_id}).all()
+    job = conn.execute(
+        sa.text("SELECT status, finished_at FROM jobs WHERE job_id = CAST(:j AS uuid) FOR UPDATE NOWAIT"),
+        {"j": job_id}).first()
+    if job is None:
+        return None
+    keys = [key for key, _ in variants]
+    for key in [*keys, job_id]:
+        # The session lock a worker holds for a whole stage; taken here until commit.
+        if not conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": lock_key(key)}).scalar_one():
+            raise _Busy
+    running = conn.execute(
+        sa.text("SELECT count(*) FROM stage_attempts WHERE job_id = CAST(:j AS uuid) AND outcome = 'running'"),
+        {"j": job_id}).scalar_one()
+    finished = job.finished_at is not None and job.finished_at < cutoff and all(f is not None for _, f in variants)
+    if not finished or running:
+        return None
+    return job.status, job.finished_at, keys
+
+
+def _stat(root: Path, relative: str) -> tuple[Path, int] | None:
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        return None  # the schema forbids such paths; never follow one out of the root
+    try:
+        return path, path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def _trim_outbox(engine: Engine, orchestrator: Orchestrator, report: PruneReport) -> None:
+    """Delete events older than the cutoff at or before the sensor's saved cursor, a batch per
+    transaction. Events after the saved cursor are never touched: a tick in progress (or one
+    replayed after a crash) reads only after it."""
+    report.outbox_cursor = orchestrator.outbox_cursor()
+    if report.outbox_cursor is None:
+        return
+    xid, event_id = decode_cursor(report.outbox_cursor)
+    params = {"xid": str(xid), "id": event_id, "cutoff": report.cutoff, "batch": EVENT_BATCH}
+    behind = "(xid, id) <= (CAST(:xid AS xid8), :id) AND created_at < :cutoff"
+    if report.dry_run:
+        with engine.connect() as conn:
+            report.events = conn.execute(sa.text(f"SELECT count(*) FROM pipeline_events WHERE {behind}"),
+                                         params).scalar_one()
+        return
+    while True:
+        with engine.begin() as conn:
+            deleted = conn.execute(
+                sa.text(f"""DELETE FROM pipeline_events WHERE id IN (
+                               SELECT id FROM pipeline_events WHERE {behind} ORDER BY created_at LIMIT :batch)"""),
+                params,
+            ).rowcount
+        report.events += deleted
+        if deleted < EVENT_BATCH:
+            return
+
+
+def _remove_orphans(engine: Engine, root: Path, report: PruneReport, min_age_cutoff: datetime) -> None:
+    # List first, then ask the database: a file whose row commits between the two is seen as
+    # named; one whose attempt is still running is younger than that attempt's start.
+    limit = min(report.cutoff, min_age_cutoff).timestamp()
+    candidates = {rel: (path, size) for rel, path, size, mtime in _files(root) if mtime < limit}
+    if not candidates:
+        return
+    with engine.connect() as conn:
+        oldest_running = conn.execute(
+            sa.text("SELECT min(started_at) FROM stage_attempts WHERE outcome = 'running'")).scalar_one()
+        names = list(candidates)
+        named: set[str] = set()
+        for start in range(0, len(names), _PATH_CHUNK):
+            chunk = names[start:start + _PATH_CHUNK]
+            named.update(p for (p,) in conn.execute(
+                sa.text("SELECT path FROM image_assets WHERE path = ANY(:paths)"), {"paths": chunk}))
+    bound = oldest_running.timestamp() if oldest_running is not None else None
+    for rel in sorted(set(candidates) - named):
+        path, size = candidates[rel]
+        if bound is not None and path.stat().st_mtime >= bound:
+            continue
+        if not report.dry_run:
+            path.unlink(missing_ok=True)
+        report.orphans.append(rel)
+        report.orphan_bytes += size
+
+
+def _files(root: Path) -> Iterator[tuple[str, Path, int, float]]:
+    """(relative path, path, size, mtime) of every file under ``root/tenants`` (where AssetStore writes)."""
+    stack = [root / "tenants"]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                info = entry.stat(follow_symlinks=False)
+                path = Path(entry.path)
+                yield path.relative_to(root).as_posix(), path, info.st_size, info.st_mtime

@@ -1,0 +1,112 @@
+"""Retention on the Dagster side: partitions, runs in flight, the outbox sensor's saved cursor,
+and the optional daily prune schedule (defined only when ``VP_PRUNE_OLDER_THAN`` is set).
+
+The work itself is ``variant_pipeline.retention.prune``; the CLI and the schedule both call it.
+"""
+
+
+import os
+from collections.abc import Sequence
+
+import dagster as dg
+from dagster import OpExecutionContext
+from dagster._core.definitions.run_request import InstigatorType
+
+from variant_pipeline.assets.partitions import job_partitions, variant_partitions
+from variant_pipeline.sensors.outbox import OUTBOX_SENSOR_NAME
+
+PRUNE_JOB_NAME = "prune_job"
+PRUNE_SCHEDULE_NAME = "prune_schedule"
+# Runs that may still write for a partition (a run that ended writes nothing more).
+_IN_FLIGHT = [dg.DagsterRunStatus[s] for s in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")]
+
+
+class DagsterOrchestrator:
+    """``retention.Orchestrator`` over a Dagster instance."""
+
+    def __init__(self, instance: dg.DagsterInstance) -> None:
+        self.instance = instance
+
+    @staticmethod
+    def _name(level: str) -> str:
+        return (variant_partitions if level == "variant" else job_partitions).name
+
+    def existing_partitions(self, level: str, keys: Sequence[str]) -> list[str]:
+        name = self._name(level)
+        return [k for k in keys if self.instance.has_dynamic_partition(name, k)]
+
+    def delete_partitions(self, level: str, keys: Sequence[str]) -> None:
+        name = self._name(level)
+        for key in keys:  # Dagster deletes one key per call
+            self.instance.delete_dynamic_partition(name, key)
+
+    def partitions_in_flight(self, keys: Sequence[str]) -> set[str]:
+        if not keys:
+            return set()
+        runs = self.instance.get_runs(
+            filters=dg.RunsFilter(statuses=_IN_FLIGHT, tags={"dagster/partition": list(keys)}))
+        return {r.tags["dagster/partition"] for r in runs} & set(keys)
+
+    def outbox_cursor(self) -> str | None:
+        """The outbox sensor's saved cursor; the oldest one if several code locations run it."""
+        from variant_pipeline.data.outbox import decode_cursor
+
+        cursors = [
+            state.instigator_data.cursor
+            for state in self.instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+            if state.instigator_name == OUTBOX_SENSOR_NAME and state.instigator_data is not None
+            and getattr(state.instigator_data, "cursor", None)
+        ]
+        return min(cursors, key=decode_cursor) if cursors else None
+
+
+def open_instance() -> dg.DagsterInstance:
+    """The Dagster instance the daemon uses: ``DAGSTER_HOME``, else ``$VARIANT_PIPELINE_HOME/dagster``
+    as ``demo`` writes it, with its storage on the configured server."""
+    from variant_pipeline.config import load_settings
+    from variant_pipeline.data.engine import dagster_database_url
+    from variant_pipeline.validation import InputError
+
+    if not os.environ.get("DAGSTER_HOME"):
+        home = load_settings().home / "dagster"
+        if not (home / "dagster.yaml").exists():
+            raise InputError(f"no Dagster instance at {home} (start the pipeline once, or set DAGSTER_HOME)")
+        os.environ["DAGSTER_HOME"] = str(home)
+    if not os.environ.get("VP_DAGSTER_STORAGE_URL"):
+        os.environ["VP_DAGSTER_STORAGE_URL"] = dagster_database_url()
+    return dg.DagsterInstance.get()
+
+
+@dg.op(required_resource_keys={"database", "asset_storage"})
+def prune_op(context: OpExecutionContext) -> None:
+    from variant_pipeline.config import load_settings
+    from variant_pipeline.retention import parse_duration, prune
+
+    settings = load_settings()
+    report = prune(
+        context.resources.database.engine(), DagsterOrchestrator(context.instance),
+        context.resources.asset_storage.store().root, parse_duration(settings.prune_older_than),
+        rows=settings.prune_rows, orphan_min_age_s=settings.orphan_min_age_s,
+    )
+    for line in report.lines():
+        context.log.info(line)
+
+
+@dg.job(name=PRUNE_JOB_NAME, executor_def=dg.in_process_executor,
+        description="variant-pipeline prune with the VP_PRUNE_* settings")
+def prune_job() -> None:
+    prune_op()
+
+
+def retention_schedules() -> list[dg.ScheduleDefinition]:
+    """The daily prune schedule when ``VP_PRUNE_OLDER_THAN`` is set (at ``VP_PRUNE_CRON``), else none."""
+    from variant_pipeline.config import load_settings
+
+    settings = load_settings()
+    if not settings.prune_older_than:
+        return []
+    return [dg.ScheduleDefinition(
+        name=PRUNE_SCHEDULE_NAME, job=prune_job, cron_schedule=settings.prune_cron,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Retention: prune with VP_PRUNE_OLDER_THAN and VP_PRUNE_ROWS (see variant-pipeline prune).",
+    )]
