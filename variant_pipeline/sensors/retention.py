@@ -6,6 +6,7 @@ The work itself is ``variant_pipeline.retention.prune``; the CLI and the schedul
 
 
 import os
+import time
 from collections.abc import Sequence
 
 import dagster as dg
@@ -22,30 +23,45 @@ _IN_FLIGHT = [dg.DagsterRunStatus[s] for s in ("QUEUED", "NOT_STARTED", "STARTIN
 
 
 class DagsterOrchestrator:
-    """``retention.Orchestrator`` over a Dagster instance."""
+    """``retention.Orchestrator`` over a Dagster instance.
 
-    def __init__(self, instance: dg.DagsterInstance) -> None:
+    Partition keys are read once per prune (one query, not one per key: at 100,000 partitions
+    that is the difference between a second and half an hour); keys added meanwhile belong to
+    jobs that are not finished, which prune skips after its own check under the row locks.
+    Runs in flight are read again whenever the last read is over a second old.
+    """
+
+    def __init__(self, instance: dg.DagsterInstance, runs_max_age_s: float = 1.0) -> None:
         self.instance = instance
+        self._keys: dict[str, set[str]] = {}
+        self._runs_max_age_s = runs_max_age_s
+        self._in_flight: tuple[float, set[str]] | None = None
 
     @staticmethod
     def _name(level: str) -> str:
         return (variant_partitions if level == "variant" else job_partitions).name
 
+    def _known(self, level: str) -> set[str]:
+        if level not in self._keys:
+            self._keys[level] = set(self.instance.get_dynamic_partitions(self._name(level)))
+        return self._keys[level]
+
     def existing_partitions(self, level: str, keys: Sequence[str]) -> list[str]:
-        name = self._name(level)
-        return [k for k in keys if self.instance.has_dynamic_partition(name, k)]
+        known = self._known(level)
+        return [k for k in keys if k in known]
 
     def delete_partitions(self, level: str, keys: Sequence[str]) -> None:
-        name = self._name(level)
+        name, known = self._name(level), self._known(level)
         for key in keys:  # Dagster deletes one key per call
             self.instance.delete_dynamic_partition(name, key)
+            known.discard(key)
 
     def partitions_in_flight(self, keys: Sequence[str]) -> set[str]:
-        if not keys:
-            return set()
-        runs = self.instance.get_runs(
-            filters=dg.RunsFilter(statuses=_IN_FLIGHT, tags={"dagster/partition": list(keys)}))
-        return {r.tags["dagster/partition"] for r in runs} & set(keys)
+        now = time.monotonic()
+        if self._in_flight is None or now - self._in_flight[0] > self._runs_max_age_s:
+            runs = self.instance.get_runs(filters=dg.RunsFilter(statuses=_IN_FLIGHT))
+            self._in_flight = (now, {r.tags.get("dagster/partition", "") for r in runs})
+        return self._in_flight[1] & set(keys)
 
     def outbox_cursor(self) -> str | None:
         """The outbox sensor's saved cursor; the oldest one if several code locations run it."""
