@@ -92,10 +92,10 @@ def submit_batch(engine, n_jobs: int, origin: str) -> tuple[list[str], list[str]
     """``n_jobs`` jobs of 3 variants in one transaction, the rows submit_job writes."""
     import sqlalchemy as sa
 
-    from variant_pipeline import db
     from variant_pipeline import stages as stage_graph
+    from variant_pipeline.data.engine import transaction
 
-    with db.transaction(engine, origin) as conn:
+    with transaction(engine, origin) as conn:
         rows = conn.execute(sa.text(_SUBMIT), {"tenant": TENANT, "first": stage_graph.FIRST_VARIANT_STAGE,
                                                "n": n_jobs, "desc": DESCRIPTION, "prompt": PROMPT}).all()
     return [r[0] for r in rows], sorted({r[1] for r in rows})
@@ -112,10 +112,10 @@ def move(engine, table: str, column: str, keys: list[str], step: str, status: st
     """State writes as a run makes them, ``chunk`` rows per transaction (each fires the triggers)."""
     import sqlalchemy as sa
 
-    from variant_pipeline import db
+    from variant_pipeline.data.engine import transaction
 
     for start in range(0, len(keys), chunk):
-        with db.transaction(engine, "dagster-run:bench-fill") as conn:
+        with transaction(engine, "dagster-run:bench-fill") as conn:
             conn.execute(sa.text(f"UPDATE {table} SET current_step = :s, status = :st "
                                  f"WHERE {column} = ANY(CAST(:k AS uuid[]))"),
                          {"s": step, "st": status, "k": keys[start:start + chunk]})
@@ -176,7 +176,7 @@ def move_cursor_to_end(engine, instance) -> str:
     """Save the outbox sensor's cursor past every event, as after the sensor read the backlog."""
     import sqlalchemy as sa
 
-    from variant_pipeline.outbox import encode_cursor
+    from variant_pipeline.data.outbox import encode_cursor
 
     with engine.connect() as conn:
         last = conn.execute(sa.text("SELECT xid::text, id FROM pipeline_events ORDER BY xid DESC, id DESC LIMIT 1")).first()
@@ -244,9 +244,9 @@ def dagster_db_counters(url: str) -> tuple[int, int]:
     """(committed transactions, rows inserted) in Dagster's database so far."""
     import sqlalchemy as sa
 
-    from variant_pipeline import db
+    from variant_pipeline.data.engine import make_engine
 
-    engine = db.make_engine(url, pool=False)
+    engine = make_engine(url, pool=False)
     try:
         with engine.connect() as conn:
             row = conn.execute(sa.text("SELECT xact_commit, tup_inserted FROM pg_stat_database "
@@ -274,7 +274,7 @@ def daemon_burst(environment, engine, instance, burst_jobs: int, profile: Path |
                                     "-o", str(profile), "--pid", str(services.processes["daemon"].pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(2)
-        from variant_pipeline.embedded_pg import embedded_server_state
+        from variant_pipeline.data.embedded_pg import embedded_server_state
 
         pg_pid = embedded_server_state(environment.settings.home / "pgdata").pid
         daemon_pid = services.processes["daemon"].pid
@@ -449,8 +449,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop(name, None)
     if args.models:
         os.environ["VP_MODELS_DIR"] = str(args.models.resolve())
-    from variant_pipeline import db
-    from variant_pipeline.embedded_pg import stop_embedded_server
+    from variant_pipeline.data.embedded_pg import stop_embedded_server
+    from variant_pipeline.data.engine import dispose_engines, get_engine
+    from variant_pipeline.data.jobs import add_tenant
     from variant_pipeline.services import DAGSTER_YAML, prepare_environment
 
     figures: dict[str, Any] = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}}
@@ -462,8 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_pool:
             yaml_text = yaml_text.replace(POOLED_STORAGE, STOCK_STORAGE)
         (environment.dagster_home / "dagster.yaml").write_text(yaml_text)
-        engine = db.get_engine(environment.app_url)
-        db.add_tenant(engine, TENANT)
+        engine = get_engine(environment.app_url)
+        add_tenant(engine, TENANT)
         import dagster as dg
 
         with dg.DagsterInstance.get() as instance:
@@ -501,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.ui:
             figures["ui"] = ui_load_times(environment, args.port)
     finally:
-        db.dispose_engines()
+        dispose_engines()
         stop_embedded_server(home / "pgdata")
         if args.home is None:
             shutil.rmtree(home, ignore_errors=True)

@@ -10,17 +10,18 @@ import sqlalchemy as sa
 
 from tests.fixtures.pipeline import submit_sample
 from tests.test_faults_e2e import _outbox_cursor, pipeline
-from variant_pipeline import db
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.assets.partitions import job_partitions, variant_partitions
 from variant_pipeline.cli import main
-from variant_pipeline.outbox import read_events_after
+from variant_pipeline.data.engine import get_engine
+from variant_pipeline.data.jobs import get_job_status
+from variant_pipeline.data.outbox import read_events_after
+from variant_pipeline.data.storage import AssetStore
 from variant_pipeline.services import wait_for_job, wait_for_runs_to_settle
-from variant_pipeline.storage import AssetStore
 
 
 def _finished(engine, job_id) -> bool:
-    status = db.get_job_status(engine, job_id)
+    status = get_job_status(engine, job_id)
     return status.finished_at is not None
 
 
@@ -30,7 +31,7 @@ def test_prune_while_the_daemon_runs_new_jobs_loses_no_event_and_stops_no_run(pi
     # Orphan files may be as young as the cutoff: only the running-attempt bound protects the
     # files of the stages in flight, which is what this test puts under load.
     with pipeline(monkeypatch, VP_ORPHAN_MIN_AGE_S="0") as (env, services):
-        engine = db.get_engine(env.app_url)
+        engine = get_engine(env.app_url)
         old = submit_sample(env.app_url, variants=1)
         wait_for_job(env.app_url, old.job_id, timeout_s=600, log=lambda _m: None)
         assert wait_for_runs_to_settle(timeout_s=120) == 0
@@ -72,7 +73,7 @@ def test_prune_while_the_daemon_runs_new_jobs_loses_no_event_and_stops_no_run(pi
     partitions = [r.tags.get("dagster/partition") for r in runs]
     assert sorted(partitions) == sorted(expected), daemon_log
     for job in new:
-        status = db.get_job_status(engine, job.job_id)
+        status = get_job_status(engine, job.job_id)
         assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), daemon_log
         assert all((v.step, v.status) == (stage_graph.LAST_VARIANT_STAGE, "done") for v in status.variants)
     # The old job was pruned: partitions and files gone, rows and status kept, its events trimmed.
@@ -83,4 +84,4 @@ def test_prune_while_the_daemon_runs_new_jobs_loses_no_event_and_stops_no_run(pi
         events_left = conn.execute(sa.text("SELECT count(*) FROM pipeline_events WHERE job_id = :j"),
                                    {"j": str(old.job_id)}).scalar_one()
     assert events_left == 0
-    assert db.get_job_status(engine, old.job_id).status == "done"
+    assert get_job_status(engine, old.job_id).status == "done"
