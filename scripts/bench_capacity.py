@@ -165,6 +165,20 @@ def fill(engine, instance, n_variants: int, n_events: int, batch: int) -> dict[s
             "sample_job": jobs[0] if jobs else None}
 
 
+def filled_home(engine, instance) -> dict[str, Any]:
+    """What an earlier run's fill left in the home."""
+    import sqlalchemy as sa
+
+    from variant_pipeline.assets.partitions import job_partitions, variant_partitions
+
+    with engine.connect() as conn:
+        jobs, variants = conn.execute(sa.text("SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM jobs_variants)")).one()
+        sample = conn.execute(sa.text("SELECT job_id::text FROM jobs ORDER BY created_at LIMIT 1")).scalar_one()
+    return {"jobs": jobs, "variants": variants, "events": event_count(engine), "sample_job": sample,
+            "variant_partitions": len(instance.get_dynamic_partitions(variant_partitions.name)),
+            "job_partitions": len(instance.get_dynamic_partitions(job_partitions.name))}
+
+
 def outbox_state(instance):
     from variant_pipeline.sensors.outbox import OUTBOX_SENSOR_NAME
 
@@ -179,7 +193,9 @@ def move_cursor_to_end(engine, instance) -> str:
     from variant_pipeline.data.outbox import encode_cursor
 
     with engine.connect() as conn:
-        last = conn.execute(sa.text("SELECT xid::text, id FROM pipeline_events ORDER BY xid DESC, id DESC LIMIT 1")).first()
+        # Order by the xid8 column itself: its text alias would sort "9" after "10".
+        last = conn.execute(sa.text("SELECT xid::text AS xid_text, id FROM pipeline_events "
+                                    "ORDER BY pipeline_events.xid DESC, id DESC LIMIT 1")).first()
     cursor = encode_cursor(int(last[0]), last[1]) if last else None
     state = outbox_state(instance)
     instance.update_instigator_state(state.with_data(state.instigator_data._replace(cursor=cursor)))
@@ -437,6 +453,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=3247, help="web server port for --ui")
     p.add_argument("--models", type=Path, help="an existing tiny model bundle (default: build one in the home)")
     p.add_argument("--home", type=Path, help="the home to fill (default: a temporary one, removed afterwards)")
+    p.add_argument("--filled", action="store_true", help="--home was filled by an earlier run: measure only")
     p.add_argument("--json", type=Path, help="write the figures here")
     return p.parse_args(argv)
 
@@ -471,13 +488,16 @@ def main(argv: list[str] | None = None) -> int:
             # One short daemon start creates the sensor's state (its first tick finds nothing).
             from variant_pipeline.services import start_services
 
-            services = start_services(environment, webserver_port=None, log=log)
-            try:
-                wait_until(lambda: outbox_state(instance) is not None, 180, "the outbox sensor's state")
-            finally:
-                services.stop()
-            if args.variants:
+            if not args.filled:
+                services = start_services(environment, webserver_port=None, log=log)
+                try:
+                    wait_until(lambda: outbox_state(instance) is not None, 180, "the outbox sensor's state")
+                finally:
+                    services.stop()
+            if args.variants and not args.filled:
                 figures["fill"] = fill(engine, instance, args.variants, args.events, args.batch)
+            elif args.filled:
+                figures["fill"] = filled_home(engine, instance)
             cursor = move_cursor_to_end(engine, instance)
 
             variants, jobs = submit_batch(engine, args.burst_jobs, "bench:evaluate")
@@ -494,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
 
         job = (figures.get("fill") or {}).get("sample_job") or figures["daemon_burst"]["sample_job"]
         commands = [["status", job]] + ([["results", job]] if has_command("results") else [])
-        if args.variants:
+        if args.variants or args.filled:
             commands.append(["prune", "--older-than", "1s", "--dry-run"])
         figures["commands"] = [timed_cli(c, environment.env) for c in commands]
         for c in figures["commands"]:
