@@ -30,7 +30,10 @@ def test_prune_while_the_daemon_runs_new_jobs_loses_no_event_and_stops_no_run(pi
                                                                              capsys) -> None:
     # Orphan files may be as young as the cutoff: only the running-attempt bound protects the
     # files of the stages in flight, which is what this test puts under load.
-    with pipeline(monkeypatch, VP_ORPHAN_MIN_AGE_S="0") as (env, services):
+    # Recovery at its defaults: this test is about prune, and a loaded machine must not make a slow
+    # run worker look dead (the fault tests' 20 s lease grace) or a slow variant look stalled.
+    with pipeline(monkeypatch, VP_ORPHAN_MIN_AGE_S="0", VP_RUN_LEASE_GRACE_S="60",
+                  VP_STALL_AFTER_S="300") as (env, services):
         engine = get_engine(env.app_url)
         old = submit_sample(env.app_url, variants=1)
         wait_for_job(env.app_url, old.job_id, timeout_s=600, log=lambda _m: None)

@@ -19,7 +19,7 @@ from variant_pipeline import stages as stage_graph
 from variant_pipeline.assets.partitions import job_partitions, variant_partitions
 from variant_pipeline.assets.stage_assets import VARIANT_ASSETS
 from variant_pipeline.cli import main
-from variant_pipeline.config import load_settings
+from variant_pipeline.config import SettingsError, load_settings
 from variant_pipeline.data.engine import get_engine, transaction
 from variant_pipeline.data.jobs import get_job_status
 from variant_pipeline.data.storage import AssetStore
@@ -27,7 +27,7 @@ from variant_pipeline.handlers.base import replace_image_asset
 from variant_pipeline.recovery import request_retry
 from variant_pipeline.resources import default_resources
 from variant_pipeline.retention import parse_duration, prune
-from variant_pipeline.sensors.retention import DagsterOrchestrator
+from variant_pipeline.sensors.retention import DagsterOrchestrator, prune_job, retention_schedules
 from variant_pipeline.validation import InputError
 
 # --- DURATION -----------------------------------------------------------------------------------
@@ -259,3 +259,21 @@ def test_orphan_file_of_a_timed_out_attempt_is_removed_and_live_files_stay(pipel
     assert not orphan.exists() and all(p.exists() for p in live)
     assert report.jobs == []  # the job itself is not finished: its partition and files stay
     assert {key} <= _partitions(dagster_instance)[0]
+
+
+def test_the_daily_schedule_exists_only_when_set_and_its_run_prunes(jobs, dagster_instance, monkeypatch) -> None:
+    engine, store, made = jobs
+    monkeypatch.delenv("VP_PRUNE_OLDER_THAN", raising=False)
+    assert retention_schedules() == []  # off by default
+    monkeypatch.setenv("VP_PRUNE_OLDER_THAN", "30d")
+    [schedule] = retention_schedules()
+    assert (schedule.name, schedule.cron_schedule) == ("prune_schedule", "0 3 * * *")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    # What the schedule launches, run in-process: the same prune with the settings.
+    assert prune_job.execute_in_process(instance=dagster_instance, resources=default_resources()).success
+    variants, _jobs = _partitions(dagster_instance)
+    assert not (_keys(made["old"]) | _keys(made["old_failed"])) & variants
+    assert _keys(made["recent"]) | _keys(made["running"]) <= variants
+    monkeypatch.setenv("VP_PRUNE_OLDER_THAN", "soon")
+    with pytest.raises(SettingsError, match="VP_PRUNE_OLDER_THAN"):
+        load_settings()
