@@ -1,4 +1,4 @@
--- 004: retention (variant-pipeline prune, variant_pipeline/retention.py).
+-- 004: retention (variant-pipeline prune, variant_pipeline/state/retention.py).
 --
 -- pruned_at: when prune last removed a finished job's Dagster partitions and asset files while
 -- keeping its rows. A job reopened later (a retry) and finished again is pruned again

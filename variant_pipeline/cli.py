@@ -312,7 +312,8 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
 def _prune(args: argparse.Namespace) -> int:
     from variant_pipeline.config import load_settings
     from variant_pipeline.data.engine import get_engine
-    from variant_pipeline.retention import parse_duration, prune
+    from variant_pipeline.state.retention import prune
+    from variant_pipeline.validation import parse_duration
 
     older_than = parse_duration(args.older_than)  # before connecting: a typo needs no database
     from variant_pipeline.sensors.retention import DagsterOrchestrator, open_instance

@@ -116,7 +116,7 @@ class Settings:
     run_lease_grace_s: float = 60.0  # a STARTED run without its lease for this long is dead
     vlm_load_in_8bit: bool = False  # VP_VLM_LOAD_IN_8BIT: bitsandbytes 8-bit VLM (CUDA only)
     faults: str = ""  # VP_FAULTS fault drills (variant_pipeline/faults.py); empty: none
-    # Retention (variant_pipeline/retention.py): the daily prune schedule exists only when
+    # Retention (variant_pipeline/state/retention.py): the daily prune schedule exists only when
     # prune_older_than is set; orphan files younger than orphan_min_age_s are never removed.
     prune_older_than: str = ""
     prune_rows: bool = False
@@ -186,8 +186,7 @@ def _tiny_defaults(models_dir: Path) -> dict[str, str]:
 
 
 def _prune_older_than(spec: str) -> str:
-    from variant_pipeline.retention import parse_duration
-    from variant_pipeline.validation import InputError
+    from variant_pipeline.validation import InputError, parse_duration
 
     if spec:
         try:

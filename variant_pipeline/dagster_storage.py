@@ -16,9 +16,6 @@ pool as before (``optimize_for_webserver``).
 
 from typing import Any
 
-from dagster._config.config_schema import UserConfigSchema
-from dagster._core.storage.config import pg_config
-from dagster._serdes import ConfigurableClassData
 from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
 
@@ -28,9 +25,11 @@ DEFAULT_MAX_OVERFLOW = 8
 
 class PooledPostgresStorage(DagsterPostgresStorage):
     def __init__(self, postgres_url: str, should_autocreate_tables: bool = True,
-                 inst_data: ConfigurableClassData | None = None, token_provider: Any = None,
+                 inst_data: Any = None, token_provider: Any = None,
                  pool_size: int = DEFAULT_POOL_SIZE, max_overflow: int = DEFAULT_MAX_OVERFLOW) -> None:
         super().__init__(postgres_url, should_autocreate_tables, inst_data, token_provider)
+        # Each storage's engine is a private attribute (dagster-postgres 0.29): replaced, not reached
+        # through any other private name; tests/integration/test_dagster_storage.py checks it is used.
         for storage in (self.run_storage, self.event_log_storage, self.schedule_storage):
             old = storage._engine
             # pool_pre_ping: a connection the server dropped (a restart) is replaced, not used.
@@ -40,14 +39,14 @@ class PooledPostgresStorage(DagsterPostgresStorage):
             old.dispose()
 
     @classmethod
-    def config_type(cls) -> UserConfigSchema:
+    def config_type(cls) -> Any:
         from dagster import Field, IntSource
 
-        return {**pg_config(), "pool_size": Field(IntSource, is_required=False, default_value=DEFAULT_POOL_SIZE),
+        return {**DagsterPostgresStorage.config_type(), "pool_size": Field(IntSource, is_required=False, default_value=DEFAULT_POOL_SIZE),
                 "max_overflow": Field(IntSource, is_required=False, default_value=DEFAULT_MAX_OVERFLOW)}
 
     @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData | None,  # type: ignore[override]
+    def from_config_value(cls, inst_data: Any,  # type: ignore[override]
                           config_value: dict[str, Any]) -> "PooledPostgresStorage":
         return cls(
             pg_url_from_config(config_value),

@@ -10,6 +10,7 @@ import re
 import uuid
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -166,3 +167,19 @@ def check_image_dimensions(width: int, height: int, path: Path | str) -> None:
             f"image is {width}x{height}; the limit is {MAX_IMAGE_SIDE} px a side and "
             f"{MAX_IMAGE_PIXELS} pixels: {path}"
         )
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` or a sum such as ``1d12h``; more than zero."""
+    value = (text or "").strip().lower()
+    parts = _DURATION_PART.findall(value)
+    if not value or "".join(n + u for n, u in parts) != value:
+        raise InputError(f"invalid duration {text!r}: use a number and a unit (s, m, h, d, w), e.g. 30d or 1d12h")
+    seconds = sum(float(number) * _UNIT_S[unit] for number, unit in parts)
+    if seconds <= 0:
+        raise InputError(f"invalid duration {text!r}: must be more than zero")
+    return timedelta(seconds=seconds)

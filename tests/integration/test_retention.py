@@ -14,7 +14,6 @@ from PIL import Image
 
 from tests.fixtures.pipeline import submit_sample
 from tests.fixtures.state import set_job_state, set_variant_state
-from variant_pipeline import claims
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.assets.partitions import job_partitions, variant_partitions
 from variant_pipeline.assets.stage_assets import VARIANT_ASSETS
@@ -23,12 +22,14 @@ from variant_pipeline.config import SettingsError, load_settings
 from variant_pipeline.data.engine import get_engine, transaction
 from variant_pipeline.data.jobs import get_job_status
 from variant_pipeline.data.storage import AssetStore
-from variant_pipeline.handlers.base import replace_image_asset
-from variant_pipeline.recovery import request_retry
+from variant_pipeline.handlers.outputs import replace_image_asset
 from variant_pipeline.resources import default_resources
-from variant_pipeline.retention import parse_duration, prune
 from variant_pipeline.sensors.retention import DagsterOrchestrator, prune_job, retention_schedules
-from variant_pipeline.validation import InputError
+from variant_pipeline.state.claims import attempts_of
+from variant_pipeline.state.locks import PartitionLock
+from variant_pipeline.state.recovery import request_retry
+from variant_pipeline.state.retention import prune
+from variant_pipeline.validation import InputError, parse_duration
 
 # --- DURATION -----------------------------------------------------------------------------------
 
@@ -178,7 +179,7 @@ def test_a_job_held_by_a_worker_or_a_retry_is_skipped_then_pruned_later(jobs, da
     engine, store, made = jobs
     orchestrator = DagsterOrchestrator(dagster_instance)
     old, old_failed = made["old"], made["old_failed"]
-    lock = claims.PartitionLock(engine, str(old.variant_ids[1]))  # a worker's partition lock
+    lock = PartitionLock(engine, str(old.variant_ids[1]))  # a worker's partition lock
     assert lock.try_acquire()
     with engine.connect() as retry_conn, retry_conn.begin():
         # A retry's transaction holding the failed job's variant row (as request_retry does).
@@ -229,7 +230,7 @@ def test_orphan_file_of_a_timed_out_attempt_is_removed_and_live_files_stay(pipel
         assert time.monotonic() < deadline, "the timed-out attempt never wrote its image"
         time.sleep(0.2)
     [orphan] = list(generated.rglob("*.png"))
-    attempts = claims.attempts_of(engine, key)
+    attempts = attempts_of(engine, key)
     assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "failed")]
 
     monkeypatch.delenv("VP_FAULTS")

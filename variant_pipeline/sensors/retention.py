@@ -1,7 +1,7 @@
 """Retention on the Dagster side: partitions, runs in flight, the outbox sensor's saved cursor,
 and the optional daily prune schedule (defined only when ``VP_PRUNE_OLDER_THAN`` is set).
 
-The work itself is ``variant_pipeline.retention.prune``; the CLI and the schedule both call it.
+The work itself is ``variant_pipeline.state.retention.prune``; the CLI and the schedule both call it.
 """
 
 
@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import dagster as dg
 from dagster import OpExecutionContext
-from dagster._core.definitions.run_request import InstigatorType
 
 from variant_pipeline.assets.partitions import job_partitions, variant_partitions
 from variant_pipeline.sensors.outbox import OUTBOX_SENSOR_NAME
@@ -23,7 +22,7 @@ _IN_FLIGHT = [dg.DagsterRunStatus[s] for s in ("QUEUED", "NOT_STARTED", "STARTIN
 
 
 class DagsterOrchestrator:
-    """``retention.Orchestrator`` over a Dagster instance.
+    """``state.retention.Orchestrator`` over a Dagster instance.
 
     Partition keys are read once per prune (one query, not one per key: at 100,000 partitions
     that is the difference between a second and half an hour); keys added meanwhile belong to
@@ -69,7 +68,7 @@ class DagsterOrchestrator:
 
         cursors = [
             state.instigator_data.cursor
-            for state in self.instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+            for state in self.instance.all_instigator_state()
             if state.instigator_name == OUTBOX_SENSOR_NAME and state.instigator_data is not None
             and getattr(state.instigator_data, "cursor", None)
         ]
@@ -96,7 +95,8 @@ def open_instance() -> dg.DagsterInstance:
 @dg.op(required_resource_keys={"database", "asset_storage"})
 def prune_op(context: OpExecutionContext) -> None:
     from variant_pipeline.config import load_settings
-    from variant_pipeline.retention import parse_duration, prune
+    from variant_pipeline.state.retention import prune
+    from variant_pipeline.validation import parse_duration
 
     settings = load_settings()
     report = prune(

@@ -28,7 +28,6 @@ is written after its claim and named by a row when its stage commits).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,31 +37,16 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from variant_pipeline.claims import lock_key
 from variant_pipeline.data.outbox import decode_cursor
-from variant_pipeline.validation import InputError
+from variant_pipeline.state.locks import lock_key
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 EVENT_BATCH = 10_000
 JOB_PAGE = 500
 _PATH_CHUNK = 1_000
 
 
-def parse_duration(text: str) -> timedelta:
-    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` or a sum such as ``1d12h``; more than zero."""
-    value = (text or "").strip().lower()
-    parts = _DURATION_PART.findall(value)
-    if not value or "".join(n + u for n, u in parts) != value:
-        raise InputError(f"invalid duration {text!r}: use a number and a unit (s, m, h, d, w), e.g. 30d or 1d12h")
-    seconds = sum(float(number) * _UNIT_S[unit] for number, unit in parts)
-    if seconds <= 0:
-        raise InputError(f"invalid duration {text!r}: must be more than zero")
-    return timedelta(seconds=seconds)
-
-
 class Orchestrator(Protocol):
-    """What prune needs from Dagster (variant_pipeline/sensors/retention.py implements it)."""
+    """What prune needs from Dagster (sensors/retention.py implements it)."""
 
     def existing_partitions(self, level: str, keys: Sequence[str]) -> list[str]: ...
     def delete_partitions(self, level: str, keys: Sequence[str]) -> None: ...

@@ -8,8 +8,8 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from tests.e2e.test_faults import _outbox_cursor, pipeline
 from tests.fixtures.pipeline import submit_sample
-from tests.test_faults_e2e import _outbox_cursor, pipeline
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.assets.partitions import job_partitions, variant_partitions
 from variant_pipeline.cli import main
