@@ -256,6 +256,74 @@ def _took(start: datetime | None, end: datetime | None) -> str:
     return f"{(end - start).total_seconds():.1f}s" if start and end else "-"
 
 
+# --- results ----------------------------------------------------------------------------------
+
+
+def _add_results(sub: argparse._SubParsersAction) -> None:
+    results = sub.add_parser(
+        "results", help="a job's results: images, scores, check outcomes, Instagram copy, hashtags",
+        description="The results of one job: its state, and per variant the final image path, scores and "
+        "check outcomes; the Korean ad copy, the Instagram copy and the hashtags. A job still running "
+        "answers with its state and what exists so far.",
+    )
+    results.add_argument("job_id")
+    results.add_argument("--json", action="store_true", help="print the results contract as JSON")
+    results.add_argument("--html", type=Path, metavar="FILE",
+                         help="also write a self-contained HTML gallery (images embedded) to FILE")
+    results.set_defaults(handler=_results)
+
+
+def _results(args: argparse.Namespace) -> int:
+    from variant_pipeline import db
+    from variant_pipeline.config import load_settings
+    from variant_pipeline.results import job_results
+    from variant_pipeline.validation import parse_uuid
+
+    job_id = parse_uuid(args.job_id, "job id")
+    if args.html is not None and (args.html.is_dir() or not args.html.parent.is_dir()):
+        raise CliError(f"cannot write the HTML gallery to {args.html}: not a file in an existing folder")
+    results = job_results(db.get_engine(), job_id, load_settings())
+    if args.html is not None:
+        from variant_pipeline.gallery import html_gallery
+
+        try:
+            args.html.write_text(html_gallery(results), encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"cannot write the HTML gallery to {args.html}: {exc.strerror or exc}") from None
+    if args.json:
+        print(json.dumps(results.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        _print_results(results)
+    if args.html is not None and not args.json:
+        print(f"gallery written to {args.html}")
+    return EXIT_OK
+
+
+def _print_results(results) -> None:
+    print(f"job {results.job_id}  {results.state} ({results.step}/{results.status})  "
+          f"variants {len(results.variants)}/{results.expected_variants}")
+    if results.error:
+        print(f"  error: {results.error}")
+    for v in results.variants:
+        print(f"  variant {v.creation_order} {v.job_variants_id}  {v.state} ({v.step}/{v.status})")
+        if v.error:
+            print(f"    error: {v.error}")
+        if v.image_path:
+            print(f"    image: {v.image_path}")
+        scores = "  ".join(f"{k} {_score(val)}" for k, val in v.scores.items() if val is not None)
+        if scores:
+            print(f"    scores: {scores}")
+        for c in v.checks:
+            print(f"    check {c.name}: {c.outcome}: {c.summary}")
+    print(f"  Korean ad copy: {results.ad_copy_kor or '-'}")
+    print(f"  Instagram copy: {_one_line(results.instagram_copy or '-')}")
+    print(f"  hashtags: {' '.join(results.hashtags) or '-'}")
+
+
+def _score(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 # --- retry ------------------------------------------------------------------------------------
 
 
@@ -373,6 +441,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_tenant,
     _add_submit,
     _add_status,
+    _add_results,
     _add_retry,
     _add_prune,
     _add_models,

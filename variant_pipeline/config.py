@@ -122,6 +122,10 @@ class Settings:
     prune_rows: bool = False
     prune_cron: str = "0 3 * * *"
     orphan_min_age_s: float = 3600.0
+    # Quality checks on each variant (severity WARN: a variant that fails one is still delivered).
+    check_min_ocr_accuracy: float = 0.8  # OCR read-back accuracy at or above this
+    check_wcag_level: str = "AA"  # the WCAG level the mean and worst-case contrast must meet
+    check_max_text_iou: float = 0.05  # text box overlap with any forbidden object at or below this
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -175,6 +179,9 @@ def load_settings() -> Settings:
         prune_rows=_env_bool("VP_PRUNE_ROWS", False),
         prune_cron=_env("VP_PRUNE_CRON", "0 3 * * *") or "0 3 * * *",
         orphan_min_age_s=_seconds("VP_ORPHAN_MIN_AGE_S", 3600.0, allow_zero=True),
+        check_min_ocr_accuracy=_fraction("VP_CHECK_MIN_OCR_ACCURACY", 0.8),
+        check_wcag_level=_wcag_level(_env("VP_CHECK_WCAG_LEVEL", "AA") or "AA"),
+        check_max_text_iou=_fraction("VP_CHECK_MAX_TEXT_IOU", 0.05),
     )
 
 
@@ -194,6 +201,20 @@ def _prune_older_than(spec: str) -> str:
         except InputError as exc:
             raise SettingsError(f"VP_PRUNE_OLDER_THAN: {exc}") from None
     return spec
+
+
+def _fraction(name: str, default: float) -> float:
+    value = _env_float(name, default)
+    if not 0.0 <= value <= 1.0:
+        raise SettingsError(f"{name} must be between 0 and 1, got {value!r}")
+    return value
+
+
+def _wcag_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in ("AA", "AAA"):
+        raise SettingsError(f"VP_CHECK_WCAG_LEVEL must be AA or AAA, got {value!r}")
+    return level
 
 
 def _seconds(name: str, default: float, *, allow_zero: bool = False) -> float:

@@ -14,6 +14,7 @@ import dagster as dg
 from dagster import AssetExecutionContext
 
 from variant_pipeline import stages as stage_graph
+from variant_pipeline.assets.checks import CHECK_SPECS, stage_check_results
 from variant_pipeline.assets.jobs import continues_attempts
 from variant_pipeline.assets.partitions import JobVariantsPartitionMapping, job_partitions, variant_partitions
 from variant_pipeline.assets.rendering import result_metadata
@@ -47,6 +48,14 @@ class ResourceModels:
         return self._resource(name).location()
 
 
+def job_gallery(ctx: HandlerContext) -> str:
+    """Every variant of the job side by side with its scores, checks and the job's copy."""
+    from variant_pipeline.gallery import markdown_gallery
+    from variant_pipeline.results import job_results
+
+    return markdown_gallery(job_results(ctx.engine, ctx.partition_key, ctx.settings))
+
+
 def _cancel_requested(context: AssetExecutionContext) -> bool:
     run = context.instance.get_run_by_id(context.run.run_id)
     return run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
@@ -73,6 +82,7 @@ def build_stage_asset(stage: stage_graph.Stage) -> dg.AssetsDefinition:
         pool=GPU_POOL if wants_accelerator(stage.model) else None,
         required_resource_keys=resource_keys,
         metadata={"stage_position": stage.position, "level": stage.level, "model_resource": stage.model or "none"},
+        check_specs=CHECK_SPECS.get(stage.name),
     )
     def _stage_asset(context: AssetExecutionContext) -> dg.MaterializeResult:
         import time
@@ -105,7 +115,13 @@ def build_stage_asset(stage: stage_graph.Stage) -> dg.AssetsDefinition:
             if _cancel_requested(context):
                 record_cancellation(stage.name, ctx, f"cancelled: run {context.run.run_id} was cancelled in Dagster")
             raise
-        return dg.MaterializeResult(metadata=result_metadata(outcome, time.perf_counter() - start))
+        metadata = result_metadata(outcome, time.perf_counter() - start)
+        if stage.name == stage_graph.LAST_JOB_STAGE:
+            metadata["gallery"] = dg.MetadataValue.md(job_gallery(ctx))
+        return dg.MaterializeResult(
+            metadata=metadata,
+            check_results=stage_check_results(ctx.engine, stage.name, ctx.partition_key, ctx.settings),
+        )
 
     return _stage_asset
 

@@ -1,4 +1,4 @@
-"""instagram_feed_gen (job level): the Instagram post and hashtags, shown with the finished variants."""
+"""instagram_feed_gen (job level): the Instagram post and hashtags (the asset adds the job gallery)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from sqlalchemy.engine import Connection
 from variant_pipeline.handlers.base import (
     HandlerContext,
     StageOutcome,
-    Thumbnail,
     elapsed_ms,
 )
 from variant_pipeline.handlers.brief import ensure_brief
@@ -17,7 +16,6 @@ from variant_pipeline.handlers.outputs import upsert_instagram_feed, upsert_llm_
 from variant_pipeline.handlers.rows import (
     finished_variant_images,
     load_job_inputs,
-    open_image,
     translated_ad_copy,
 )
 from variant_pipeline.state.attempts import StageInputError
@@ -51,15 +49,12 @@ def run(ctx: HandlerContext) -> StageOutcome:
                               instagram_ad_copy=feed.instagram_ad_copy, hashtags=feed.hashtags, model=model,
                               temperature=feed.temperature, max_tokens=feed.max_tokens, latency_ms=latency)
 
-    thumbnails = [
-        Thumbnail(f"variant {order}", open_image(ctx.store, path, f"overlaid image of variant {order} of job {job_id}"))
-        for order, path in finished_variant_images(ctx, job_id)
-    ]
+    # The variants' images are shown by the job asset's gallery (assets/stage_assets.py).
     return StageOutcome(
         write=write,
         metadata={"instagram_ad_copy": feed.instagram_ad_copy, "hashtags": " ".join(feed.hashtags),
                   "parsed_json": feed.parsed_json, "hashtags_source": feed.hashtags_source,
-                  "issues": list(feed.issues), "variants_in_feed": len(thumbnails), "latency_ms": latency},
-        thumbnails=thumbnails,
+                  "issues": list(feed.issues), "variants_in_feed": len(finished_variant_images(ctx, job_id)),
+                  "latency_ms": latency},
         model=model,
     )
