@@ -13,13 +13,14 @@ import sqlalchemy as sa
 from PIL import Image
 
 from tests.fixtures.pipeline import submit_sample
-from variant_pipeline import db
 from variant_pipeline.assets.partitions import variant_partitions
 from variant_pipeline.assets.stage_assets import VARIANT_ASSETS
 from variant_pipeline.config import load_settings
+from variant_pipeline.data.engine import get_engine
+from variant_pipeline.data.jobs import get_job_status
+from variant_pipeline.data.storage import AssetStore
 from variant_pipeline.quality import CHECKS
 from variant_pipeline.resources import default_resources
-from variant_pipeline.storage import AssetStore
 
 
 def _materialize(instance, key: str, selection: list[str] | None = None):
@@ -46,7 +47,7 @@ def _layout(engine, variant_id: str) -> dict:
 
 
 def test_each_check_passes_on_a_clean_render_and_fails_on_a_crafted_one(pipeline_env, dagster_instance) -> None:
-    engine = db.get_engine(pipeline_env.app_url)
+    engine = get_engine(pipeline_env.app_url)
     job = submit_sample(pipeline_env.app_url, variants=1)
     key = str(job.variant_ids[0])
     dagster_instance.add_dynamic_partitions(variant_partitions.name, [key])
@@ -109,4 +110,4 @@ def test_each_check_passes_on_a_clean_render_and_fails_on_a_crafted_one(pipeline
         assert history[0].partition == key
         assert history[0].status.value == "FAILED"
     # A variant that fails a check (severity WARN) is still delivered.
-    assert (db.get_job_status(engine, job.job_id).variants[0].status) == "done"
+    assert (get_job_status(engine, job.job_id).variants[0].status) == "done"

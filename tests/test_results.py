@@ -18,12 +18,13 @@ import pytest
 from PIL import Image
 
 from tests.fixtures.pipeline import submit_sample
-from variant_pipeline import cli, db
+from variant_pipeline import cli
 from variant_pipeline.assets.partitions import job_partitions, variant_partitions
 from variant_pipeline.assets.stage_assets import JOB_ASSETS, VARIANT_ASSETS
+from variant_pipeline.data.engine import get_engine
+from variant_pipeline.data.storage import AssetStore
 from variant_pipeline.quality import CHECKS
 from variant_pipeline.resources import default_resources
-from variant_pipeline.storage import AssetStore
 
 
 def _materialize(instance, assets, key: str, selection: list[str] | None = None):
@@ -40,7 +41,7 @@ def test_results_of_a_queued_a_running_and_a_partly_failed_job(pipeline_env, dag
                                                                 tmp_path: Path) -> None:
     from variant_pipeline.config import load_settings
 
-    engine = db.get_engine(pipeline_env.app_url)
+    engine = get_engine(pipeline_env.app_url)
     job = submit_sample(pipeline_env.app_url, variants=2)
     job_id, (good, bad) = str(job.job_id), [str(v) for v in job.variant_ids]
     dagster_instance.add_dynamic_partitions(variant_partitions.name, [good, bad])

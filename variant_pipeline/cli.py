@@ -274,15 +274,15 @@ def _add_results(sub: argparse._SubParsersAction) -> None:
 
 
 def _results(args: argparse.Namespace) -> int:
-    from variant_pipeline import db
     from variant_pipeline.config import load_settings
-    from variant_pipeline.results import job_results
+    from variant_pipeline.data.engine import get_engine
+    from variant_pipeline.data.results import job_results
     from variant_pipeline.validation import parse_uuid
 
     job_id = parse_uuid(args.job_id, "job id")
     if args.html is not None and (args.html.is_dir() or not args.html.parent.is_dir()):
         raise CliError(f"cannot write the HTML gallery to {args.html}: not a file in an existing folder")
-    results = job_results(db.get_engine(), job_id, load_settings())
+    results = job_results(get_engine(), job_id, load_settings())
     if args.html is not None:
         from variant_pipeline.gallery import html_gallery
 

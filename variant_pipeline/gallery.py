@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from PIL import Image
 
+from variant_pipeline.data.results import JobResults, VariantResult
 from variant_pipeline.quality import CHECKS, CheckOutcome
-from variant_pipeline.results import JobResults, VariantResult
 
 MARK = {"passed": "✅", "failed": "⚠️", "not_evaluated": "❔", "pending": "…"}
 

@@ -20,8 +20,8 @@ from sqlalchemy.engine import Engine
 
 from variant_pipeline.assets.partitions import variant_partitions
 from variant_pipeline.config import Settings
+from variant_pipeline.data.results import variant_checks
 from variant_pipeline.quality import CHECKS, CheckOutcome, checks_of
-from variant_pipeline.results import variant_checks
 
 
 def _spec(check_name: str, stage: str, description: str) -> dg.AssetCheckSpec:

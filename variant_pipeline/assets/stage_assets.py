@@ -50,8 +50,8 @@ class ResourceModels:
 
 def job_gallery(ctx: HandlerContext) -> str:
     """Every variant of the job side by side with its scores, checks and the job's copy."""
+    from variant_pipeline.data.results import job_results
     from variant_pipeline.gallery import markdown_gallery
-    from variant_pipeline.results import job_results
 
     return markdown_gallery(job_results(ctx.engine, ctx.partition_key, ctx.settings))
 

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.config import Settings
-from variant_pipeline.db import JobStatus, get_job_status
+from variant_pipeline.data.jobs import JobStatus, get_job_status
 from variant_pipeline.quality import CHECK_STAGES, CheckOutcome, evaluate_all
 
 # evaluations.evaluation_type of each evaluation stage (the judge's verdict lives in vlm_traces).
