@@ -9,6 +9,7 @@ the job asset's gallery and the ``--html`` file show every variant.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 from pathlib import Path
@@ -102,7 +103,7 @@ def test_results_of_a_queued_a_running_and_a_partly_failed_job(pipeline_env, dag
     text = page.read_text(encoding="utf-8")
     assert "src=\"http" not in text and "file:" not in text
     [uri] = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', text)
-    assert Image.open(__import__("io").BytesIO(base64.b64decode(uri))).size == (256, 256)
+    assert Image.open(io.BytesIO(base64.b64decode(uri))).size == (256, 256)
     assert "variant 2" in text and "failed at vlm_analyze" in text
 
 

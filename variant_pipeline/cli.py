@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import NoReturn
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -449,8 +450,15 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error format: one line, exit 2 (its subcommand parsers inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {self.prog}: {_one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="variant-pipeline",
         description="Dagster-orchestrated ad-image pipeline over PostgreSQL.",
     )
@@ -498,6 +506,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             detail += " (has the schema been created? run: variant-pipeline db upgrade)"
         print(f"error: database error: {detail}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # a path the user gave that cannot be read or written
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {_one_line(exc.strerror or str(exc))}{where}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # a bug: still one line, never a traceback; exit 1 tells it from bad input
+        print(f"error: unexpected {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,9 +6,6 @@ import argparse
 import signal
 import sys
 import time
-from pathlib import Path
-
-import sqlalchemy as sa
 
 from variant_pipeline.services import (
     prepare_environment,
@@ -19,39 +16,29 @@ from variant_pipeline.services import (
 )
 
 
-def _summary(app_url: str, job_id: str, assets_dir: Path) -> list[str]:
+def _summary(app_url: str, job_id: str, settings) -> list[str]:
+    """Each variant's image, scores and checks, and the job's copy: the results contract, shortly."""
     from variant_pipeline.data.engine import get_engine
+    from variant_pipeline.data.results import job_results
+
+    results = job_results(get_engine(app_url), job_id, settings)
+
+    def fmt(value: float | None, digits: int = 2) -> str:
+        return "-" if value is None else f"{float(value):.{digits}f}"
 
     lines = []
-    with get_engine(app_url).connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                """SELECT v.creation_order, a.path,
-                          (SELECT metrics ->> 'ocr_accuracy' FROM evaluations e
-                            WHERE e.job_variants_id = v.job_variants_id AND evaluation_type = 'ocr') AS ocr,
-                          (SELECT metrics ->> 'contrast_ratio' FROM evaluations e
-                            WHERE e.job_variants_id = v.job_variants_id AND evaluation_type = 'readability') AS contrast,
-                          (SELECT metrics ->> 'max_iou_text' FROM evaluations e
-                            WHERE e.job_variants_id = v.job_variants_id AND evaluation_type = 'iou') AS iou
-                     FROM jobs_variants v LEFT JOIN image_assets a ON a.image_asset_id = v.overlaid_img_asset_id
-                    WHERE v.job_id = :j ORDER BY v.creation_order"""
-            ),
-            {"j": job_id},
-        ).all()
-        feed = conn.execute(
-            sa.text("SELECT instagram_ad_copy, hashtags FROM instagram_feeds WHERE job_id = :j"), {"j": job_id}
-        ).first()
-    for r in rows:
-        def fmt(value: str | None, digits: int = 2) -> str:
-            return "-" if value is None else f"{float(value):.{digits}f}"
-
+    for v in results.variants:
+        s = v.scores
+        passed = sum(c.outcome == "passed" for c in v.checks)
         lines.append(
-            f"  variant {r.creation_order}: OCR accuracy {fmt(r.ocr)}, contrast {fmt(r.contrast)}:1, "
-            f"text/forbidden IoU {fmt(r.iou, 3)}, image {assets_dir / r.path if r.path else '-'}"
+            f"  variant {v.creation_order}: {v.state}, OCR accuracy {fmt(s['ocr_accuracy'])}, contrast "
+            f"{fmt(s['contrast_ratio'])}:1, text/forbidden IoU {fmt(s['max_iou_text'], 3)}, checks passed "
+            f"{passed}/{len(v.checks)}, image {v.image_path or '-'}" + (f", error: {v.error}" if v.error else "")
         )
-    if feed:
-        lines.append(f"  instagram feed: {feed.instagram_ad_copy[:200]!r}")
-        lines.append(f"  hashtags: {' '.join(feed.hashtags)}")
+    if results.instagram_copy is not None:
+        lines.append(f"  instagram feed: {results.instagram_copy[:200]!r}")
+        lines.append(f"  hashtags: {' '.join(results.hashtags)}")
+    lines.append(f"  all of it: variant-pipeline results {job_id} [--json] [--html gallery.html]")
     return lines
 
 
@@ -61,7 +48,24 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exit-when-done", action="store_true", help="stop everything once the job has finished")
 
 
+def check_demo_arguments(args: argparse.Namespace) -> None:
+    """Refuse what would fail only after the services started: a bad variant count or port."""
+    import socket
+
+    from variant_pipeline.validation import InputError, check_variant_count
+
+    check_variant_count(args.variants)
+    if not 1 <= args.port <= 65535:
+        raise InputError(f"--port must be between 1 and 65535, got {args.port}")
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", args.port))
+        except OSError as exc:
+            raise InputError(f"port {args.port} on 127.0.0.1 is not free ({exc.strerror})") from None
+
+
 def run_demo(args: argparse.Namespace) -> int:
+    check_demo_arguments(args)
     env = prepare_environment()
     services = start_services(env, webserver_port=args.port)
 
@@ -79,7 +83,7 @@ def run_demo(args: argparse.Namespace) -> int:
         status = wait_for_job(env.app_url, job.job_id)
         elapsed = time.monotonic() - started
         print(f"job {job.job_id} ended at ({status.step}, {status.status}) after {elapsed:.0f} s")
-        for line in _summary(env.app_url, str(job.job_id), env.settings.assets_dir):
+        for line in _summary(env.app_url, str(job.job_id), env.settings):
             print(line)
         base = f"http://127.0.0.1:{args.port}"
         print("\nIn the Dagster UI:")

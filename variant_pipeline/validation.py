@@ -6,14 +6,18 @@ print it as one line. Nothing here touches the database or writes files.
 
 from __future__ import annotations
 
+import io
 import re
+import struct
+import unicodedata
 import uuid
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 MIN_VARIANTS = 1
 MAX_VARIANTS = 16
@@ -56,8 +60,13 @@ def parse_uuid(value: str, what: str = "id") -> uuid.UUID:
         raise InputError(f"malformed {what} {value!r}: expected a UUID like 123e4567-e89b-12d3-a456-426614174000") from None
 
 
-def check_text(value: str | None, what: str, limit: int, *, required: bool = False) -> str | None:
-    """Trimmed text within its limit; None stays None unless the field is required."""
+def check_text(value: str | None, what: str, limit: int, *, required: bool = False,
+               single_line: bool = False) -> str | None:
+    """Trimmed text within its limit; None stays None unless the field is required.
+
+    Control characters are refused with their position (1-based, in the text as given); line
+    breaks and tabs are allowed unless the field is ``single_line`` (copy drawn on the image).
+    """
     if value is None:
         if required:
             raise InputError(f"{what} is required")
@@ -69,8 +78,10 @@ def check_text(value: str | None, what: str, limit: int, *, required: bool = Fal
         raise InputError(f"{what} must not be empty when given (leave it out instead)")
     if len(text) > limit:
         raise InputError(f"{what} is {len(text)} characters long; the limit is {limit}")
-    if "\x00" in text:
-        raise InputError(f"{what} contains a NUL character")
+    allowed = "" if single_line else "\t\n\r"
+    for position, ch in enumerate(value, start=1):
+        if unicodedata.category(ch) == "Cc" and ch not in allowed:
+            raise InputError(f"{what} contains the control character U+{ord(ch):04X} at position {position}")
     return text
 
 
@@ -119,7 +130,7 @@ def load_image_file(path: Path) -> tuple[CheckedImage, Image.Image]:
                 img.verify()  # structure check without decoding everything
             with Image.open(path) as img:
                 img.load()  # decode: truncated or corrupt pixel data fails here
-                image = img.copy()
+                image = normalize_image(img, path)
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
@@ -138,6 +149,53 @@ def load_image_file(path: Path) -> tuple[CheckedImage, Image.Image]:
         # HEIF plugin that is not installed: the same unreadable file, another exception.
         raise InputError(f"not a readable image: {path} (UnidentifiedImageError: cannot identify image file)") from None
     return CheckedImage(path=path, width=width, height=height, format=fmt), image
+
+
+# Modes whose pixels carry transparency: the product's cut-out, kept as RGBA for img_gen.
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+def normalize_image(image: Image.Image, path: Path | str) -> Image.Image:
+    """``image`` upright (its EXIF orientation applied) as 8-bit RGB, or RGBA when it has transparency.
+
+    Photos arrive in every mode Pillow opens: CMYK JPEGs from print workflows, 16-bit and float
+    greyscale, palettes with a transparent colour, greyscale with alpha, LAB and YCbCr TIFFs. The
+    stages and the asset store expect RGB(A); a mode that cannot be converted is refused in one line.
+    """
+    try:
+        upright = ImageOps.exif_transpose(image) or image
+    except (ValueError, OSError, SyntaxError, struct.error):
+        upright = image  # an unreadable orientation tag: the pixels are as stored
+    mode = upright.mode
+    try:
+        if mode in _ALPHA_MODES or (mode == "P" and "transparency" in upright.info):
+            return upright.convert("RGBA")
+        if mode in ("I", "F") or mode.startswith("I;16"):
+            return _to_8bit(upright).convert("RGB")
+        if mode == "LAB":
+            return ImageCms.applyTransform(upright, ImageCms.buildTransform(
+                ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"))
+        if mode == "CMYK" and upright.info.get("icc_profile"):
+            # Print-workflow CMYK carries its profile; the naive formula would shift every colour.
+            try:
+                profile = ImageCms.ImageCmsProfile(io.BytesIO(upright.info["icc_profile"]))
+                return ImageCms.profileToProfile(upright, profile, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            except (ImageCms.PyCMSError, OSError):
+                pass  # a broken embedded profile: fall back to the plain conversion below
+        return upright.convert("RGB")
+    except (ValueError, OSError, ImageCms.PyCMSError) as exc:
+        raise InputError(f"image mode {mode} cannot be converted to RGB ({exc}): {path}") from None
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit or float greyscale scaled to 8 bits by its value range (not clipped at 255)."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        low, high = float(np.nanmin(values)), float(np.nanmax(values))
+        scaled = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
+    else:
+        scaled = values / (65535.0 if values.max(initial=0) > 255 else 255.0) * 255.0
+    return Image.fromarray(np.clip(np.nan_to_num(scaled), 0, 255).astype(np.uint8), mode="L")
 
 
 def _header_size(path: Path) -> tuple[int, int] | None:

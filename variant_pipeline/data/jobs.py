@@ -28,6 +28,7 @@ from variant_pipeline.validation import (
     check_tenant_id,
     check_text,
     check_variant_count,
+    load_image_file,
     parse_uuid,
 )
 
@@ -46,7 +47,7 @@ class JobNotFoundError(InputError):
 def add_tenant(engine: Engine, tenant_id: str, display_name: str | None = None) -> bool:
     """Create a tenant if missing (idempotent). True if it was created now."""
     check_tenant_id(tenant_id)
-    display_name = check_text(display_name, "tenant name", MAX_TENANT_NAME_CHARS)
+    display_name = check_text(display_name, "tenant name", MAX_TENANT_NAME_CHARS, single_line=True)
     with engine.begin() as conn:
         result = conn.execute(
             sa.text(
@@ -84,14 +85,19 @@ class JobRequest:
         check_tenant_id(tenant_id)
         desc = check_text(description_kor, "description", MAX_DESCRIPTION_CHARS, required=True)
         assert desc is not None
-        path = Path(image_path).expanduser().resolve() if image_path is not None else None
+        path = None
+        if image_path is not None:
+            try:
+                path = Path(image_path).expanduser().resolve()
+            except (RuntimeError, OSError) as exc:  # a symlink loop, an unreadable folder
+                raise InputError(f"image path cannot be resolved ({exc}): {image_path}") from None
         if path is not None:
             check_image_file(path)
         return cls(
             tenant_id=tenant_id,
             description_kor=desc,
             ad_copy_eng=check_text(ad_copy_eng, "English ad copy", MAX_AD_COPY_EN_CHARS),
-            ad_copy_kor=check_text(ad_copy_kor, "Korean ad copy", MAX_AD_COPY_KOR_CHARS),
+            ad_copy_kor=check_text(ad_copy_kor, "Korean ad copy", MAX_AD_COPY_KOR_CHARS, single_line=True),
             prompt=check_text(prompt, "prompt", MAX_PROMPT_CHARS),
             image_path=path,
             variants=check_variant_count(variants),
@@ -111,16 +117,14 @@ def submit_job(engine: Engine, request: JobRequest, store: Any | None = None, or
     ``store`` (an ``AssetStore``) receives the product photo; it is required when the request
     has one. If the transaction fails, the saved photo is removed again.
     """
-    from PIL import Image
-
     stored = None
     if request.image_path is not None:
         if store is None:
             raise ValueError("an AssetStore is needed to submit a product image")
-        check_image_file(request.image_path)  # again: the file may have changed since build()
-        with Image.open(request.image_path) as img:
-            img.load()
-            stored = store.save_image(request.tenant_id, "product", img, fmt="PNG")
+        # Checked again (the file may have changed since build()), and stored normalised: upright
+        # RGB (RGBA with a cut-out) whatever mode, bit depth or orientation tag the file had.
+        _checked, image = load_image_file(request.image_path)
+        stored = store.save_image(request.tenant_id, "product", image, fmt="PNG")
     try:
         with transaction(engine, origin) as conn:
             # Lock the tenant row so it cannot vanish mid-submission.
