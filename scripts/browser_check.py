@@ -11,7 +11,12 @@ PNG screenshots under ``docs/screenshots/``:
   materialization and metadata;
 - ``overlay-thumbnail.png``: the same page with the metadata's "image: overlaid"
   entry opened, the inline thumbnail (a data: URI) loaded;
-- ``runs.png``: the runs list with successful runs (skip with ``--no-runs``).
+- ``runs.png``: the runs list with successful runs (skip with ``--no-runs``);
+- ``checks.png``: the Checks tab of the ``readability_eval`` asset for the same variant: its
+  two WCAG checks, each with its outcome (passed, or a warning saying why);
+- ``gallery.png``: the ``instagram_feed_gen`` partition of that variant's job with its
+  "gallery" metadata opened: every variant's image side by side with scores, check outcomes
+  and the job's Korean ad copy, Instagram copy and hashtags.
 
 With ``--recovery``, against a demo whose fault drill made the recovery sensor retry a
 stage, also:
@@ -81,6 +86,7 @@ VARIANT_ASSETS = [
 ]
 JOB_ASSETS = ["ad_copy_gen_kor", "instagram_feed_gen"]
 SENSORS = ["outbox_sensor", "manual_run_continuation_sensor", "recovery_sensor"]
+READABILITY_CHECKS = ["wcag_contrast_mean", "wcag_contrast_worst_case"]
 # The tags the recovery sensor puts on a run that retries a failed attempt.
 RETRY_TAGS = {"variant_pipeline/launched_by": "recovery_sensor", "variant_pipeline/recovery": "retry"}
 
@@ -421,16 +427,54 @@ def expand_groups(browser: Chromium, state: dict) -> bool:
     return False
 
 
-def show_thumbnail(browser: Chromium, state: dict) -> bool:
-    """Dagster shows markdown metadata behind a "[Show Markdown]" link; open the one of
-    the "image: ..." entry (the thumbnail as a data URI) once the metadata table shows."""
-    if "Metadata" not in state["text"]:
-        return False
-    return browser.click("""[...document.querySelectorAll("tr")]
-        .filter(r => r.innerText.trim().startsWith("image:"))
-        .map(r => [...r.querySelectorAll("a, button, span")]
-                    .find(e => e.textContent.trim() === "[Show Markdown]"))
-        .find(e => e)""")
+def show_markdown(label: str):
+    """Open the "[Show Markdown]" dialog of the metadata entry ``label`` once the table shows."""
+    def fix(browser: Chromium, state: dict) -> bool:
+        if "Metadata" not in state["text"]:
+            return False
+        return browser.click(f"""[...document.querySelectorAll("tr")]
+            .filter(r => r.innerText.trim().startsWith({json.dumps(label)}))
+            .map(r => [...r.querySelectorAll("a, button, span")]
+                        .find(e => e.textContent.trim() === "[Show Markdown]"))
+            .find(e => e)""")
+
+    return fix
+
+
+def job_of_partition(base_url: str, variant: str) -> str:
+    """The job partition whose instagram_feed_gen materialization shows ``variant`` (the latest
+    job materialized after it: the demo has one job)."""
+    data = graphql(
+        base_url,
+        """
+        query {
+          assetOrError(assetKey: {path: ["instagram_feed_gen"]}) {
+            ... on Asset { assetMaterializations(limit: 1) { partition } }
+            ... on AssetNotFoundError { message }
+          }
+        }""",
+    )
+    mats = (data.get("assetOrError") or {}).get("assetMaterializations") or []
+    if not mats or not mats[0].get("partition"):
+        raise CheckFailed(f"no instagram_feed_gen materialization yet (variant {variant}); wait for the job")
+    return mats[0]["partition"]
+
+
+def check_checks_tab(state: dict) -> list[str]:
+    text = state["text"]
+    missing = [name for name in READABILITY_CHECKS if name not in text]
+    if not re.search(r"contrast [0-9.]+:1 (meets|is below) WCAG", text):
+        missing.append("a check outcome with its contrast (e.g. 'mean contrast 5.1:1 meets WCAG AA')")
+    return missing
+
+
+def check_gallery(state: dict) -> list[str]:
+    text = state["text"]
+    missing = [s for s in ("variant 1", "Korean ad copy", "Instagram copy", "Hashtags",
+                           "check ocr_accuracy", "OCR accuracy") if s not in text]
+    if not state["imgs"]:
+        missing.append("the variants' images (data: URIs) in the gallery")
+    return missing
 
 
 def make_partition_check(partition: str, thumbnail: bool):
@@ -512,7 +556,13 @@ def main(argv: list[str] | None = None) -> int:
         pages = [
             ("lineage.png", f"{base}/asset-groups", check_lineage, expand_groups),
             ("overlay-partition.png", partition_url, make_partition_check(partition, False), None),
-            ("overlay-thumbnail.png", partition_url, make_partition_check(partition, True), show_thumbnail),
+            ("overlay-thumbnail.png", partition_url, make_partition_check(partition, True),
+             show_markdown("image:")),
+            ("checks.png", f"{base}/assets/readability_eval?view=checks&partition={partition}",
+             check_checks_tab, None),
+            ("gallery.png",
+             f"{base}/assets/instagram_feed_gen?view=partitions&partition={job_of_partition(base, partition)}",
+             check_gallery, show_markdown("gallery")),
         ]
         if not args.no_runs:
             pages.append(

@@ -6,7 +6,9 @@ import pytest
 from PIL import Image
 
 from tests.imaging import box_mask, detection, gradient, paint_food, solid
+from variant_pipeline.config import load_settings
 from variant_pipeline.models.ocr import TesseractOcr
+from variant_pipeline.quality import CHECKS
 from variant_pipeline.work.ocr import (
     OcrError,
     OcrReading,
@@ -169,5 +171,10 @@ def test_pictographs_are_drawn_but_not_held_against_the_ocr_score(engine: Tesser
     m = evaluate_ocr(engine, r.image, r.text_bbox_px, text, font_size_px=r.font_size_px)
     assert (m.original_text, m.not_compared) == ("바삭한 치킨", "🔥")
     assert m.ocr_accuracy >= 0.9, (m.recognized_text, m.ocr_accuracy)
-    with pytest.raises(ValueError, match="no characters OCR can read"):
-        evaluate_ocr(engine, r.image, r.text_bbox_px, "🔥 ☕")
+    # Copy of pictographs only: nothing to compare, and no score pretends otherwise.
+    only = evaluate_ocr(engine, r.image, r.text_bbox_px, "🔥 ☕")
+    assert (only.ocr_accuracy, only.original_text, only.not_compared) == (None, "", "🔥☕")
+    [ocr_check] = [c for c in CHECKS if c.name == "ocr_accuracy"]
+    outcome = ocr_check.evaluate(only.to_dict(), load_settings())
+    assert outcome.outcome == "not_evaluated"
+    assert outcome.summary == "not evaluated: the copy is only pictographs (🔥☕), which a text OCR engine cannot read"

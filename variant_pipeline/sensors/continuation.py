@@ -1,6 +1,6 @@
 """Hand-materialized stages continue downstream, once.
 
-When a person materializes a stage for one partition from the UI or CLI (re-rendering one
+When a person materializes a stage for one partition from the UI or the command line (re-rendering one
 variant's overlay, say), that run does only what was selected. When it succeeds, this sensor
 launches one run for the stages after the furthest one it materialized. The pipeline's own runs
 (from the outbox sensor, or continuations themselves) already carry a partition through every
@@ -23,6 +23,12 @@ def build_continuation_sensor() -> dg.SensorDefinition:
         name=CONTINUATION_SENSOR_NAME,
         run_status=dg.DagsterRunStatus.SUCCESS,
         request_jobs=PIPELINE_JOBS,
+        # A run started from the command line (`dagster asset materialize -m ...`) or the Python
+        # API comes from no code location (its remote_job_origin is None), and Dagster passes a
+        # run-status sensor only the runs of its own location unless it monitors them all. The
+        # stage assets' keys are unique in the deployment, so the check below on what the run
+        # materialized is what keeps other locations' runs out.
+        monitor_all_code_locations=True,
         minimum_interval_seconds=1,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="After a successful hand-started run of some stages for one partition, runs the "

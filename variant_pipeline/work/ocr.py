@@ -72,11 +72,12 @@ class OcrMetrics:
     original_text: str
     recognized_text: str  # words joined by single spaces (lines too), as the original stored it
     ocr_confidence: float
-    character_match_rate: float  # SequenceMatcher ratio, whitespace removed
-    word_match_rate: float  # share of original words found verbatim among the recognized words
-    ocr_accuracy: float  # mean of the two
-    edit_distance: int  # Levenshtein, whitespace removed
-    similarity: float  # SequenceMatcher ratio of the raw strings
+    # The comparison; None when the copy is only pictographs (nothing OCR could be held to).
+    character_match_rate: float | None  # SequenceMatcher ratio, whitespace removed
+    word_match_rate: float | None  # share of original words found verbatim among the recognized words
+    ocr_accuracy: float | None  # mean of the two
+    edit_distance: int | None  # Levenshtein, whitespace removed
+    similarity: float | None  # SequenceMatcher ratio of the raw strings
     crop_box_px: tuple[int, int, int, int]
     scale_hint_px: float | None
     # Pictographs (emoji, ☕) drawn but left out of the comparison: a text OCR engine cannot read them.
@@ -156,7 +157,13 @@ def evaluate_ocr(
     recognized = " ".join(reading.text.split())
     readable, pictographs = split_pictographs(original_text)
     if not readable.strip():
-        raise ValueError(f"the text {original_text!r} has no characters OCR can read: nothing to compare")
+        # Copy of emoji only is valid and drawn; OCR has nothing to compare, and says so (the
+        # quality check reports "not evaluated") rather than failing the stage or scoring zero.
+        return OcrMetrics(
+            engine=engine.name, original_text="", recognized_text=recognized, not_compared=pictographs,
+            ocr_confidence=reading.confidence, character_match_rate=None, word_match_rate=None,
+            ocr_accuracy=None, edit_distance=None, similarity=None, crop_box_px=box, scale_hint_px=font_size_px,
+        )
     m = text_metrics(readable, recognized)
     return OcrMetrics(
         engine=engine.name, original_text=readable, recognized_text=recognized, not_compared=pictographs,
