@@ -315,7 +315,7 @@ def _print_results(results) -> None:
         if scores:
             print(f"    scores: {scores}")
         for c in v.checks:
-            print(f"    check {c.name}: {c.outcome}: {c.summary}")
+            print(f"    check {c.name}: {c.line()}")
     print(f"  Korean ad copy: {results.ad_copy_kor or '-'}")
     print(f"  Instagram copy: {_one_line(results.instagram_copy or '-')}")
     print(f"  hashtags: {' '.join(results.hashtags) or '-'}")

@@ -68,7 +68,7 @@ def _score_rows(v: VariantResult) -> list[tuple[str, str]]:
 
 
 def _check_cell(check: CheckOutcome) -> str:
-    return f"{MARK[check.outcome]} {check.outcome.replace('_', ' ')}: {check.summary}"
+    return f"{MARK[check.outcome]} {check.line()}"
 
 
 def _cell(text: str) -> str:
@@ -112,7 +112,7 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222}
 .card{border:1px solid #ccc;border-radius:8px;padding:12px;width:340px}
 .card img{width:100%;border-radius:4px}.failed{border-color:#c33;background:#fff5f5}
 table{border-collapse:collapse;width:100%;font-size:14px}td{padding:2px 4px;vertical-align:top}
-.passed{color:#176617}.not_evaluated,.pending{color:#666}.failed-check{color:#a15c00}
+.check{font-size:14px;margin:6px 0}.passed{color:#176617}.not_evaluated,.pending{color:#666}.failed-check{color:#a15c00}
 .copy{margin-top:24px;max-width:1060px;white-space:pre-wrap}"""
 
 
@@ -127,13 +127,13 @@ def html_gallery(results: JobResults, max_px: int = 640,
                  if isinstance(shown, Image.Image) else f"<p>{e(shown)}</p>")
         scores = "".join(f"<tr><td>{e(k)}</td><td>{e(val)}</td></tr>" for k, val in _score_rows(v))
         checks = "".join(
-            f'<tr><td class="{"failed-check" if c.outcome == "failed" else c.outcome}">{MARK[c.outcome]} '
-            f'{e(c.name)}</td><td>{e(c.summary)}</td></tr>' for c in v.checks)
+            f'<p class="check"><span class="{"failed-check" if c.outcome == "failed" else c.outcome}">'
+            f"{MARK[c.outcome]} <b>{e(c.name)}</b></span><br>{e(c.line())}</p>" for c in v.checks)
         cards.append(
             f'<div class="card{" failed" if v.state == "failed" else ""}"><h3>variant {v.creation_order}</h3>'
             f"{image}<p><b>{e(_state_line(v))}</b></p>"
             f"<p>copy on the image: {e(_fmt(v.overlay_text))}</p>"
-            f"<table>{scores}</table><h4>checks</h4><table>{checks}</table>"
+            f"<table>{scores}</table><h4>checks</h4>{checks}"
             f'<p><small>{e(v.job_variants_id)}<br>{e(v.image_path or "")}</small></p></div>')
     return (
         f'<!doctype html><html lang="ko"><head><meta charset="utf-8"><title>job {e(results.job_id)}</title>'

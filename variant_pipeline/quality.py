@@ -33,6 +33,10 @@ class CheckOutcome:
     def passed(self) -> bool:
         return self.outcome == "passed"
 
+    def line(self) -> str:
+        """The outcome and its summary (a summary without an answer already starts with why)."""
+        return f"{self.outcome}: {self.summary}" if self.outcome in ("passed", "failed") else self.summary
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "stage": self.stage, "outcome": self.outcome, "summary": self.summary,
                 "value": self.value, "threshold": self.threshold}
