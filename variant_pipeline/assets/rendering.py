@@ -6,25 +6,19 @@ module is the only place that turns it into Dagster metadata.
 
 from __future__ import annotations
 
-import base64
-import io
 from typing import Any
 
 import dagster as dg
 from PIL import Image
 
+from variant_pipeline.gallery import data_uri
 from variant_pipeline.handlers.base import StageOutcome
 from variant_pipeline.resources.models import model_load_counts
 
 
 def thumbnail_markdown(image: Image.Image, label: str, max_px: int = 192) -> str:
     """A small inline image for the Dagster UI (metadata lives in the event log: keep it small)."""
-    thumb = image.convert("RGB")
-    thumb.thumbnail((max_px, max_px))
-    buf = io.BytesIO()
-    thumb.save(buf, format="JPEG", quality=80)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f"![{label}](data:image/jpeg;base64,{data})"
+    return f"![{label}]({data_uri(image, max_px)})"
 
 
 def _metadata_value(value: Any) -> Any:
