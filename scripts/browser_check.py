@@ -16,7 +16,9 @@ PNG screenshots under ``docs/screenshots/``:
   two WCAG checks, each with its outcome (passed, or a warning saying why);
 - ``gallery.png``: the ``instagram_feed_gen`` partition of that variant's job with its
   "gallery" metadata opened: every variant's image side by side with scores, check outcomes
-  and the job's Korean ad copy, Instagram copy and hashtags.
+  and the job's Korean ad copy, Instagram copy and hashtags;
+- ``results-html.png`` (with ``--results-html FILE``): the self-contained gallery that
+  ``variant-pipeline results JOB_ID --html FILE`` wrote, opened from the file.
 
 With ``--recovery``, against a demo whose fault drill made the recovery sensor retry a
 stage, also:
@@ -471,7 +473,7 @@ def check_checks_tab(state: dict) -> list[str]:
 def check_gallery(state: dict) -> list[str]:
     text = state["text"]
     missing = [s for s in ("variant 1", "Korean ad copy", "Instagram copy", "Hashtags",
-                           "check ocr_accuracy", "OCR accuracy") if s not in text]
+                           "ocr_accuracy", "OCR accuracy") if s not in text]
     if not state["imgs"]:
         missing.append("the variants' images (data: URIs) in the gallery")
     return missing
@@ -541,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--max-kb", type=int, default=400, help="quantize PNGs larger than this")
     ap.add_argument("--no-runs", action="store_true", help="skip the runs page screenshot")
+    ap.add_argument("--results-html", type=Path, metavar="FILE",
+                    help="also open FILE, written by `variant-pipeline results JOB_ID --html FILE`")
     ap.add_argument(
         "--recovery",
         action="store_true",
@@ -573,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
                     None,
                 )
             )
+        if args.results_html:
+            pages.append(("results-html.png", args.results_html.resolve().as_uri(), check_gallery, None))
         if args.recovery:
             retried = retried_partition(base)
             runs_filter = urllib.parse.urlencode([("q[]", f"tag:dagster/partition={retried}")])
