@@ -95,7 +95,9 @@ def _job_of(env: Environment, variant: str) -> str:
         return conn.exec_driver_sql(f"SELECT job_id::text FROM jobs_variants WHERE job_variants_id = '{variant}'").scalar_one()
 
 
+# A whole job, a hand run and its continuation: past the default 600 s on a loaded 2-core machine.
 @pytest.mark.e2e
+@pytest.mark.timeout(1200)
 def test_overlay_materialized_from_the_command_line_continues_downstream(finished_variant) -> None:
     env, services, variant, _port = finished_variant
     proc = subprocess.run(
@@ -112,6 +114,7 @@ def test_overlay_materialized_from_the_command_line_continues_downstream(finishe
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(1200)
 def test_overlay_materialized_through_the_web_server_continues_downstream(finished_variant) -> None:
     env, services, variant, port = finished_variant
     params = {
