@@ -23,11 +23,11 @@ import pytest
 
 from tests.fixtures.pipeline import submit_sample
 from variant_pipeline import stages as stage_graph
+from variant_pipeline.assets.jobs import LAUNCHED_BY_TAG, SOURCE_RUN_TAG, START_STAGE_TAG
 from variant_pipeline.config import PROJECT_ROOT
 from variant_pipeline.data.engine import get_engine
 from variant_pipeline.data.jobs import get_job_status
-from variant_pipeline.sensors.continuation import CONTINUATION, SOURCE_RUN_TAG
-from variant_pipeline.sensors.outbox import LAUNCHED_BY_TAG, START_STAGE_TAG
+from variant_pipeline.sensors.continuation import CONTINUATION
 from variant_pipeline.services import Environment, Services, prepare_environment, start_services, wait_for_job
 
 LAUNCH = """mutation LaunchPipelineExecution($executionParams: ExecutionParams!) {
