@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         bench.skip("yolo_detect", "detector did not load")
     if detections is None:  # planted boxes so the downstream stages have something to avoid
-        from variant_pipeline.models.detector import RawDetection
+        from variant_pipeline.work.types import RawDetection
 
         fb = frozenset(DEFAULT_FORBIDDEN_CLASSES)
         raw = [RawDetection(45, "bowl", 0.9, (size * 0.3, size * 0.4, size * 0.7, size * 0.9))]

@@ -415,6 +415,88 @@ def _models_build_tiny(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- serve ------------------------------------------------------------------------------------
+
+DEFAULT_RAY_PORT = 6390  # not 6379: that is Redis's port, and Ray's default
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="the Ray Serve model layer (VP_MODEL_BACKEND=ray)")
+    serve_sub = serve.add_subparsers(dest="serve_command", metavar="COMMAND", required=True)
+    start = serve_sub.add_parser(
+        "start", help="start a local Ray head on 127.0.0.1 (or use RAY_ADDRESS) and deploy the model families")
+    start.add_argument("--port", type=int, default=DEFAULT_RAY_PORT,
+                       help=f"GCS port of the local head; it also takes PORT+1 and PORT+2 (default {DEFAULT_RAY_PORT})")
+    start.add_argument("--num-cpus", type=int, default=None, help="CPUs the local head offers (default: all)")
+    start.set_defaults(handler=_serve_start)
+    serve_sub.add_parser("status", help="replicas, loads per replica, queue length, batch-size histogram"
+                         ).set_defaults(handler=_serve_status)
+    serve_sub.add_parser("stop", help="stop the local head this home started (on RAY_ADDRESS: remove the deployments)"
+                         ).set_defaults(handler=_serve_stop)
+
+
+def _serve_start(args: argparse.Namespace) -> int:
+    from variant_pipeline.config import load_settings
+    from variant_pipeline.models import ray_head
+
+    settings = load_settings()
+    if not settings.ray_address:
+        try:
+            record = ray_head.start_head(settings, args.port, args.num_cpus)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        print(f"Ray head on {record.address} (pid {record.pid}, log {record.log})")
+    address = _connect(settings)
+    from variant_pipeline.models.serving import deploy
+
+    for family, app in deploy(settings).items():
+        print(f"deployed {family} as {app} on {address}")
+    print("runs use it with VP_MODEL_BACKEND=ray")
+    return EXIT_OK
+
+
+def _connect(settings) -> str:
+    from variant_pipeline.models import ray_head
+
+    try:
+        return ray_head.connect(settings)
+    except ray_head.ModelServerUnavailable as exc:
+        raise CliError(str(exc)) from None
+
+
+def _serve_status(args: argparse.Namespace) -> int:
+    from variant_pipeline.config import load_settings
+    from variant_pipeline.models.serving import status_lines
+
+    settings = load_settings()
+    address = _connect(settings)
+    print(f"Ray cluster: {address}")
+    for line in status_lines():
+        print(line)
+    return EXIT_OK
+
+
+def _serve_stop(args: argparse.Namespace) -> int:
+    from variant_pipeline.config import load_settings
+    from variant_pipeline.models import ray_head
+
+    settings = load_settings()
+    if settings.ray_address:
+        _connect(settings)
+        from variant_pipeline.models.serving import undeploy
+
+        removed = undeploy()
+        print(f"removed {', '.join(removed) or 'no applications'} from {settings.ray_address}; the cluster keeps running")
+        return EXIT_OK
+    record = ray_head.read_record(settings)
+    if record is None:
+        print("no local Ray head recorded for this home")
+        return EXIT_OK
+    ended = ray_head.stop_head(settings)
+    print(f"stopped the Ray head on {record.address}: {ended} processes ended")
+    return EXIT_OK
+
+
 # --- demo -------------------------------------------------------------------------------------
 
 
@@ -446,6 +528,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_retry,
     _add_prune,
     _add_models,
+    _add_serve,
     _add_demo,
 ]
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SQL_DIR = PROJECT_ROOT / "sql"
@@ -126,6 +130,13 @@ class Settings:
     check_min_ocr_accuracy: float = 0.8  # OCR read-back accuracy at or above this
     check_wcag_level: str = "AA"  # the WCAG level the mean and worst-case contrast must meet
     check_max_text_iou: float = 0.05  # text box overlap with any forbidden object at or below this
+    # Where the served model families run: "local" (in the run process) or "ray" (Ray Serve).
+    model_backend: str = "local"
+    ray_address: str | None = None  # RAY_ADDRESS; None: the local head `serve start` recorded
+    # Per served family: (max batch size, longest wait in seconds for a batch to fill).
+    serve_batch: dict[str, tuple[int, float]] = field(default_factory=dict)
+    serve_replicas: dict[str, int] = field(default_factory=dict)  # replicas per family (default 1)
+    serve_gpus: dict[str, float] = field(default_factory=dict)  # GPUs per replica (default 0)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -182,6 +193,11 @@ def load_settings() -> Settings:
         check_min_ocr_accuracy=_fraction("VP_CHECK_MIN_OCR_ACCURACY", 0.8),
         check_wcag_level=_wcag_level(_env("VP_CHECK_WCAG_LEVEL", "AA") or "AA"),
         check_max_text_iou=_fraction("VP_CHECK_MAX_TEXT_IOU", 0.05),
+        model_backend=_model_backend(_env("VP_MODEL_BACKEND", "local") or "local"),
+        ray_address=_env("RAY_ADDRESS"),
+        serve_batch={**DEFAULT_SERVE_BATCH, **_family_map("VP_SERVE_BATCH", _batch_setting)},
+        serve_replicas=_family_map("VP_SERVE_REPLICAS", _replicas_setting),
+        serve_gpus=_family_map("VP_SERVE_GPUS", _gpus_setting),
     )
 
 
@@ -215,6 +231,61 @@ def _wcag_level(value: str) -> str:
     if level not in ("AA", "AAA"):
         raise SettingsError(f"VP_CHECK_WCAG_LEVEL must be AA or AAA, got {value!r}")
     return level
+
+MODEL_BACKENDS = ("local", "ray")
+# Batching defaults of the served families: the VLM and detector take large batches cheaply; the
+# diffusion pipelines' memory grows with the batch, so they wait for fewer calls.
+DEFAULT_SERVE_BATCH: dict[str, tuple[int, float]] = {
+    "vlm": (8, 0.05), "detector": (16, 0.02), "image_generator": (4, 0.05), "text_model": (8, 0.02),
+}
+
+
+def _model_backend(value: str) -> str:
+    value = value.strip().lower()
+    if value not in MODEL_BACKENDS:
+        raise SettingsError(f"VP_MODEL_BACKEND must be one of {', '.join(MODEL_BACKENDS)}, got {value!r}")
+    return value
+
+
+def _family_map(name: str, parse: Callable[[str, str], T]) -> dict[str, T]:
+    """``"vlm=8:0.05,detector=16:0.02"`` -> per-family values, each checked by ``parse``."""
+    from variant_pipeline.models.registry import FAMILIES
+
+    served = [f.name for f in FAMILIES if f.served]
+    values: dict[str, T] = {}
+    for item in (_env(name, "") or "").split(","):
+        if not item.strip():
+            continue
+        family, _, value = item.partition("=")
+        family = family.strip()
+        if family not in served:
+            raise SettingsError(f"{name}: unknown model family {family!r}; served families: {', '.join(served)}")
+        try:
+            values[family] = parse(value.strip(), family)
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {item.strip()!r}: {exc}") from None
+    return values
+
+
+def _batch_setting(value: str, family: str) -> tuple[int, float]:
+    size, _, wait = value.partition(":")
+    max_batch, wait_s = int(size), float(wait or DEFAULT_SERVE_BATCH[family][1])
+    if max_batch < 1 or not (math.isfinite(wait_s) and wait_s >= 0):
+        raise ValueError("expected FAMILY=MAX_BATCH[:WAIT_SECONDS] with MAX_BATCH >= 1 and WAIT_SECONDS >= 0")
+    return max_batch, wait_s
+
+
+def _replicas_setting(value: str, _family: str) -> int:
+    if int(value) < 1:
+        raise ValueError("a family needs at least 1 replica")
+    return int(value)
+
+
+def _gpus_setting(value: str, _family: str) -> float:
+    gpus = float(value)
+    if not (math.isfinite(gpus) and gpus >= 0):
+        raise ValueError("GPUs per replica must be 0 or more")
+    return gpus
 
 
 def _seconds(name: str, default: float, *, allow_zero: bool = False) -> float:

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from variant_pipeline.config import DEFAULT_FORBIDDEN_CLASSES
-from variant_pipeline.models.detector import Detector, RawDetection
+from variant_pipeline.models.detector import Detector
 from variant_pipeline.work.detect import (
     ForbiddenClassError,
     detect,
@@ -15,6 +15,7 @@ from variant_pipeline.work.detect import (
     to_detections,
     validate_forbidden_classes,
 )
+from variant_pipeline.work.types import RawDetection
 
 COCO_SUBSET = {0: "person", 45: "bowl", 53: "pizza", 56: "chair"}
 

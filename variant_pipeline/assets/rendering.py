@@ -29,7 +29,8 @@ def _metadata_value(value: Any) -> Any:
     return dg.MetadataValue.json(value)
 
 
-def result_metadata(outcome: StageOutcome, latency_s: float) -> dict[str, Any]:
+def result_metadata(outcome: StageOutcome, latency_s: float, serving: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``serving``: the backend and served-call facts of the stage (``ResourceModels.serving_metadata``)."""
     metadata: dict[str, Any] = {k: _metadata_value(v) for k, v in outcome.metadata.items()}
     for thumb in outcome.thumbnails:
         metadata[f"image: {thumb.label}"] = dg.MetadataValue.md(thumbnail_markdown(thumb.image, thumb.label))
@@ -37,7 +38,9 @@ def result_metadata(outcome: StageOutcome, latency_s: float) -> dict[str, Any]:
             metadata[f"file: {thumb.label}"] = dg.MetadataValue.path(thumb.path)
     if outcome.model:
         metadata["model"] = outcome.model
-    # Loads of each model in this run process so far: 1 means the model was loaded once and shared.
+    # Loads of each model in this run process so far: 1 means the model was loaded once and shared
+    # (none with the ray backend: the replicas' loads are in model_replica_loads).
     metadata["model_loads_in_run"] = dg.MetadataValue.json(model_load_counts())
+    metadata.update({k: _metadata_value(v) for k, v in (serving or {}).items()})
     metadata["stage_seconds"] = round(latency_s, 3)
     return metadata

@@ -8,6 +8,7 @@ The jobs that run them, and the run requests of the sensors, are in ``assets/job
 """
 
 
+import dataclasses
 from typing import Any
 
 import dagster as dg
@@ -21,18 +22,27 @@ from variant_pipeline.assets.rendering import result_metadata
 from variant_pipeline.config import load_settings
 from variant_pipeline.handlers import HandlerContext, execute_stage
 from variant_pipeline.models.registry import family, kinds_for, wants_accelerator
-from variant_pipeline.state.attempts import StageFailed, record_cancellation
+from variant_pipeline.state.attempts import StageFailed, record_cancellation, stage_timeout_s
 from variant_pipeline.state.locks import ClaimRefused
 from variant_pipeline.state.origins import run_origin
 
-GPU_POOL = "gpu"  # stages of families that want the accelerator share this concurrency pool
+# Stages of families that want the accelerator share this concurrency pool when their models run
+# in the run process; with the ray backend Ray places the GPU replicas and no stage holds it.
+GPU_POOL = "gpu"
 
 
 class ResourceModels:
-    """The handlers' view of the model resources of one asset execution."""
+    """The handlers' view of the model resources of one asset execution.
 
-    def __init__(self, resources: Any) -> None:
+    ``deadline`` (a ``time.monotonic()`` value) is the stage's time limit, handed to every model
+    client so a served call is cancelled in Serve when it passes. The models handed out are kept,
+    so the materialization can say which replica served the stage, and how.
+    """
+
+    def __init__(self, resources: Any, deadline: float | None = None) -> None:
         self._resources = resources
+        self._deadline = deadline
+        self.handed_out: list[Any] = []
 
     def _resource(self, name: str) -> Any:
         family(name)  # an unregistered name is a programming error, not a missing resource
@@ -42,7 +52,23 @@ class ResourceModels:
             raise RuntimeError(f"this stage did not declare the {name!r} resource") from None
 
     def get(self, name: str) -> Any:
-        return self._resource(name).get()
+        model = self._resource(name).get(deadline=self._deadline)
+        self.handed_out.append(model)
+        return model
+
+    def serving_metadata(self) -> dict[str, Any]:
+        """Backend, and for served calls the replica, batch size, queueing and replica loads."""
+        calls = [c for m in self.handed_out for c in getattr(m, "calls", ())]
+        metadata: dict[str, Any] = {"model_backend": load_settings().model_backend}
+        if calls:
+            metadata.update({
+                "model_replica": ",".join(sorted({c.replica for c in calls})),
+                "model_batch_size": max(c.batch_size for c in calls),
+                "model_queued_s": round(sum(c.queued_s for c in calls), 4),
+                "model_replica_loads": max(c.replica_loads for c in calls),
+                "model_calls": [dataclasses.asdict(c) for c in calls],
+            })
+        return metadata
 
     def describe(self, name: str) -> str:
         return self._resource(name).location()
@@ -79,7 +105,7 @@ def build_stage_asset(stage: stage_graph.Stage) -> dg.AssetsDefinition:
         deps=deps,
         group_name=f"{stage.level}_stages",
         kinds=set(kinds_for(stage.model)),
-        pool=GPU_POOL if wants_accelerator(stage.model) else None,
+        pool=GPU_POOL if wants_accelerator(stage.model) and load_settings().model_backend == "local" else None,
         required_resource_keys=resource_keys,
         metadata={"stage_position": stage.position, "level": stage.level, "model_resource": stage.model or "none"},
         check_specs=CHECK_SPECS.get(stage.name),
@@ -88,11 +114,13 @@ def build_stage_asset(stage: stage_graph.Stage) -> dg.AssetsDefinition:
         import time
 
         resources = context.resources
+        settings = load_settings()
+        models = ResourceModels(resources, deadline=time.monotonic() + stage_timeout_s(settings, stage.name))
         ctx = HandlerContext(
             engine=resources.database.engine(),
             store=resources.asset_storage.store(),
-            settings=load_settings(),
-            models=ResourceModels(resources),
+            settings=settings,
+            models=models,
             origin=run_origin(context.run.run_id),
             partition_key=context.partition_key,
             log=context.log.info,
@@ -115,7 +143,7 @@ def build_stage_asset(stage: stage_graph.Stage) -> dg.AssetsDefinition:
             if _cancel_requested(context):
                 record_cancellation(stage.name, ctx, f"cancelled: run {context.run.run_id} was cancelled in Dagster")
             raise
-        metadata = result_metadata(outcome, time.perf_counter() - start)
+        metadata = result_metadata(outcome, time.perf_counter() - start, models.serving_metadata())
         if stage.name == stage_graph.LAST_JOB_STAGE:
             metadata["gallery"] = dg.MetadataValue.md(job_gallery(ctx))
         return dg.MaterializeResult(

@@ -12,19 +12,10 @@ from PIL import Image
 
 from variant_pipeline.models.cache import MODEL_CACHE, ModelCache, resolve_yolo_source
 from variant_pipeline.models.device import resolve
+from variant_pipeline.work.types import RawDetection
 
 if TYPE_CHECKING:
     from variant_pipeline.config import Settings
-
-
-@dataclass(frozen=True)
-class RawDetection:
-    """One box as the detector gave it, in pixels of the input image."""
-
-    class_id: int
-    label: str
-    score: float
-    box_px: tuple[float, float, float, float]  # x1, y1, x2, y2
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Model resources: one ``ModelResource`` per registered model family, under the family's name.
 
-This is the one place that decides where a model runs. Today that is in this process:
+This is the one place that decides where a model runs. With ``VP_MODEL_BACKEND=ray`` a served
+family's ``get()`` returns a client of its Ray Serve application (``models/serve_client.py``), with
+the same methods as the model object. Otherwise (``local``, the default) it is in this process:
 ``get()`` returns ``family.load(settings)``, and the loaders keep the heavy objects in
 ``variant_pipeline.models.cache.MODEL_CACHE`` (thread-safe, keyed by kind, source, device and
 dtype), so one vision-language model instance serves both vlm_analyze and vlm_judge in a run,
@@ -16,6 +18,7 @@ import dagster as dg
 
 from variant_pipeline.config import Settings, SettingsError, load_settings
 from variant_pipeline.models import registry
+from variant_pipeline.models.ray_head import served_by_ray
 from variant_pipeline.models.registry import ModelFamily, family
 
 
@@ -36,8 +39,16 @@ class ModelResource(dg.ConfigurableResource):
     def location(self) -> str:
         return self.model_family().location(self.settings())
 
-    def get(self) -> Any:
-        return self.model_family().load(self.settings())
+    def get(self, deadline: float | None = None) -> Any:
+        """The model object, or its served client; ``deadline`` (``time.monotonic()``) bounds
+        every served call (the stage's time limit)."""
+        settings = self.settings()
+        if served_by_ray(self.model_family(), settings):
+            from variant_pipeline.models.serve_client import served
+
+            return served(self.family, settings, deadline)
+        return self.model_family().load(settings)
+
 
 
 def _with_overrides(settings: Settings, overrides: dict[str, str]) -> Settings:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from variant_pipeline.models.detector import Detector, RawDetection
-from variant_pipeline.work.types import Detection, NormBox
+from variant_pipeline.work.types import Detection, NormBox, RawDetection
+
+if TYPE_CHECKING:  # the detector may be served elsewhere: this module must not import torch
+    from variant_pipeline.models.detector import Detector
 
 
 class ForbiddenClassError(ValueError):

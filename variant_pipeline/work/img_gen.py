@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image
 
-from variant_pipeline.models.image_gen import ImageGenerator
 from variant_pipeline.work.types import NormBox
+
+if TYPE_CHECKING:  # the generator may be served elsewhere: this module must not import torch
+    from variant_pipeline.models.image_gen import ImageGenerator
 
 DEFAULT_NEGATIVE_PROMPT = (
     "text, lettering, watermark, logo, caption, user interface, people, faces, hands, "

@@ -11,6 +11,17 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class RawDetection:
+    """One box as the detector gave it, in pixels of the input image. Defined here, not with the
+    detector, so a run served by a model server unpickles it without importing torch."""
+
+    class_id: int
+    label: str
+    score: float
+    box_px: tuple[float, float, float, float]  # x1, y1, x2, y2
+
+
+@dataclass(frozen=True)
 class NormBox:
     """Normalized (x, y, w, h), all in 0..1 of the image."""
 
