@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.db",
     "tests.fixtures.models",
     "tests.fixtures.pipeline",
+    "tests.fixtures.ray",
 ]
 
 TIERS = ("unit", "integration", "e2e")

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,9 +29,7 @@ if TYPE_CHECKING:
     from variant_pipeline.models.registry import ModelFamily
 
 RAY_NAMESPACE = "variant_pipeline"
-# A head's ports: the GCS on PORT, Ray's client server on PORT+1, its dashboard agent on PORT+2
-# (their defaults, 10001 and 52365, would clash between heads on one machine).
-PORTS_PER_HEAD = 3
+_CONNECT_LOCK = threading.Lock()
 
 
 class ModelServerError(RuntimeError):
@@ -129,12 +128,13 @@ def connect(settings: Settings) -> str:
     prepare_driver_env(settings)
     import ray
 
-    if ray.is_initialized():
-        return address
-    try:
-        ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False, logging_level="WARNING")
-    except Exception as exc:
-        raise ModelServerUnavailable(f"Ray cluster at {address} refused the connection: {exc}") from exc
+    with _CONNECT_LOCK:  # stages of one run may connect from several threads
+        if ray.is_initialized():
+            return address
+        try:
+            ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False, logging_level="WARNING")
+        except Exception as exc:
+            raise ModelServerUnavailable(f"Ray cluster at {address} refused the connection: {exc}") from exc
     return address
 
 

@@ -157,6 +157,7 @@ class ModelServer:
         self._coalesce.set_batch_wait_timeout_s(batch_wait_s)
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
         self.calls = 0
+        self.in_flight = 0  # calls received and not yet answered (waiting or in a model call)
         self.model_calls: Counter[int] = Counter()  # calls per model call -> how often
         self._queued: set[int] = set()
         self.max_queue = 0
@@ -172,13 +173,16 @@ class ModelServer:
         if call.method not in self._methods:
             raise ValueError(f"{self.family} serves {sorted(self._methods)}, not {call.method!r}")
         self.calls += 1
+        self.in_flight += 1
         token = id(call)
         self._queued.add(token)
         self.max_queue = max(self.max_queue, len(self._queued))
+        self._report()
         try:
             return await self._coalesce((call, token, time.monotonic()))
         finally:
             self._queued.discard(token)
+            self.in_flight -= 1
 
     @_serve_batch()
     async def _coalesce(self, arrivals: list[tuple[ModelCall, int, float]]) -> list[Reply]:
@@ -226,7 +230,7 @@ class ModelServer:
             "load_counts": {"|".join(k): n for k, n in MODEL_CACHE.load_counts().items()},
             "calls": self.calls, "model_calls": sum(self.model_calls.values()),
             "batch_sizes": {str(k): v for k, v in sorted(self.model_calls.items())},
-            "queue_length": len(self._queued), "max_queue_length": self.max_queue,
+            "queue_length": len(self._queued), "max_queue_length": self.max_queue, "in_flight": self.in_flight,
             "max_batch_size": self.max_batch_size, "batch_wait_s": self.batch_wait_s,
             "peak_rss_bytes": _peak_rss_bytes(),
         }
