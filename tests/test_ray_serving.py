@@ -10,8 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
-import threading
 import time
 from collections import Counter
 
@@ -20,12 +18,11 @@ import pytest
 from PIL import Image
 
 from tests.fixtures.pipeline import submit_sample
-from variant_pipeline import claims, db
+from variant_pipeline import claims
 from variant_pipeline import stages as stage_graph
-from variant_pipeline.assets.partitions import variant_partitions
-from variant_pipeline.assets.stage_assets import VARIANT_ASSETS
 from variant_pipeline.config import PROJECT_ROOT, SettingsError, load_settings
-from variant_pipeline.resources import default_resources
+from variant_pipeline.data.engine import get_engine
+from variant_pipeline.data.jobs import get_job_status
 from variant_pipeline.services import wait_for_job
 
 MODEL_LIBRARIES = ("torch", "transformers", "diffusers", "ultralytics")
@@ -40,77 +37,64 @@ def _stats() -> dict[str, list[dict]]:
     return by_family
 
 
-def test_three_concurrent_variants_share_batched_model_calls(pipeline_env, dagster_instance, use_ray_backend) -> None:
+# A run worker as Dagster starts one: a fresh process materializing one variant's stages. It
+# reports whether a model library was imported, and what the vlm_analyze materialization recorded.
+RUN_WORKER = """
+import json, sys
+import dagster as dg
+from variant_pipeline.assets.partitions import variant_partitions
+from variant_pipeline.assets.stage_assets import VARIANT_ASSETS
+from variant_pipeline.resources import default_resources
+
+key = sys.argv[1]
+with dg.instance_for_test() as instance:
+    instance.add_dynamic_partitions(variant_partitions.name, [key])
+    result = dg.materialize(VARIANT_ASSETS, partition_key=key, instance=instance,
+                            resources=default_resources(), raise_on_error=False)
+    md = {k: v.value for k, v in result.asset_materializations_for_node("vlm_analyze")[0].metadata.items()
+          if k.startswith("model_")} if result.success else {}
+print(json.dumps({"success": result.success, "vlm_analyze": md,
+                  "loaded": [m for m in sys.argv[2].split(",") if m in sys.modules]}))
+"""
+
+
+def test_concurrent_variant_runs_share_batched_calls_and_import_no_model_library(
+        pipeline_env, use_ray_backend) -> None:
     job = submit_sample(pipeline_env.app_url, variants=3)
-    keys = [str(v) for v in job.variant_ids]
-    dagster_instance.add_dynamic_partitions(variant_partitions.name, keys)
     before = {s["replica"]: Counter(s["batch_sizes"]) for ss in _stats().values() for s in ss}
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    workers = [subprocess.Popen([sys.executable, "-c", RUN_WORKER, str(v), ",".join(MODEL_LIBRARIES)], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for v in job.variant_ids]
+    reports = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err[-3000:]
+        reports.append((json.loads(out.strip().splitlines()[-1]), err))
 
-    results: dict[str, dg.ExecuteInProcessResult] = {}
-
-    def run(key: str) -> None:
-        results[key] = dg.materialize(VARIANT_ASSETS, partition_key=key, instance=dagster_instance,
-                                      resources=default_resources(), raise_on_error=False)
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in keys]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-    assert all(r.success for r in results.values())
-    status = db.get_job_status(db.get_engine(pipeline_env.app_url), job.job_id)
+    for report, err in reports:
+        assert report["success"], err[-3000:]
+        assert report["loaded"] == [], report  # the run worker imported no model library
+    status = get_job_status(get_engine(pipeline_env.app_url), job.job_id)
     assert {(v.step, v.status) for v in status.variants} == {(stage_graph.LAST_VARIANT_STAGE, "done")}
 
     stats = _stats()
     assert set(stats) == {"vlm", "detector", "image_generator", "text_model"}
     for family, replicas in stats.items():
-        for replica in replicas:  # each replica loaded its model once (the image generator: inpainting only)
+        for replica in replicas:  # each replica loaded its model once (the image generator: inpainting)
             assert replica["loads"] == 1, (family, replica["load_counts"])
-    # Calls of different variants went into one model call: the replica's histogram says so.
+    # Calls of different variants went into one model call: the replica's own histogram says so.
     vlm = stats["vlm"][0]
     new_sizes = Counter(vlm["batch_sizes"]) - before.get(vlm["replica"], Counter())
     assert any(int(size) > 1 for size in new_sizes), vlm["batch_sizes"]
 
     # Each materialization names the backend, the replica, its call's batch size, queueing, loads.
-    batch_sizes = []
-    for key, result in results.items():
-        md = result.asset_materializations_for_node("vlm_analyze")[0].metadata
-        assert md["model_backend"].value == "ray"
-        assert md["model_replica"].value == vlm["replica"]
-        assert md["model_replica_loads"].value == 1
-        assert md["model_queued_s"].value >= 0
-        batch_sizes.append(md["model_batch_size"].value)
-        assert md["model_loads_in_run"].value == {}, key  # nothing loaded in the run itself
-        assert result.asset_materializations_for_node("planner")[0].metadata["model_backend"].value == "ray"
-    assert max(batch_sizes) > 1
-
-
-def test_a_run_worker_with_the_ray_backend_imports_no_model_library(pipeline_env, use_ray_backend) -> None:
-    job = submit_sample(pipeline_env.app_url, variants=1)
-    script = textwrap.dedent(f"""
-        import json, sys
-        import dagster as dg
-        from variant_pipeline.assets.partitions import variant_partitions
-        from variant_pipeline.assets.stage_assets import VARIANT_ASSETS
-        from variant_pipeline.resources import default_resources
-from variant_pipeline.services import wait_for_job
-
-        key = {str(job.variant_ids[0])!r}
-        with dg.instance_for_test() as instance:
-            instance.add_dynamic_partitions(variant_partitions.name, [key])
-            result = dg.materialize(VARIANT_ASSETS, partition_key=key, instance=instance,
-                                    resources=default_resources(), raise_on_error=False)
-        print(json.dumps({{"success": result.success,
-                          "loaded": [m for m in {MODEL_LIBRARIES!r} if m in sys.modules]}}))
-    """)
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report == {"success": True, "loaded": []}, proc.stderr[-3000:]
-    status = db.get_job_status(db.get_engine(pipeline_env.app_url), job.job_id)
-    assert (status.variants[0].step, status.variants[0].status) == (stage_graph.LAST_VARIANT_STAGE, "done")
+    for report, _err in reports:
+        md = report["vlm_analyze"]
+        assert md["model_backend"] == "ray"
+        assert vlm["replica"] in md["model_replica"].split(",")  # with the text model's, for the brief
+        assert md["model_replica_loads"] == 1
+        assert md["model_queued_s"] >= 0 and md["model_batch_size"] >= 1
+        assert md["model_loads_in_run"] == {}  # nothing loaded in the run itself
 
 
 def test_a_cluster_that_is_down_is_one_clear_error_naming_its_address(monkeypatch) -> None:
@@ -153,7 +137,7 @@ def test_two_jobs_through_the_daemon_survive_a_replica_killed_mid_call(pipeline_
                                                                       monkeypatch) -> None:
     from tests.test_faults_e2e import _assert_settled, pipeline
 
-    engine = db.get_engine(pipeline_env.app_url)
+    engine = get_engine(pipeline_env.app_url)
     killed: dict = {}
     with pipeline(monkeypatch) as (env, services):
         jobs = [submit_sample(env.app_url, variants=3) for _ in range(2)]
