@@ -108,6 +108,15 @@ def test_a_cluster_that_is_down_is_one_clear_error_naming_its_address(monkeypatc
         vlm.generate([Image.new("RGB", (32, 32))], ["describe"])
 
 
+def test_a_call_past_the_stage_deadline_is_cancelled_with_a_clear_error(use_ray_backend) -> None:
+    from variant_pipeline.models.serve_client import ModelCallTimeout, served
+
+    vlm = served("vlm", load_settings(), deadline=time.monotonic())  # the stage's time is up
+    with pytest.raises(ModelCallTimeout, match=r"vlm\.generate passed the stage's time limit; cancelled in Serve"):
+        vlm.generate([Image.new("RGB", (32, 32))], ["describe"], max_new_tokens=4)
+    assert vlm.calls == []
+
+
 def test_serve_settings_are_checked(monkeypatch) -> None:
     monkeypatch.setenv("VP_SERVE_BATCH", "vlm=4:0.1,ocr=2")
     with pytest.raises(SettingsError, match="unknown model family 'ocr'"):
@@ -169,3 +178,49 @@ def test_two_jobs_through_the_daemon_survive_a_replica_killed_mid_call(pipeline_
     with dg.DagsterInstance.get() as instance:
         for run in instance.get_runs():
             assert "gpu" not in str(run.tags.get("dagster/pool", "")), run.tags  # no stage held the gpu pool
+
+
+@pytest.mark.e2e
+def test_ray_stopped_while_a_job_waits_then_its_retry_finishes_after_ray_is_back(
+        pipeline_env, use_ray_backend, monkeypatch) -> None:
+    import ray
+
+    from tests.fixtures.ray import TEST_RAY_PORT
+    from tests.test_faults_e2e import _wait_for, pipeline
+    from variant_pipeline.models import ray_head
+    from variant_pipeline.models.serving import deploy
+
+    def head_settings():  # the session head's own home and models, not this test's
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("VARIANT_PIPELINE_HOME", str(use_ray_backend.home))
+            mp.setenv("VP_MODELS_DIR", str(use_ray_backend.models_dir))
+            mp.setenv("VP_SERVE_BATCH", "vlm=8:0.3,detector=8:0.3")
+            mp.delenv("RAY_ADDRESS", raising=False)
+            return load_settings()
+
+    ray.shutdown()
+    ray_head.stop_head(head_settings())
+    engine = get_engine(pipeline_env.app_url)
+    # Retries far enough apart that the head is back before the attempts run out.
+    with pipeline(monkeypatch, VP_RETRY_BACKOFF_S="15", VP_MAX_ATTEMPTS="5") as (env, services):
+        job = submit_sample(env.app_url, variants=1)
+        variant = str(job.variant_ids[0])
+
+        def first_failure() -> dict | None:
+            return next((a for a in claims.attempts_of(engine, variant) if a["outcome"] == "failed"), None)
+
+        _wait_for(lambda: first_failure() is not None, 120, "the attempt that found Ray down")
+        failed = first_failure()
+        settings = head_settings()
+        ray_head.start_head(settings, TEST_RAY_PORT, num_cpus=2)
+        ray_head.connect(settings)
+        deploy(settings)
+        status = wait_for_job(env.app_url, job.job_id, timeout_s=600, log=lambda _m: None)
+        log_text = services.logs["daemon"].read_text(errors="replace")[-3000:]
+
+    assert failed["stage"] == "img_gen" and failed["will_retry"], failed
+    assert f"Ray cluster at 127.0.0.1:{TEST_RAY_PORT} is not reachable" in failed["error"], failed
+    assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
+    img_gen = [(a["attempt"], a["outcome"]) for a in claims.attempts_of(engine, variant) if a["stage"] == "img_gen"]
+    assert img_gen[0] == (1, "failed") and img_gen[-1][1] == "done", img_gen
+    assert sum(1 for _n, outcome in img_gen if outcome == "done") == 1

@@ -437,20 +437,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 def _serve_start(args: argparse.Namespace) -> int:
     from variant_pipeline.config import load_settings
-    from variant_pipeline.models import ray_head
+    from variant_pipeline.models.ray_head import ModelServerUnavailable
+    from variant_pipeline.models.serving import start_and_deploy
 
-    settings = load_settings()
-    if not settings.ray_address:
-        try:
-            record = ray_head.start_head(settings, args.port, args.num_cpus)
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
-        print(f"Ray head on {record.address} (pid {record.pid}, log {record.log})")
-    address = _connect(settings)
-    from variant_pipeline.models.serving import deploy
-
-    for family, app in deploy(settings).items():
-        print(f"deployed {family} as {app} on {address}")
+    try:
+        start_and_deploy(load_settings(), args.port, args.num_cpus)
+    except (ValueError, ModelServerUnavailable) as exc:
+        raise CliError(str(exc)) from None
     print("runs use it with VP_MODEL_BACKEND=ray")
     return EXIT_OK
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -46,6 +47,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=3000, help="Dagster UI port on 127.0.0.1 (default 3000)")
     parser.add_argument("--variants", type=int, default=3, help="variants in the sample job (default 3)")
     parser.add_argument("--exit-when-done", action="store_true", help="stop everything once the job has finished")
+    parser.add_argument("--backend", choices=("local", "ray"), default=None,
+                        help="where the models run: in each run (local) or in Ray Serve replicas shared by "
+                             "every run (ray); default: VP_MODEL_BACKEND, else local")
+    parser.add_argument("--ray-port", type=int, default=6390,
+                        help="GCS port of the local Ray head with --backend ray (default 6390; never 6379)")
 
 
 def check_demo_arguments(args: argparse.Namespace) -> None:
@@ -66,7 +72,15 @@ def check_demo_arguments(args: argparse.Namespace) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     check_demo_arguments(args)
+    if args.backend:
+        os.environ["VP_MODEL_BACKEND"] = args.backend  # the daemon and its run workers inherit it
     env = prepare_environment()
+    ray_started = False
+    if env.settings.model_backend == "ray":
+        from variant_pipeline.models.serving import start_and_deploy
+
+        address, ray_started = start_and_deploy(env.settings, args.ray_port)
+        os.environ["RAY_ADDRESS"] = env.env["RAY_ADDRESS"] = address
     services = start_services(env, webserver_port=args.port)
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -112,6 +126,10 @@ def run_demo(args: argparse.Namespace) -> int:
         from variant_pipeline.data.engine import dispose_engines
 
         dispose_engines()
+        if ray_started:
+            from variant_pipeline.models.ray_head import stop_head
+
+            stop_head(env.settings)
         if env.embedded:
             from variant_pipeline.data.embedded_pg import stop_embedded_server
 

@@ -158,6 +158,7 @@ class ModelServer:
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
         self.calls = 0
         self.in_flight = 0  # calls received and not yet answered (waiting or in a model call)
+        self.compute_s = 0.0  # seconds inside successful model calls
         self.model_calls: Counter[int] = Counter()  # calls per model call -> how often
         self._queued: set[int] = set()
         self.max_queue = 0
@@ -183,6 +184,7 @@ class ModelServer:
         finally:
             self._queued.discard(token)
             self.in_flight -= 1
+            self._report()
 
     @_serve_batch()
     async def _coalesce(self, arrivals: list[tuple[ModelCall, int, float]]) -> list[Reply]:
@@ -207,8 +209,10 @@ class ModelServer:
         """One model call for the group; if it fails, each call alone (a bad call fails only itself)."""
         spec = self._methods[calls[0].method]
         method: Callable[..., list[Any]] = getattr(self.model, calls[0].method)
+        started = time.perf_counter()
         try:
             results = split(list(method(**combine(calls, spec))), calls, spec)
+            self.compute_s += time.perf_counter() - started
             self.model_calls[len(calls)] += 1
             return [(r, None, len(calls)) for r in results]
         except Exception as exc:
@@ -232,7 +236,7 @@ class ModelServer:
             "batch_sizes": {str(k): v for k, v in sorted(self.model_calls.items())},
             "queue_length": len(self._queued), "max_queue_length": self.max_queue, "in_flight": self.in_flight,
             "max_batch_size": self.max_batch_size, "batch_wait_s": self.batch_wait_s,
-            "peak_rss_bytes": _peak_rss_bytes(),
+            "compute_s": round(self.compute_s, 3), "peak_rss_bytes": _peak_rss_bytes(),
         }
 
     def _report(self) -> None:
@@ -341,3 +345,21 @@ def status_lines() -> list[str]:
                 f"batch sizes {histogram} (max {s['max_batch_size']}, wait {s['batch_wait_s']:g} s), "
                 f"peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB")
     return lines
+
+
+def start_and_deploy(settings: Settings, port: int, num_cpus: int | None = None,
+                     log: Callable[[str], None] = print) -> tuple[str, bool]:
+    """``serve start``: a local head (unless ``RAY_ADDRESS`` names a cluster), then the families
+    deployed on it. Returns the address and whether a local head was started here."""
+    from variant_pipeline.models import ray_head
+
+    started = False
+    if not settings.ray_address:
+        record = ray_head.read_record(settings)
+        started = record is None or not ray_head.head_alive(record)
+        record = ray_head.start_head(settings, port, num_cpus)
+        log(f"Ray head on {record.address} (pid {record.pid}, log {record.log})")
+    address = ray_head.connect(settings)
+    for family, app in deploy(settings).items():
+        log(f"deployed {family} as {app} on {address}")
+    return address, started

@@ -1,0 +1,284 @@
+#!/usr/bin/env python
+"""Throughput of the two model backends, side by side (a benchmark, not a test).
+
+For each backend (``local``: models in every run; ``ray``: Ray Serve replicas shared by every run)
+this starts the system the way the demo does, in one fresh throw-away home (embedded PostgreSQL,
+schema, tiny models, Dagster daemon, no web server; for ``ray`` also a local Ray head on loopback
+with the families deployed and warmed by one job first), submits N jobs of 3 variants at once and
+waits for all of them. It prints one table:
+
+- jobs/min, and each job's wall time (submit to its last stage done) p50 / p95;
+- the wall time of the batch, the sum of stage times (``stage_attempts``), and for ``ray`` the
+  replicas' pure compute (seconds inside model calls);
+- model loads per job (local: loads in the run workers, from each materialization's
+  ``model_loads_in_run``; ray: the replicas' loads during the measured batch);
+- mean batch size of the model calls (ray: the replicas' histograms; local: every call is one
+  run's);
+- peak resident memory of a run worker (sampled), and of each replica (its own ``ru_maxrss``).
+
+    .venv/bin/python scripts/bench_throughput.py                 # 4 jobs x 3 variants
+    .venv/bin/python scripts/bench_throughput.py --jobs 2 --backends ray --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import variant_pipeline  # noqa: E402,F401  (offline switches first)
+
+_INHERITED = ("DATABASE_URL", "DAGSTER_DATABASE_URL", "VP_DAGSTER_STORAGE_URL", "DAGSTER_HOME",
+              "VP_MODEL_BACKEND", "RAY_ADDRESS")
+
+
+@dataclass
+class BackendResult:
+    backend: str
+    jobs: int
+    variants: int
+    wall_s: float
+    jobs_per_min: float
+    job_wall_p50_s: float
+    job_wall_p95_s: float
+    stage_seconds: float
+    compute_seconds: float | None
+    loads_per_job: float
+    mean_batch_size: float
+    run_worker_peak_rss_mib: float
+    replica_peak_rss_mib: dict[str, float] = field(default_factory=dict)
+    setup_s: float = 0.0  # head start + deploy + warm-up job (ray), not in the figures above
+    failed: int = 0
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class RssSampler:
+    """Peak RSS of the daemon's run workers (``dagster api execute_run`` processes)."""
+
+    def __init__(self, root_pid: int) -> None:
+        self.root_pid = root_pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.25):
+            try:
+                children = psutil.Process(self.root_pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                return
+            for p in children:
+                try:
+                    if "execute_run" in " ".join(p.cmdline()):
+                        self.peak = max(self.peak, p.memory_info().rss)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _replica_totals() -> dict[str, dict[str, Any]]:
+    from variant_pipeline.models.serving import replica_stats
+
+    return {s["replica"]: s for s in replica_stats()}
+
+
+def _submit_and_wait(app_url: str, n_jobs: int, timeout_s: float) -> tuple[list[Any], dict[str, float], float]:
+    """Submit ``n_jobs`` at once; returns the jobs, each job's end time, and the submit time."""
+    from variant_pipeline.data.engine import get_engine
+    from variant_pipeline.data.jobs import get_job_status
+    from variant_pipeline.services import submit_sample_job
+    from variant_pipeline.stages import LAST_JOB_STAGE
+
+    t0 = time.monotonic()
+    jobs = [submit_sample_job(app_url, variants=3) for _ in range(n_jobs)]
+    ended: dict[str, float] = {}
+    engine = get_engine(app_url)
+    while len(ended) < len(jobs):
+        if time.monotonic() - t0 > timeout_s:
+            raise RuntimeError(f"only {len(ended)} of {len(jobs)} jobs ended within {timeout_s:g} s")
+        for job in jobs:
+            key = str(job.job_id)
+            if key in ended:
+                continue
+            status = get_job_status(engine, job.job_id)
+            if status.status == "failed" or (status.step, status.status) == (LAST_JOB_STAGE, "done"):
+                ended[key] = time.monotonic()
+        time.sleep(0.25)
+    return jobs, ended, t0
+
+
+def _stage_seconds(app_url: str, job_ids: list[str]) -> tuple[float, int]:
+    import sqlalchemy as sa
+
+    from variant_pipeline.data.engine import get_engine
+
+    with get_engine(app_url).connect() as conn:
+        row = conn.execute(sa.text(
+            """SELECT COALESCE(sum(EXTRACT(EPOCH FROM finished_at - started_at)), 0),
+                      count(*) FILTER (WHERE outcome = 'failed' AND NOT will_retry)
+                 FROM stage_attempts WHERE job_id = ANY(CAST(:jobs AS uuid[]))"""), {"jobs": job_ids}).one()
+    return float(row[0]), int(row[1])
+
+
+def _local_loads(job_keys: list[str]) -> int:
+    """Model loads in the run workers: each run's last materialization holds its process's loads."""
+    import dagster as dg
+
+    from variant_pipeline.stages import STAGES
+
+    loads = 0
+    with dg.DagsterInstance.get() as instance:
+        for run in instance.get_runs():
+            last: dict[str, int] | None = None
+            for stage in STAGES:
+                records = instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=dg.AssetKey(stage.name)), limit=1000).records
+                for r in records:
+                    if r.run_id == run.run_id:
+                        last = r.asset_materialization.metadata["model_loads_in_run"].value
+            loads += sum((last or {}).values())
+    return loads
+
+
+def run_backend(backend: str, n_jobs: int, ray_port: int, timeout_s: float) -> BackendResult:
+    from variant_pipeline.services import prepare_environment, start_services
+
+    saved = {k: os.environ.get(k) for k in _INHERITED}
+    os.environ["VP_MODEL_BACKEND"] = backend
+    ray_started = False
+    setup_started = time.monotonic()
+    env = prepare_environment(log=lambda _m: None)
+    try:
+        if backend == "ray":
+            from variant_pipeline.models.serving import start_and_deploy
+
+            address, ray_started = start_and_deploy(env.settings, ray_port, num_cpus=2, log=lambda _m: None)
+            os.environ["RAY_ADDRESS"] = env.env["RAY_ADDRESS"] = address
+        services = start_services(env, webserver_port=None, log=lambda _m: None)
+        try:
+            if backend == "ray":  # warm: the replicas load their models before the measured batch
+                _submit_and_wait(env.app_url, 1, timeout_s)
+                before = _replica_totals()
+            setup_s = time.monotonic() - setup_started
+            with RssSampler(services.processes["daemon"].pid) as sampler:
+                jobs, ended, t0 = _submit_and_wait(env.app_url, n_jobs, timeout_s)
+            wall = max(ended.values()) - t0
+            job_walls = [ended[str(j.job_id)] - t0 for j in jobs]
+            stage_s, failed = _stage_seconds(env.app_url, [str(j.job_id) for j in jobs])
+            compute, replica_rss, mean_batch = None, {}, 1.0
+            if backend == "ray":
+                after = _replica_totals()
+                loads = sum(s["loads"] - before.get(r, {}).get("loads", 0) for r, s in after.items())
+                compute = sum(s["compute_s"] - before.get(r, {}).get("compute_s", 0.0) for r, s in after.items())
+                calls = items = 0
+                for r, s in after.items():
+                    old = before.get(r, {}).get("batch_sizes", {})
+                    for size, count in s["batch_sizes"].items():
+                        n = count - old.get(size, 0)
+                        calls += n
+                        items += n * int(size)
+                mean_batch = items / calls if calls else 0.0
+                replica_rss = {s["family"]: round(s["peak_rss_bytes"] / 2**20, 1) for s in after.values()}
+            else:
+                loads = _local_loads([str(j.job_id) for j in jobs])
+        finally:
+            services.stop()
+    finally:
+        if ray_started:
+            import ray
+
+            from variant_pipeline.models.ray_head import stop_head
+
+            ray.shutdown()
+            stop_head(env.settings)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return BackendResult(
+        backend=backend, jobs=n_jobs, variants=3 * n_jobs, wall_s=round(wall, 1),
+        jobs_per_min=round(n_jobs / wall * 60, 2), job_wall_p50_s=round(statistics.median(job_walls), 1),
+        job_wall_p95_s=round(_percentile(job_walls, 0.95), 1), stage_seconds=round(stage_s, 1),
+        compute_seconds=None if compute is None else round(compute, 2), loads_per_job=round(loads / n_jobs, 2),
+        mean_batch_size=round(mean_batch, 2), run_worker_peak_rss_mib=round(sampler.peak / 2**20, 1),
+        replica_peak_rss_mib=replica_rss, setup_s=round(setup_s, 1), failed=failed,
+    )
+
+
+def _table(results: list[BackendResult]) -> str:
+    rows = [
+        ("jobs x variants", lambda r: f"{r.jobs} x 3"),
+        ("wall (s)", lambda r: f"{r.wall_s}"),
+        ("jobs/min", lambda r: f"{r.jobs_per_min}"),
+        ("job wall p50 / p95 (s)", lambda r: f"{r.job_wall_p50_s} / {r.job_wall_p95_s}"),
+        ("sum of stage times (s)", lambda r: f"{r.stage_seconds}"),
+        ("pure model compute (s)", lambda r: "-" if r.compute_seconds is None else f"{r.compute_seconds}"),
+        ("model loads per job", lambda r: f"{r.loads_per_job}"),
+        ("mean batch size", lambda r: f"{r.mean_batch_size}"),
+        ("run worker peak RSS (MiB)", lambda r: f"{r.run_worker_peak_rss_mib}"),
+        ("replica peak RSS (MiB)", lambda r: ", ".join(f"{k} {v}" for k, v in r.replica_peak_rss_mib.items()) or "-"),
+        ("setup before the batch (s)", lambda r: f"{r.setup_s}"),
+        ("stages failed for good", lambda r: f"{r.failed}"),
+    ]
+    header = "| | " + " | ".join(r.backend for r in results) + " |"
+    lines = [header, "|---" * (len(results) + 1) + "|"]
+    lines += ["| " + name + " | " + " | ".join(f(r) for r in results) + " |" for name, f in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=4, help="jobs of 3 variants submitted at once (default 4)")
+    parser.add_argument("--backends", default="local,ray", help="comma-separated, in order (default local,ray)")
+    parser.add_argument("--ray-port", type=int, default=6393, help="GCS port of the local Ray head (default 6393)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for a batch")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    home = Path(tempfile.mkdtemp(prefix="vp-bench-tp-"))
+    os.environ["VARIANT_PIPELINE_HOME"] = str(home)
+    for name in ("DATABASE_URL", "DAGSTER_DATABASE_URL", "VP_DAGSTER_STORAGE_URL", "DAGSTER_HOME", "RAY_ADDRESS"):
+        os.environ.pop(name, None)  # a fresh embedded home, nothing of the caller's
+    results = []
+    try:
+        for backend in args.backends.split(","):
+            print(f"running {args.jobs} jobs x 3 variants with the {backend} backend ...", flush=True)
+            results.append(run_backend(backend.strip(), args.jobs, args.ray_port, args.timeout))
+    finally:
+        from variant_pipeline.data.embedded_pg import stop_embedded_server
+
+        stop_embedded_server()
+        shutil.rmtree(home, ignore_errors=True)
+    print(_table(results))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
