@@ -151,7 +151,7 @@ def test_two_jobs_through_the_daemon_survive_a_replica_killed_mid_call(pipeline_
     with pipeline(monkeypatch) as (env, services):
         jobs = [submit_sample(env.app_url, variants=3) for _ in range(2)]
         # SIGKILL the VLM replica while a call waits in it; Serve starts another one.
-        killed = _vlm_replica_with_a_call_in_flight(timeout_s=300)
+        killed = _vlm_replica_with_a_call_in_flight(timeout_s=900)
         os.kill(killed["pid"], signal.SIGKILL)
         statuses = [wait_for_job(env.app_url, j.job_id, timeout_s=600, log=lambda _m: None) for j in jobs]
         log_text = services.logs["daemon"].read_text(errors="replace")[-3000:]
