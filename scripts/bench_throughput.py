@@ -14,7 +14,8 @@ waits for all of them. It prints one table:
   ``model_loads_in_run``; ray: the replicas' loads during the measured batch);
 - mean batch size of the model calls (ray: the replicas' histograms; local: every call is one
   run's);
-- peak resident memory of a run worker (sampled), and of each replica (its own ``ru_maxrss``).
+- peak resident memory of a run worker (sampled every 0.25 s), and of each replica (its own
+  ``ru_maxrss``).
 
     .venv/bin/python scripts/bench_throughput.py                 # 4 jobs x 3 variants
     .venv/bin/python scripts/bench_throughput.py --jobs 2 --backends ray --json out.json
@@ -68,7 +69,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 class RssSampler:
-    """Peak RSS of the daemon's run workers (``dagster api execute_run`` processes)."""
+    """Peak RSS of the daemon's run workers (the code server's spawned run processes)."""
 
     def __init__(self, root_pid: int) -> None:
         self.root_pid = root_pid
@@ -86,7 +87,9 @@ class RssSampler:
                 return
             for p in children:
                 try:
-                    if "execute_run" in " ".join(p.cmdline()):
+                    # Runs are spawned by the code server (multiprocessing "spawn" children).
+                    cmdline = " ".join(p.cmdline())
+                    if "multiprocessing" in cmdline and "resource_tracker" not in cmdline:
                         self.peak = max(self.peak, p.memory_info().rss)
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
