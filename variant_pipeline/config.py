@@ -232,6 +232,7 @@ def _wcag_level(value: str) -> str:
         raise SettingsError(f"VP_CHECK_WCAG_LEVEL must be AA or AAA, got {value!r}")
     return level
 
+
 MODEL_BACKENDS = ("local", "ray")
 # Batching defaults of the served families: the VLM and detector take large batches cheaply; the
 # diffusion pipelines' memory grows with the batch, so they wait for fewer calls.
