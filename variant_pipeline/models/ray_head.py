@@ -195,13 +195,13 @@ def start_head(settings: Settings, port: int, num_cpus: int | None = None, timeo
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-            raise RuntimeError(f"ray start exited with code {proc.returncode}: {' | '.join(tail)}")
+            raise ModelServerUnavailable(f"ray start exited with code {proc.returncode}: {' | '.join(tail)}")
         if "Ray runtime started" in log.read_text(errors="replace") and _reachable(record.address, 1.0):
             _record_path(settings).write_text(json.dumps(asdict(record)))
             return record
         time.sleep(0.5)
     _terminate_tree(proc.pid)
-    raise RuntimeError(f"the Ray head did not start within {timeout_s:g} s (log: {log})")
+    raise ModelServerUnavailable(f"the Ray head did not start within {timeout_s:g} s (log: {log})")
 
 
 def _terminate_tree(pid: int, grace_s: float = 10.0) -> int:
