@@ -212,11 +212,12 @@ def evaluate_sensor(instance, cursor: str) -> dict[str, Any]:
     from variant_pipeline.sensors.outbox import OUTBOX_SENSOR_NAME
 
     sensor = defs.resolve_sensor_def(OUTBOX_SENSOR_NAME)
-    context = dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=cursor,
-                                      definitions=defs)
-    t0 = time.perf_counter()
-    data = sensor.evaluate_tick(context)
-    took = time.perf_counter() - t0
+    # The daemon hands a sensor its resources (the database) from the definitions: so does this.
+    with dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=cursor,
+                                 definitions=defs, resources=defs.resources) as context:
+        t0 = time.perf_counter()
+        data = sensor.evaluate_tick(context)
+        took = time.perf_counter() - t0
     added = sum(len(r.partition_keys) for r in data.dynamic_partitions_requests or [])
     return {"evaluate_s": took, "run_requests": len(data.run_requests or []), "partition_adds": added}
 
