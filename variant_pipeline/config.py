@@ -248,23 +248,29 @@ def _model_backend(value: str) -> str:
     return value
 
 
+def _key_values(spec: str | None) -> list[tuple[str, str, str]]:
+    """``"a=1, b=2"`` -> ``[("a=1", "a", "1"), ("b=2", "b", "2")]`` (item, key, value), blanks skipped."""
+    out = []
+    for item in (spec or "").split(","):
+        if item.strip():
+            key, _, value = item.partition("=")
+            out.append((item.strip(), key.strip(), value))
+    return out
+
+
 def _family_map(name: str, parse: Callable[[str, str], T]) -> dict[str, T]:
     """``"vlm=8:0.05,detector=16:0.02"`` -> per-family values, each checked by ``parse``."""
     from variant_pipeline.models.registry import FAMILIES
 
     served = [f.name for f in FAMILIES if f.served]
     values: dict[str, T] = {}
-    for item in (_env(name, "") or "").split(","):
-        if not item.strip():
-            continue
-        family, _, value = item.partition("=")
-        family = family.strip()
+    for item, family, value in _key_values(_env(name, "")):
         if family not in served:
             raise SettingsError(f"{name}: unknown model family {family!r}; served families: {', '.join(served)}")
         try:
             values[family] = parse(value.strip(), family)
         except ValueError as exc:
-            raise SettingsError(f"{name}: {item.strip()!r}: {exc}") from None
+            raise SettingsError(f"{name}: {item!r}: {exc}") from None
     return values
 
 
@@ -329,17 +335,13 @@ def _stage_timeouts(spec: str | None) -> dict[str, float]:
     from variant_pipeline.stages import STAGES_BY_NAME
 
     limits: dict[str, float] = {}
-    for item in (spec or "").split(","):
-        if not item.strip():
-            continue
-        name, _, value = item.partition("=")
-        name = name.strip()
+    for item, name, value in _key_values(spec):
         if name not in STAGES_BY_NAME:
             raise SettingsError(f"VP_STAGE_TIMEOUTS: unknown stage {name!r} in {spec!r}")
         try:
             limits[name] = float(value)
         except ValueError:
-            raise SettingsError(f"VP_STAGE_TIMEOUTS: {item.strip()!r} is not STAGE=SECONDS") from None
+            raise SettingsError(f"VP_STAGE_TIMEOUTS: {item!r} is not STAGE=SECONDS") from None
         if not math.isfinite(limits[name]) or limits[name] <= 0:
             raise SettingsError(f"VP_STAGE_TIMEOUTS: the limit of {name} must be a finite number above 0")
     return limits
