@@ -47,3 +47,15 @@ def test_recovery_sensor_interval_follows_the_setting(monkeypatch) -> None:
     sensor = build_recovery_sensor()
     assert sensor.minimum_interval_seconds == 7
     assert defs.resolve_sensor_def("recovery_sensor").minimum_interval_seconds == 15  # the default
+
+
+def test_a_run_from_a_levels_first_stage_is_the_whole_job_and_later_ones_a_subset() -> None:
+    from variant_pipeline.assets.jobs import asset_selection, run_request
+
+    for level, stages in (("variant_pipeline", stage_graph.VARIANT_STAGES), ("job_pipeline", stage_graph.JOB_STAGES)):
+        job_assets = defs.resolve_job_def(level).asset_layer.executable_asset_keys
+        assert {k.to_user_string() for k in job_assets} == {s.name for s in stages}
+        request = run_request(partition_key="p", start_stage=stages[0].name, run_key="k", launched_by="test")
+        assert (request.job_name, request.asset_selection) == (level, None)
+        later = asset_selection(stages[1].name)
+        assert [k.to_user_string() for k in later] == [s.name for s in stages[1:]]
