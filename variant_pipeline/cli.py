@@ -439,9 +439,12 @@ def _serve_start(args: argparse.Namespace) -> int:
     from variant_pipeline.config import load_settings
     from variant_pipeline.models.ray_head import ModelServerUnavailable
     from variant_pipeline.models.serving import start_and_deploy
+    from variant_pipeline.services import ensure_tiny_bundle
 
+    settings = load_settings()
+    ensure_tiny_bundle(settings)  # the replicas load the same models a run would
     try:
-        start_and_deploy(load_settings(), args.port, args.num_cpus)
+        start_and_deploy(settings, args.port, args.num_cpus)
     except (ValueError, ModelServerUnavailable) as exc:
         raise CliError(str(exc)) from None
     print("runs use it with VP_MODEL_BACKEND=ray")

@@ -34,6 +34,15 @@ class Environment:
     embedded: bool  # True when this process started (or found) the embedded PostgreSQL
 
 
+def ensure_tiny_bundle(settings: Settings, log=print) -> None:
+    """Build the tiny offline model bundle if the settings point at it and it is not there yet."""
+    if not Path(settings.vlm_model).exists() and settings.models_dir.as_posix() in settings.vlm_model:
+        from variant_pipeline.models.tiny import build_tiny_bundle
+
+        log(f"building the tiny offline model bundle in {settings.models_dir} (first run only)")
+        build_tiny_bundle(settings.models_dir)
+
+
 def prepare_environment(log=print) -> Environment:
     """Database up, schema applied, tiny models built if absent, Dagster home written."""
     from variant_pipeline.data.engine import (
@@ -52,11 +61,7 @@ def prepare_environment(log=print) -> Environment:
     applied = upgrade(get_engine(app_url))
     log(f"database: {redact(app_url)} ({len(applied)} migrations applied now)")
 
-    if not Path(settings.vlm_model).exists() and settings.models_dir.as_posix() in settings.vlm_model:
-        from variant_pipeline.models.tiny import build_tiny_bundle
-
-        log(f"building the tiny offline model bundle in {settings.models_dir} (first run only)")
-        build_tiny_bundle(settings.models_dir)
+    ensure_tiny_bundle(settings, log)
 
     dagster_home = settings.home / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
