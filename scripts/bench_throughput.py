@@ -15,10 +15,17 @@ waits for all of them. It prints one table:
 - mean batch size of the model calls (ray: the replicas' histograms; local: every call is one
   run's);
 - peak resident memory of a run worker (sampled every 0.25 s), and of each replica (its own
-  ``ru_maxrss``).
+  ``ru_maxrss``);
+- CPU seconds by kind of process during the batch (run workers, replicas, Ray, PostgreSQL, the
+  daemon and code server), the same per second for 10 s before it, and a run worker's mean;
+- the mean attempt time of each stage.
+
+``--profile PREFIX`` records the daemon, code server and run workers with py-spy (samples holding
+the GIL) into ``PREFIX.<backend>.txt``; ``--max-concurrent-runs N`` overrides ``dagster.yaml``'s.
 
     .venv/bin/python scripts/bench_throughput.py                 # 4 jobs x 3 variants
     .venv/bin/python scripts/bench_throughput.py --jobs 2 --backends ray --json out.json
+    .venv/bin/python scripts/bench_throughput.py --backends ray --profile /tmp/prof
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -61,6 +70,11 @@ class BackendResult:
     replica_peak_rss_mib: dict[str, float] = field(default_factory=dict)
     setup_s: float = 0.0  # head start + deploy + warm-up job (ray), not in the figures above
     failed: int = 0
+    stage_mean_s: dict[str, float] = field(default_factory=dict)  # per stage, mean attempt time
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per kind of process, batch only
+    cpu_other: list[tuple[float, str]] = field(default_factory=list)  # which "other" processes used it
+    idle_cpu_per_s: dict[str, float] = field(default_factory=dict)  # the same with nothing to do, per second
+    run_worker_cpu_s: float = 0.0  # mean CPU seconds of one run worker
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -74,6 +88,7 @@ class RssSampler:
     def __init__(self, root_pid: int) -> None:
         self.root_pid = root_pid
         self.peak = 0
+        self.worker_cpu: dict[int, float] = {}  # pid -> last CPU seconds seen (missing at most 0.25 s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -91,6 +106,8 @@ class RssSampler:
                     cmdline = " ".join(p.cmdline())
                     if "multiprocessing" in cmdline and "resource_tracker" not in cmdline:
                         self.peak = max(self.peak, p.memory_info().rss)
+                        t = p.cpu_times()
+                        self.worker_cpu[p.pid] = t.user + t.system + t.children_user + t.children_system
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
 
@@ -101,6 +118,69 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _cpu_kind(name: str, cmdline: str) -> str:
+    if name.startswith("postgres"):
+        return "postgres"
+    if name.startswith("ray::ServeReplica"):
+        return "replicas"
+    if name.startswith("ray::") or name in ("gcs_server", "raylet") or "ray/" in cmdline or "ray." in cmdline:
+        return "ray system"
+    if "multiprocessing" in cmdline and "resource_tracker" not in cmdline:
+        return "run workers"
+    if "dagster api grpc" in cmdline:
+        return "code server"
+    if "dagster-daemon" in cmdline:
+        return "dagster daemon"
+    return "other"
+
+
+class CpuLedger:
+    """CPU seconds each kind of process used between ``start`` and ``stop``.
+
+    Run workers are spawned by the code server: one that ended in between is counted through the
+    code server's reaped-children time (a run worker's own children, tesseract, are in its).
+    """
+
+    def __init__(self) -> None:
+        self._start: dict[tuple[int, str], tuple[str, float]] = {}
+        self.by_kind: dict[str, float] = {}
+        self.top_other: list[tuple[float, str]] = []  # the largest "other" processes, to name them
+
+    _names: dict[int, str] = {}
+
+    @staticmethod
+    def _snapshot() -> dict[tuple[int, str], tuple[str, float]]:
+        import psutil
+
+        out = {}
+        for p in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+            t = p.info["cpu_times"]
+            if t is None:
+                continue
+            kind = _cpu_kind(p.info["name"] or "", " ".join(p.info["cmdline"] or ()))
+            CpuLedger._names[p.pid] = f"{p.pid} {' '.join(p.info['cmdline'] or ())[:100]}"
+            children = t.children_user + t.children_system
+            if kind == "code server":  # its reaped children are the ended run workers
+                out[(p.pid, "own")] = (kind, t.user + t.system)
+                out[(p.pid, "children")] = ("run workers", children)
+            elif kind == "dagster daemon":  # its only child is the code server, counted above
+                out[(p.pid, "own")] = (kind, t.user + t.system)
+            else:
+                out[(p.pid, "own")] = (kind, t.user + t.system + children)
+        return out
+
+    def start(self) -> None:
+        self._start = self._snapshot()
+
+    def stop(self) -> None:
+        for key, (kind, cpu) in self._snapshot().items():
+            used = cpu - self._start.get(key, (kind, 0.0))[1]
+            self.by_kind[kind] = round(self.by_kind.get(kind, 0.0) + used, 1)
+            if kind == "other" and used > 1.0:
+                self.top_other.append((round(used, 1), self._names.get(key[0], str(key[0]))))
+        self.top_other.sort(reverse=True)
 
 
 def _replica_totals() -> dict[str, dict[str, Any]]:
@@ -147,6 +227,20 @@ def _stage_seconds(app_url: str, job_ids: list[str]) -> tuple[float, int]:
     return float(row[0]), int(row[1])
 
 
+def _stage_means(app_url: str, job_ids: list[str]) -> dict[str, float]:
+    """Mean attempt time per stage, to see where a variant's time goes."""
+    import sqlalchemy as sa
+
+    from variant_pipeline.data.engine import get_engine
+
+    with get_engine(app_url).connect() as conn:
+        rows = conn.execute(sa.text(
+            """SELECT stage, avg(EXTRACT(EPOCH FROM finished_at - started_at))
+                 FROM stage_attempts WHERE job_id = ANY(CAST(:jobs AS uuid[])) GROUP BY stage"""),
+            {"jobs": job_ids}).all()
+    return {stage: round(float(mean), 2) for stage, mean in rows}
+
+
 def _local_loads(job_keys: list[str]) -> int:
     """Model loads in the run workers: each run's last materialization holds its process's loads."""
     import dagster as dg
@@ -167,7 +261,8 @@ def _local_loads(job_keys: list[str]) -> int:
     return loads
 
 
-def run_backend(backend: str, n_jobs: int, ray_port: int, timeout_s: float) -> BackendResult:
+def run_backend(backend: str, n_jobs: int, ray_port: int, timeout_s: float,
+                max_runs: int | None = None, profile: Path | None = None) -> BackendResult:
     from variant_pipeline.services import prepare_environment, start_services
 
     saved = {k: os.environ.get(k) for k in _INHERITED}
@@ -175,6 +270,9 @@ def run_backend(backend: str, n_jobs: int, ray_port: int, timeout_s: float) -> B
     ray_started = False
     setup_started = time.monotonic()
     env = prepare_environment(log=lambda _m: None)
+    if max_runs is not None:
+        yaml_path = env.dagster_home / "dagster.yaml"
+        yaml_path.write_text(yaml_path.read_text().replace("max_concurrent_runs: 4", f"max_concurrent_runs: {max_runs}"))
     try:
         if backend == "ray":
             from variant_pipeline.models.serving import start_and_deploy
@@ -187,11 +285,27 @@ def run_backend(backend: str, n_jobs: int, ray_port: int, timeout_s: float) -> B
                 _submit_and_wait(env.app_url, 1, timeout_s)
                 before = _replica_totals()
             setup_s = time.monotonic() - setup_started
+            idle = CpuLedger()
+            idle.start()
+            time.sleep(10)
+            idle.stop()
+            ledger = CpuLedger()
+            ledger.start()
+            spy = None if profile is None else subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--subprocesses", "--gil", "--format", "raw",
+                 "--rate", "50", "-o", str(profile.with_suffix(f".{backend}.txt")),
+                 "--pid", str(services.processes["daemon"].pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             with RssSampler(services.processes["daemon"].pid) as sampler:
                 jobs, ended, t0 = _submit_and_wait(env.app_url, n_jobs, timeout_s)
+            ledger.stop()
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(timeout=120)
             wall = max(ended.values()) - t0
             job_walls = [ended[str(j.job_id)] - t0 for j in jobs]
             stage_s, failed = _stage_seconds(env.app_url, [str(j.job_id) for j in jobs])
+            stage_means = _stage_means(env.app_url, [str(j.job_id) for j in jobs])
             compute, replica_rss, mean_batch = None, {}, 1.0
             if backend == "ray":
                 after = _replica_totals()
@@ -229,7 +343,9 @@ def run_backend(backend: str, n_jobs: int, ray_port: int, timeout_s: float) -> B
         job_wall_p95_s=round(_percentile(job_walls, 0.95), 1), stage_seconds=round(stage_s, 1),
         compute_seconds=None if compute is None else round(compute, 2), loads_per_job=round(loads / n_jobs, 2),
         mean_batch_size=round(mean_batch, 2), run_worker_peak_rss_mib=round(sampler.peak / 2**20, 1),
-        replica_peak_rss_mib=replica_rss, setup_s=round(setup_s, 1), failed=failed,
+        replica_peak_rss_mib=replica_rss, setup_s=round(setup_s, 1), failed=failed, stage_mean_s=stage_means,
+        cpu_s=ledger.by_kind, cpu_other=ledger.top_other[:5], idle_cpu_per_s={k: round(v / 10, 3) for k, v in idle.by_kind.items()},
+        run_worker_cpu_s=round(statistics.mean(sampler.worker_cpu.values()), 2) if sampler.worker_cpu else 0.0,
     )
 
 
@@ -248,6 +364,15 @@ def _table(results: list[BackendResult]) -> str:
         ("setup before the batch (s)", lambda r: f"{r.setup_s}"),
         ("stages failed for good", lambda r: f"{r.failed}"),
     ]
+    from variant_pipeline.stages import STAGE_NAMES
+
+    kinds = sorted({k for r in results for k in r.cpu_s})
+    rows += [(f"CPU s, {kind}", lambda r, k=kind: f"{r.cpu_s.get(k, 0.0)}") for kind in kinds]
+    rows += [(f"idle CPU s per s, {kind}", lambda r, k=kind: f"{r.idle_cpu_per_s.get(k, 0.0)}") for kind in kinds]
+    rows.append(("CPU s per run worker (mean)", lambda r: f"{r.run_worker_cpu_s}"))
+
+    for stage in STAGE_NAMES:
+        rows.append((f"mean {stage} attempt (s)", lambda r, s=stage: f"{r.stage_mean_s.get(s, '-')}"))
     header = "| | " + " | ".join(r.backend for r in results) + " |"
     lines = [header, "|---" * (len(results) + 1) + "|"]
     lines += ["| " + name + " | " + " | ".join(f(r) for r in results) + " |" for name, f in rows]
@@ -261,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ray-port", type=int, default=6393, help="GCS port of the local Ray head (default 6393)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for a batch")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--max-concurrent-runs", type=int, help="override dagster.yaml's max_concurrent_runs")
+    parser.add_argument("--profile", type=Path, help="py-spy the daemon, code server and run workers during the "
+                        "batch into PROFILE.<backend>.txt (raw stacks; needs py-spy)")
     args = parser.parse_args(argv)
 
     home = Path(tempfile.mkdtemp(prefix="vp-bench-tp-"))
@@ -271,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for backend in args.backends.split(","):
             print(f"running {args.jobs} jobs x 3 variants with the {backend} backend ...", flush=True)
-            results.append(run_backend(backend.strip(), args.jobs, args.ray_port, args.timeout))
+            results.append(run_backend(backend.strip(), args.jobs, args.ray_port, args.timeout,
+                                       args.max_concurrent_runs, args.profile))
     finally:
         from variant_pipeline.data.embedded_pg import stop_embedded_server
 
