@@ -92,8 +92,9 @@ def markdown_gallery(results: JobResults, max_px: int = 192,
 
     rows.append("| image | " + " | ".join(images()) + " |")
     rows.append("| state | " + " | ".join(_cell(_state_line(v)) for v in variants) + " |")
-    for i, (label, _value) in enumerate(_score_rows(variants[0]) if variants else []):
-        rows.append(f"| {label} | " + " | ".join(_cell(_score_rows(v)[i][1]) for v in variants) + " |")
+    scores = [_score_rows(v) for v in variants]
+    for i, (label, _value) in enumerate(scores[0] if scores else []):
+        rows.append(f"| {label} | " + " | ".join(_cell(rows_of_v[i][1]) for rows_of_v in scores) + " |")
     for i, check in enumerate(CHECKS):
         rows.append(f"| check {check.name} | "
                     + " | ".join(_cell(_check_cell(v.checks[i])) for v in variants) + " |")

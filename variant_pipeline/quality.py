@@ -37,10 +37,6 @@ class CheckOutcome:
         """The outcome and its summary (a summary without an answer already starts with why)."""
         return f"{self.outcome}: {self.summary}" if self.outcome in ("passed", "failed") else self.summary
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "stage": self.stage, "outcome": self.outcome, "summary": self.summary,
-                "value": self.value, "threshold": self.threshold}
-
 
 Rule = Callable[[Mapping[str, Any], Settings], CheckOutcome]
 

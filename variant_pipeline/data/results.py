@@ -9,6 +9,7 @@ all read through here. No Dagster, no models.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,12 +50,6 @@ class VariantResult:
     scores: dict[str, Any]
     checks: list[CheckOutcome]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"job_variants_id": self.job_variants_id, "creation_order": self.creation_order,
-                "state": self.state, "step": self.step, "status": self.status, "error": self.error,
-                "image_path": self.image_path, "overlay_text": self.overlay_text, "scores": self.scores,
-                "checks": [c.to_dict() for c in self.checks]}
-
 
 @dataclass(frozen=True)
 class JobResults:
@@ -71,10 +66,7 @@ class JobResults:
     variants: list[VariantResult]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "tenant_id": self.tenant_id, "state": self.state, "step": self.step,
-                "status": self.status, "error": self.error, "expected_variants": self.expected_variants,
-                "ad_copy_kor": self.ad_copy_kor, "instagram_copy": self.instagram_copy,
-                "hashtags": self.hashtags, "variants": [v.to_dict() for v in self.variants]}
+        return dataclasses.asdict(self)  # variants and their checks too, in field order
 
 
 def _state(step: str, status: str, last_stage: str) -> str:
