@@ -36,14 +36,14 @@ for _check in CHECKS:
     CHECK_SPECS.setdefault(_check.stage, []).append(_spec(_check.name, _check.stage, _check.description))
 
 
-def check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
+def check_result(outcome: CheckOutcome, stage_name: str) -> dg.AssetCheckResult:
     metadata: dict[str, dg.RawMetadataValue] = {"outcome": outcome.outcome, "summary": outcome.summary}
     if outcome.value is not None:
         metadata["value"] = outcome.value
     if outcome.threshold is not None:
         metadata["threshold"] = outcome.threshold
     # A check that could not be evaluated is not a pass: it shows as a warning that says why.
-    return dg.AssetCheckResult(check_name=outcome.name, passed=outcome.passed,
+    return dg.AssetCheckResult(asset_key=stage_name, check_name=outcome.name, passed=outcome.passed,
                                severity=dg.AssetCheckSeverity.WARN, description=outcome.summary,
                                metadata=metadata)
 
@@ -53,4 +53,4 @@ def stage_check_results(engine: Engine, stage_name: str, partition_key: str,
     """The results of ``stage_name``'s checks for one variant, from what the stage just stored."""
     if not checks_of(stage_name):
         return []
-    return [check_result(o) for o in variant_checks(engine, partition_key, settings, (stage_name,))]
+    return [check_result(o, stage_name) for o in variant_checks(engine, partition_key, settings, (stage_name,))]

@@ -20,7 +20,9 @@ START_STAGE_TAG = "variant_pipeline/start_stage"
 CONTINUES_ATTEMPTS_TAG = "variant_pipeline/continues_attempts"
 EVENT_TAG = "variant_pipeline/event_id"  # the outbox event that asked for the run
 SOURCE_RUN_TAG = "variant_pipeline/continues_run"  # the hand-started run a continuation carries on
-RECOVERY_REASON_TAG = "variant_pipeline/recovery"  # "retry" or "stalled"
+RECOVERY_REASON_TAG = "variant_pipeline/recovery"  # "retry", "run_failed" or "stalled"
+# On "run_failed" restarts: how many in a row (each after the last one's run failed again).
+RECOVERY_CHAIN_TAG = "variant_pipeline/recovery_chain"
 RETRIES_RUN_TAG = "variant_pipeline/retries_run"  # links a retry to its failed run in the UI
 
 variant_pipeline_job = dg.define_asset_job(
@@ -76,3 +78,9 @@ def run_request(*, partition_key: str, start_stage: str, run_key: str, launched_
 def continues_attempts(run_tags: dict[str, str]) -> bool:
     """Whether a run is an automatic retry, whose attempts count on from the last one."""
     return run_tags.get(CONTINUES_ATTEMPTS_TAG) == "1"
+
+
+def launched_by_pipeline(run_tags: dict[str, str]) -> bool:
+    """Whether a sensor launched the run for a state (else a person started it): such a run does
+    nothing where its partition has moved on (``state.transitions.stale_reason``)."""
+    return bool(run_tags.get(LAUNCHED_BY_TAG))

@@ -9,6 +9,7 @@ The jobs that run them, and the run requests of the sensors, are in ``assets/job
 
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
@@ -16,13 +17,13 @@ from dagster import AssetExecutionContext
 
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.assets.checks import CHECK_SPECS, stage_check_results
-from variant_pipeline.assets.jobs import continues_attempts
+from variant_pipeline.assets.jobs import LAUNCHED_BY_TAG, continues_attempts, launched_by_pipeline
 from variant_pipeline.assets.partitions import JobVariantsPartitionMapping, job_partitions, variant_partitions
 from variant_pipeline.assets.rendering import result_metadata
 from variant_pipeline.config import load_settings
 from variant_pipeline.handlers import HandlerContext, execute_stage
 from variant_pipeline.models.registry import family, kinds_for, wants_accelerator
-from variant_pipeline.state.attempts import StageFailed, record_cancellation, stage_timeout_s
+from variant_pipeline.state.attempts import RunIsStale, StageFailed, record_cancellation, stage_timeout_s
 from variant_pipeline.state.locks import ClaimRefused
 from variant_pipeline.state.origins import run_origin
 
@@ -97,24 +98,39 @@ def build_stage_asset(stage: stage_graph.Stage) -> dg.AssetsDefinition:
     # Every stage may need the text model: the job's brief (English copy, short Korean line) is
     # written lazily, once per job, by whichever stage first reads a missing text.
     resource_keys = {"database", "asset_storage", "text_model"} | ({stage.model} if stage.model else set())
-
-    @dg.asset(
-        name=stage.name,
+    partitions = variant_partitions if stage.level == "variant" else job_partitions
+    # A one-asset multi_asset rather than @asset for two things @asset cannot say: the asset is
+    # skippable (a stale launched run yields no materialization, and Dagster then skips the run's
+    # later stages), and its checks are optional with it (can_subset), which also lets a person
+    # run the checks alone: they are re-read from what the stage stored.
+    spec = dg.AssetSpec(
+        stage.name,
         description=stage.description,
-        partitions_def=variant_partitions if stage.level == "variant" else job_partitions,
         deps=deps,
         group_name=f"{stage.level}_stages",
         kinds=set(kinds_for(stage.model)),
+        metadata={"stage_position": stage.position, "level": stage.level, "model_resource": stage.model or "none"},
+        partitions_def=partitions,
+        skippable=True,
+    )
+
+    @dg.multi_asset(
+        name=stage.name,
+        specs=[spec],
+        partitions_def=partitions,
         pool=GPU_POOL if wants_accelerator(stage.model) and load_settings().model_backend == "local" else None,
         required_resource_keys=resource_keys,
-        metadata={"stage_position": stage.position, "level": stage.level, "model_resource": stage.model or "none"},
         check_specs=CHECK_SPECS.get(stage.name),
+        can_subset=True,
     )
-    def _stage_asset(context: AssetExecutionContext) -> dg.MaterializeResult:
+    def _stage_asset(context: AssetExecutionContext) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         import time
 
         resources = context.resources
         settings = load_settings()
+        if dg.AssetKey(stage.name) not in context.selected_asset_keys:  # the checks alone
+            yield from stage_check_results(resources.database.engine(), stage.name, context.partition_key, settings)
+            return
         models = ResourceModels(resources, deadline=time.monotonic() + stage_timeout_s(settings, stage.name))
         ctx = HandlerContext(
             engine=resources.database.engine(),
@@ -126,10 +142,18 @@ def build_stage_asset(stage: stage_graph.Stage) -> dg.AssetsDefinition:
             log=context.log.info,
             run_id=context.run.run_id,
             continues_attempts=continues_attempts(context.run.tags),
+            launched=launched_by_pipeline(context.run.tags),
         )
         start = time.perf_counter()
         try:
             outcome = execute_stage(stage.name, ctx)
+        except RunIsStale as exc:
+            # Nothing was done: no materialization (the asset's latest one stays the real one), an
+            # observation that says why, and Dagster skips this run's later stages.
+            context.log_event(dg.AssetObservation(
+                asset_key=stage.name, partition=context.partition_key,
+                metadata={"skipped": str(exc), "run_launched_by": context.run.tags.get(LAUNCHED_BY_TAG, "")}))
+            return
         except StageFailed as exc:
             # The reason is already stored on the row; the step fails with the same message.
             raise dg.Failure(description=str(exc),
@@ -146,7 +170,8 @@ def build_stage_asset(stage: stage_graph.Stage) -> dg.AssetsDefinition:
         metadata = result_metadata(outcome, time.perf_counter() - start, models.serving_metadata())
         if stage.name == stage_graph.LAST_JOB_STAGE:
             metadata["gallery"] = dg.MetadataValue.md(job_gallery(ctx))
-        return dg.MaterializeResult(
+        yield dg.MaterializeResult(
+            asset_key=stage.name,
             metadata=metadata,
             check_results=stage_check_results(ctx.engine, stage.name, ctx.partition_key, ctx.settings),
         )

@@ -41,6 +41,8 @@ class HandlerContext:
     run_id: str | None = None  # the Dagster run; None outside Dagster (the origin names the caller)
     # True for automatic retries: attempts count on from the last one instead of starting at 1.
     continues_attempts: bool = False
+    # True for runs the pipeline launched (not a person's): a stage no longer asked for is skipped.
+    launched: bool = False
 
 
 @dataclass

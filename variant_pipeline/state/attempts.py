@@ -1,6 +1,7 @@
 """The attempt protocol: one stage for one partition, run as one recorded attempt under its lock.
 
     take the partition lock (else PartitionBusy: nothing written)
+    a run the pipeline launched: is the stage still asked for?   (else RunIsStale: a 'skipped' record)
     claim: (stage, running), a new stage_attempts row            one transaction
     the stage's handler, under the stage's time limit            no transaction held
     its outputs + (stage, done), if the row still names us      one fenced transaction
@@ -13,6 +14,7 @@ work and knows no orchestrator. Every write carries the caller's origin into the
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,12 +24,17 @@ from sqlalchemy.engine import Connection, Engine
 
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.config import Settings
+from variant_pipeline.data.engine import transaction
 from variant_pipeline.faults import inject, parse_faults
 from variant_pipeline.state import claims
 from variant_pipeline.state.locks import PartitionBusy, PartitionLock
 from variant_pipeline.state.retry import RetryPolicy, retry_policy
+from variant_pipeline.state.transitions import stale_reason
 
 MAX_ERROR_CHARS = 2000
+# How long a run the pipeline launched waits for a partition lock someone else holds before it
+# concludes that another run is carrying the partition. Prune and recovery hold it for moments.
+LAUNCHED_RUN_LOCK_WAIT_S = 10.0
 
 
 class AttemptContext(Protocol):
@@ -40,6 +47,7 @@ class AttemptContext(Protocol):
     log: Callable[[str], None]
     run_id: str | None  # the Dagster run; None outside Dagster (the origin names the caller)
     continues_attempts: bool  # automatic retries count on from the last attempt
+    launched: bool  # a run the pipeline launched for a state (not a person's): it may be stale
 
 
 class Outcome(Protocol):
@@ -72,6 +80,11 @@ class StageFailed(RuntimeError):
         self.will_retry = will_retry
 
 
+class RunIsStale(RuntimeError):
+    """A run the pipeline launched found its stage no longer asked for (the partition moved on, or
+    another run carries it); it did nothing, and recorded that as a 'skipped' attempt row."""
+
+
 class StageTimeout(TimeoutError):
     """The stage ran past its time limit (it is retried like any transient failure)."""
 
@@ -84,8 +97,9 @@ def execute_stage(stage_name: str, ctx: ContextT, handler: Callable[[ContextT], 
     """Run ``handler(ctx)`` as one attempt at ``stage_name`` for ``ctx.partition_key``, under its lock.
 
     Raises ``StageFailed`` when the stage failed (its reason stored, a retry scheduled if it may
-    be retried), and ``ClaimRefused`` when this worker may not run it (another worker holds the
-    partition, or the attempt was superseded): then nothing of this attempt was written.
+    be retried), ``ClaimRefused`` when this worker may not run it (another worker holds the
+    partition, or the attempt was superseded), and ``RunIsStale`` when a launched run finds the
+    stage no longer asked for: in those two cases nothing of this attempt was written.
     """
     stage = stage_graph.stage(stage_name)
     key = ctx.partition_key
@@ -97,15 +111,23 @@ def execute_stage(stage_name: str, ctx: ContextT, handler: Callable[[ContextT], 
     policy = retry_policy(ctx.settings)
     faults = parse_faults(ctx.settings.faults)  # before the claim: a bad spec must not strand the row
     lock = PartitionLock(ctx.engine, key)
-    if not lock.try_acquire():
+    if not _acquire(lock, LAUNCHED_RUN_LOCK_WAIT_S if ctx.launched else 0.0):
+        if ctx.launched:
+            _skip(ctx, stage.name, run_id, f"another run holds the {stage.level}'s lock")
         raise PartitionBusy(f"{stage.level} {key} is being worked on by another run; {stage.name} not started")
     try:
+        stale: str | None = None
         try:
             with _locked(lock.connection(), ctx.origin) as conn:
-                claim = claims.claim(conn, stage=stage.name, partition_key=key, run_id=run_id,
-                                     origin=ctx.origin, continues_attempts=ctx.continues_attempts)
+                if ctx.launched:
+                    stale = _stale_reason(conn, stage.name, key, ctx.continues_attempts)
+                if stale is None:
+                    claim = claims.claim(conn, stage=stage.name, partition_key=key, run_id=run_id,
+                                         origin=ctx.origin, continues_attempts=ctx.continues_attempts)
         except claims.PartitionMissing as exc:
             raise StageFailed(stage.name, key, str(exc)) from exc
+        if stale is not None:
+            _skip(ctx, stage.name, run_id, stale, conn=lock.connection())
         ctx.log(f"{stage.name} attempt {claim.attempt} for {stage.level} {key}")
 
         def work() -> OutcomeT:
@@ -129,6 +151,44 @@ def execute_stage(stage_name: str, ctx: ContextT, handler: Callable[[ContextT], 
         return outcome
     finally:
         lock.release()
+
+
+def _acquire(lock: PartitionLock, wait_s: float) -> bool:
+    deadline = time.monotonic() + wait_s
+    while not lock.try_acquire():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.25)
+    return True
+
+
+def _stale_reason(conn: Connection, stage_name: str, key: str, continues_attempts: bool) -> str | None:
+    """Why the row (locked) does not ask a launched run for ``stage_name`` now, or None."""
+    level = stage_graph.stage(stage_name).level
+    row = claims.read_row(conn, level, key, lock=True)
+    if row is None:
+        return None  # the claim reports the missing partition
+    return stale_reason(level, row["current_step"], row["status"], retry_pending=row["retry_at"] is not None,
+                        stage=stage_name, continues_attempts=continues_attempts)
+
+
+def _skip(ctx: AttemptContext, stage_name: str, run_id: str, reason: str,
+          conn: Connection | None = None) -> NoReturn:
+    """Record that this launched run did nothing at ``stage_name``, then raise ``RunIsStale``."""
+    message = f"stale run: {reason}; {stage_name} not run, nothing written"
+    ctx.log(f"{stage_name} for {ctx.partition_key}: {message}")
+    try:
+        if conn is None:
+            with transaction(ctx.engine, ctx.origin) as own:
+                claims.record_skipped(own, stage=stage_name, partition_key=ctx.partition_key, run_id=run_id,
+                                      origin=ctx.origin, reason=message)
+        else:
+            with _locked(conn, ctx.origin) as locked:
+                claims.record_skipped(locked, stage=stage_name, partition_key=ctx.partition_key, run_id=run_id,
+                                      origin=ctx.origin, reason=message)
+    except Exception as exc:  # the record is for people; doing nothing is what matters
+        ctx.log(f"could not record the skipped {stage_name} for {ctx.partition_key}: {exc}")
+    raise RunIsStale(message)
 
 
 def record_cancellation(stage_name: str, ctx: AttemptContext, reason: str) -> bool:

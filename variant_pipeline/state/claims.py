@@ -68,7 +68,7 @@ def read_row(conn: Connection, level: str, key: str, *, lock: bool) -> dict[str,
     table, id_column = table_for(level)
     order = "creation_order" if level == "variant" else "NULL::int AS creation_order"
     row = conn.execute(
-        sa.text(f"SELECT job_id, current_step, status, attempt, run_id, {order} FROM {table} "
+        sa.text(f"SELECT job_id, current_step, status, attempt, run_id, retry_at, {order} FROM {table} "
                 f"WHERE {id_column} = CAST(:k AS uuid)" + (" FOR UPDATE" if lock else "")),
         {"k": key},
     ).mappings().first()
@@ -115,6 +115,26 @@ def claim(conn: Connection, *, stage: str, partition_key: str, run_id: str, orig
          "stage": stage, "attempt": attempt, "run": run_id, "origin": origin, "worker": worker_id()},
     ).scalar_one()
     return Claim(attempt_id, level, partition_key, job_id, stage, attempt, run_id, row["creation_order"])
+
+
+def record_skipped(conn: Connection, *, stage: str, partition_key: str, run_id: str, origin: str,
+                   reason: str) -> None:
+    """Record that run ``run_id`` found ``stage`` not asked for and did nothing (a stale run).
+
+    Shown by ``status --attempts`` beside the real attempts; it is no attempt at the stage: it
+    wrote nothing, and no retry counts it.
+    """
+    level = stage_graph.stage(stage).level
+    table, id_column = table_for(level)
+    conn.execute(
+        sa.text(f"""INSERT INTO stage_attempts (level, job_id, job_variants_id, stage, attempt, run_id, origin,
+                                                worker, finished_at, outcome, error, will_retry)
+                    SELECT :level, job_id, :variant, :stage, greatest(attempt, 1), :run, :origin, :worker,
+                           now(), 'skipped', :reason, false
+                      FROM {table} WHERE {id_column} = CAST(:k AS uuid)"""),
+        {"level": level, "variant": partition_key if level == "variant" else None, "stage": stage,
+         "run": run_id, "origin": origin, "worker": worker_id(), "reason": reason, "k": partition_key},
+    )
 
 
 def open_attempt(conn: Connection, partition_key: str, stage: str) -> sa.Row | None:

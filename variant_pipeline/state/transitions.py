@@ -63,3 +63,25 @@ def continuation_start(materialized_stage_names: Iterable[str]) -> str | None:
     furthest = max((stage_graph.stage(n) for n in names), key=lambda s: s.position)
     following = stage_graph.next_stage(furthest.name)
     return following.name if following else None
+
+
+def stale_reason(level: str, step: str, status: str, *, retry_pending: bool, stage: str,
+                 continues_attempts: bool) -> str | None:
+    """Why a run the pipeline launched must not run ``stage`` on a row in state (step, status), or
+    None when the row asks for exactly that stage.
+
+    A launched run acts on the state it was launched for. A duplicate of it (a replayed tick, a
+    second daemon, a recovery restart racing a slow run) arrives after the row has moved on; run
+    anyway, it would redo finished work and move the row back. Runs a person starts never ask.
+    """
+    here = f"the {level} is at ({step}, {status})"
+    if status == "running":
+        return f"{here}: another run is working on it"
+    if status == "failed":
+        return f"{here}: only a retry or a hand run restarts it"
+    wanted = restart_stage(level, step, status)
+    if wanted != stage:
+        return f"{here}, which asks for {wanted or 'no further stage'}, not {stage}"
+    if retry_pending and not continues_attempts:
+        return f"{here}, waiting for its automatic retry"
+    return None
