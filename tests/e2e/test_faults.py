@@ -267,3 +267,53 @@ def test_a_run_cancelled_mid_stage_fails_for_good_and_a_manual_retry_finishes_it
         img_gen = [(a["attempt"], a["outcome"]) for a in claims.attempts_of(engine, key) if a["stage"] == "img_gen"]
         assert img_gen == [(1, "failed"), (1, "done")]  # the manual retry is a new round
     print(f"\ncancelled run: attempt failed for good {noticed_s:.1f} s after the interrupt")
+
+
+def _worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """The run worker's process id, from the run's own RUN_START event."""
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_START):
+        if entry.dagster_event is not None and entry.dagster_event.pid:
+            return entry.dagster_event.pid
+    return None
+
+
+@pytest.mark.e2e
+def test_a_run_killed_before_its_first_stage_restarts_without_the_stall_rule(pipeline_env, monkeypatch) -> None:
+    """Two variants share the one `gpu` pool slot; the run that waits for it is SIGKILLed, so its
+    variant has no attempt in flight and a dead run. With the stall rule at 600 s, only the
+    recovery sensor's restart of a failed run's orphan (seconds after the lease grace) can finish
+    the job in time."""
+    from variant_pipeline.assets.jobs import RECOVERY_REASON_TAG
+
+    with pipeline(monkeypatch, VP_FAULTS="img_gen:sleep=30:attempt=1", VP_STALL_AFTER_S="600",
+                  VP_GPU_POOL_LIMIT="1") as (env, services):
+        engine = get_engine(env.app_url)
+        job = submit_sample(env.app_url, variants=2)
+        keys = [str(v) for v in job.variant_ids]
+        _wait_for(lambda: any(_running_attempt(engine, k, "img_gen") for k in keys), 300, "one variant in img_gen")
+        waiting = next(k for k in keys if not _running_attempt(engine, k, "img_gen"))
+        with dg.DagsterInstance.get() as instance:
+            def started_run() -> dg.DagsterRun | None:
+                runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": waiting},
+                                                       statuses=[dg.DagsterRunStatus.STARTED]))
+                return runs[0] if runs and _worker_pid(instance, runs[0].run_id) else None
+
+            _wait_for(lambda: started_run() is not None, 120, "the waiting variant's run to start")
+            victim = started_run()
+            assert victim is not None and not claims.attempts_of(engine, waiting)  # before its first stage
+            os.kill(_worker_pid(instance, victim.run_id), signal.SIGKILL)
+        killed_at = time.monotonic()
+        _wait_for(lambda: bool(claims.attempts_of(engine, waiting)), 240, "the killed variant's first attempt")
+        moving_after_s = time.monotonic() - killed_at
+
+        status = wait_for_job(env.app_url, job.job_id, timeout_s=600, log=lambda _msg: None)
+        log_text = services.logs["daemon"].read_text(errors="replace")[-4000:]
+        assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
+        _assert_settled(engine, [str(job.job_id)], log_text)
+        with dg.DagsterInstance.get() as instance:
+            assert instance.get_run_by_id(victim.run_id).status == dg.DagsterRunStatus.FAILURE
+            reasons = [r.tags.get(RECOVERY_REASON_TAG) for r in
+                       instance.get_runs(dg.RunsFilter(tags={"dagster/partition": waiting}))]
+        assert "run_failed" in reasons and "stalled" not in reasons
+        assert moving_after_s < 600  # the stall rule would have taken 600 s or more
+    print(f"\nrun killed before its first stage: its variant moving again {moving_after_s:.0f} s after the kill")

@@ -374,3 +374,65 @@ def test_recovery_writes_start_no_outbox_run_except_the_job_rollup(engine, db_ur
         (e.kind, e.new_step, e.new_status, e.origin) for e in events}
     [run] = plan_tick(events, [retried, failing, done], [str(job.job_id)]).runs
     assert (run.level, run.partition_key, run.start_stage) == ("job", str(job.job_id), "ad_copy_gen_kor")
+
+
+# --- orphans of a failed run: restarted at once, not after the stall period ---------------------
+
+
+def _failed(key: str, seconds_from_now: float, run: str = "dead-run", chain: int = 0):
+    """A lookup answering that ``key``'s latest run failed at now + seconds (the others' did not)."""
+    from datetime import UTC, datetime
+
+    ended = datetime.now(UTC) + timedelta(seconds=seconds_from_now)
+    asked: list[list[str]] = []
+
+    def lookup(keys: list[str]) -> dict[str, recovery.FailedRun]:
+        asked.append(keys)
+        return {k: recovery.FailedRun(run, ended, chain) for k in keys if k == key}
+    lookup.asked = asked  # type: ignore[attr-defined]
+    return lookup
+
+
+def test_a_variant_whose_run_failed_between_stages_restarts_at_once(engine, job) -> None:
+    key = str(job.variant_ids[0])
+    _set_variant(engine, key, "planner", "done")  # its run committed planner, then died
+    [restart] = recovery.find_restarts(engine, stall_after_s=300, busy_partitions=[], failed_runs=_failed(key, +1))
+    assert (restart.partition_key, restart.start_stage, restart.why, restart.continues_attempts) == (
+        key, "overlay", "run_failed", False)
+    assert (restart.retries_run, restart.chain) == ("dead-run", 1)
+    assert restart.run_key == f"run-failed:variant:{key}:overlay:dead-run"  # one restart per failed run
+    # Without the failed run (or with a run still in flight) it is left to the stall rule.
+    assert recovery.find_restarts(engine, stall_after_s=300, busy_partitions=[]) == []
+    assert recovery.find_restarts(engine, stall_after_s=300, busy_partitions=[key], failed_runs=_failed(key, +1)) == []
+
+
+def test_a_run_that_failed_before_the_row_last_changed_says_nothing_about_it(engine, job) -> None:
+    """The row changed after that run ended (a new submission, a person's retry): the outbox
+    sensor's run for the new state is on its way, and must not be raced."""
+    key = str(job.variant_ids[0])
+    _set_variant(engine, key, "img_gen", "queued")
+    assert recovery.find_restarts(engine, stall_after_s=300, busy_partitions=[], failed_runs=_failed(key, -60)) == []
+
+
+def test_a_due_retry_whose_run_failed_restarts_with_its_attempts_counting_on(engine, job) -> None:
+    key = str(job.variant_ids[0])
+    _fail_attempt(engine, key, "vlm_analyze", backoff_s=0, continues=False)  # due now
+    [restart] = recovery.find_restarts(engine, stall_after_s=300, busy_partitions=[], failed_runs=_failed(key, +1))
+    assert (restart.why, restart.start_stage, restart.continues_attempts) == ("run_failed", "vlm_analyze", True)
+    # A retry still backing off is not asked about at all.
+    other = str(job.variant_ids[1])
+    _fail_attempt(engine, other, "vlm_analyze", backoff_s=3600, continues=False, run="run-9")
+    lookup = _failed(key, +1)
+    restarts = recovery.find_restarts(engine, stall_after_s=300, busy_partitions=[], failed_runs=lookup)
+    assert {r.partition_key for r in restarts} == {key}
+    assert all(other not in keys for keys in lookup.asked)
+
+
+def test_fast_restarts_stop_after_a_chain_and_leave_it_to_the_stall_rule(engine, job) -> None:
+    key = str(job.variant_ids[0])
+    _set_variant(engine, key, "planner", "done")
+    chained = _failed(key, +1, run="third-restart", chain=recovery.MAX_FAST_RESTARTS)
+    assert recovery.find_restarts(engine, stall_after_s=300, busy_partitions=[], failed_runs=chained) == []
+    _age(engine, "variant", key, 400)
+    [stalled] = recovery.find_restarts(engine, stall_after_s=300, busy_partitions=[], failed_runs=chained)
+    assert stalled.why == "stalled"

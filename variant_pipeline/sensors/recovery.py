@@ -7,9 +7,11 @@ Each tick, in this order:
    cannot see a dead worker by itself, and a dead run would keep its GPU pool slot forever.
 2. **Lost claims** (``state.recovery.recover_lost_claims``): rows running with nobody holding their
    partition lock become a recorded ``lost`` attempt and a scheduled retry (or ``failed``).
-3. **Restarts** (``state.recovery.find_restarts``): due retries and stalled rows without a run in
-   flight get one run each, from their first unfinished stage, under a run key that names the
-   attempt or the stall, so a repeated tick never launches twice.
+3. **Restarts** (``state.recovery.find_restarts``): due retries, rows whose latest run failed
+   after they last changed (its worker died between stages, or the launch failed), and stalled
+   rows, without a run in flight, get one run each, from their first unfinished stage, under a
+   run key that names the attempt, the failed run or the stall, so a repeated tick never launches
+   twice.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ import datetime as dt
 import dagster as dg
 from sqlalchemy.engine import Engine
 
-from variant_pipeline.assets.jobs import PIPELINE_JOBS, RECOVERY_REASON_TAG, RETRIES_RUN_TAG, run_request
+from variant_pipeline.assets.jobs import (
+    PIPELINE_JOBS,
+    RECOVERY_CHAIN_TAG,
+    RECOVERY_REASON_TAG,
+    RETRIES_RUN_TAG,
+    run_request,
+)
 from variant_pipeline.config import load_settings
 from variant_pipeline.resources.database import DatabaseResource
 from variant_pipeline.state import recovery
@@ -66,6 +74,23 @@ def busy_partitions(instance: dg.DagsterInstance, job_names: set[str]) -> set[st
     return busy
 
 
+def latest_failed_runs(instance: dg.DagsterInstance, keys: list[str],
+                       job_names: set[str]) -> dict[str, recovery.FailedRun]:
+    """For each partition key, its latest run of the pipeline's jobs if that run failed."""
+    found = {}
+    for key in keys:
+        records = instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": key}), limit=1)
+        if not records:
+            continue
+        record = records[0]
+        run = record.dagster_run
+        if run.job_name in job_names and run.status == dg.DagsterRunStatus.FAILURE and record.end_time:
+            found[key] = recovery.FailedRun(
+                run.run_id, dt.datetime.fromtimestamp(record.end_time, dt.UTC),
+                chain=int(run.tags.get(RECOVERY_CHAIN_TAG, "0") or 0))
+    return found
+
+
 def _cancelled_last_run(instance: dg.DagsterInstance, partition_key: str, job_names: set[str]) -> str | None:
     """The id of the partition's latest run if a person cancelled it; a stall then is their choice."""
     runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": partition_key}), limit=1)
@@ -96,7 +121,9 @@ def build_recovery_sensor() -> dg.SensorDefinition:
 
         dead = fail_dead_runs(instance, engine, job_names, now, current.run_lease_grace_s)
         lost = recovery.recover_lost_claims(engine, retry_policy(current))
-        restarts = recovery.find_restarts(engine, current.stall_after_s, busy_partitions(instance, job_names))
+        restarts = recovery.find_restarts(
+            engine, current.stall_after_s, busy_partitions(instance, job_names),
+            failed_runs=lambda keys: latest_failed_runs(instance, keys, job_names))
         for run_id in dead:
             context.log.warning(f"run {run_id}: worker gone, reported failed")
         for claim in lost:
@@ -115,6 +142,8 @@ def build_recovery_sensor() -> dg.SensorDefinition:
                                  f"{restart.start_stage} marked failed instead of restarted")
                 continue
             tags = {RECOVERY_REASON_TAG: restart.why}
+            if restart.chain:
+                tags[RECOVERY_CHAIN_TAG] = str(restart.chain)
             if restart.retries_run:
                 tags[RETRIES_RUN_TAG] = restart.retries_run  # links the retry to its failed run in the UI
             run_requests.append(run_request(

@@ -9,6 +9,11 @@ Three kinds of stopped work:
   worker that claimed it is gone. The attempt is recorded as ``lost`` and counts like a failure:
   retried with backoff while attempts remain, else the row fails with the reason.
 - **due retries**: ``(step, queued)`` with ``retry_at`` in the past.
+- **orphans of a failed run**: a row waiting for its next stage (or a due retry) whose latest run
+  failed after the row last changed, with no run in flight: the run that was carrying it died
+  between stages or before its first one (a killed worker, a lost database, a launch that failed).
+  Nothing else will move it, so it restarts at once instead of waiting out the stall rule; a
+  chain of such restarts is cut after ``MAX_FAST_RESTARTS``, and the stall rule takes over.
 - **stalls**: a row that waits for its next stage (``done`` before the last stage, a job whose
   variants all finished, or ``queued``) and has not changed for ``stall_after_s``, with no run
   in flight for it: a run request that was lost, a run cancelled by hand, a launch that failed.
@@ -19,7 +24,7 @@ Three kinds of stopped work:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -47,16 +52,34 @@ class LostClaim:
     will_retry: bool
 
 
+# Restarts of orphans in a row (each from a run that failed again) before the stall rule decides.
+MAX_FAST_RESTARTS = 3
+
+
 @dataclass(frozen=True)
 class Restart:
     level: str
     partition_key: str
     start_stage: str
-    why: str  # "retry" | "stalled"
+    why: str  # "retry" | "run_failed" | "stalled"
     run_key: str
     continues_attempts: bool  # automatic retries count on; stalls restart a stage afresh
     state: tuple[str, str] = ("", "")  # the row's (step, status) when it was found
-    retries_run: str | None = None  # for retries: the run whose attempt failed
+    retries_run: str | None = None  # for retries and run_failed: the run that failed
+    chain: int = 0  # for run_failed: how many fast restarts in a row this one is
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    """A partition's latest run, which failed: when it ended, and how many fast restarts led to it."""
+
+    run_id: str
+    ended_at: datetime
+    chain: int = 0
+
+
+# Given partition keys, each one's latest run if it failed (the recovery sensor asks Dagster).
+FailedRunLookup = Callable[[list[str]], Mapping[str, FailedRun]]
 
 
 _ROWS = """
@@ -101,8 +124,9 @@ def recover_lost_claims(engine: Engine, policy: RetryPolicy) -> list[LostClaim]:
     return lost
 
 
-def find_restarts(engine: Engine, stall_after_s: float, busy_partitions: Iterable[str]) -> list[Restart]:
-    """Due retries and stalled rows, minus partitions that have a run in flight."""
+def find_restarts(engine: Engine, stall_after_s: float, busy_partitions: Iterable[str],
+                  failed_runs: FailedRunLookup | None = None) -> list[Restart]:
+    """Due retries, orphans of failed runs and stalled rows, minus partitions with a run in flight."""
     busy = set(busy_partitions)
     job_steps = "(SELECT name FROM pipeline_stages WHERE level = 'job')"
     last_variant, last_job = stage_graph.LAST_VARIANT_STAGE, stage_graph.LAST_JOB_STAGE
@@ -117,17 +141,20 @@ def find_restarts(engine: Engine, stall_after_s: float, busy_partitions: Iterabl
             last_variant=last_variant, last_job=last_job,
         )
         last_attempts = _last_attempts(conn, [r["key"] for r in waiting if r["retry_at"] is not None])
+    candidates = [r for r in waiting if r["key"] not in busy
+                  and restart_stage(r["level"], r["current_step"], r["status"]) is not None
+                  and (r["retry_at"] is None or r["retry_at"] <= db_now)]  # not backing off
+    failed = failed_runs([r["key"] for r in candidates]) if failed_runs and candidates else {}
     restarts: list[Restart] = []
-    for row in waiting:
-        if row["key"] in busy:
-            continue
+    for row in candidates:
         start = restart_stage(row["level"], row["current_step"], row["status"])
-        if start is None:
+        assert start is not None
+        orphaned = _orphan_restart(row, start, failed.get(row["key"]))
+        if orphaned is not None:
+            restarts.append(orphaned)
             continue
         if row["retry_at"] is not None:
             overdue = (db_now - row["retry_at"]).total_seconds()
-            if overdue < 0:
-                continue  # backing off: not due yet, and not stalled either
             if stall_after_s <= 0 or overdue < stall_after_s:
                 # Named by the last attempt and the time it became due: a retry made due again
                 # (by ``request_retry``) after its run was cancelled gets a key not yet spent.
@@ -153,6 +180,20 @@ def find_restarts(engine: Engine, stall_after_s: float, busy_partitions: Iterabl
                                     continues_attempts=row["retry_at"] is not None,
                                     state=(row["current_step"], row["status"])))
     return restarts
+
+
+def _orphan_restart(row: dict[str, Any], start: str, failed: FailedRun | None) -> Restart | None:
+    """A restart now if the partition's latest run failed after the row last changed (or after
+    its retry fell due): that run was carrying it, and nothing else will."""
+    if failed is None or failed.chain >= MAX_FAST_RESTARTS:
+        return None
+    since = max(row["updated_at"], row["retry_at"] or row["updated_at"])
+    if failed.ended_at < since:
+        return None  # the row changed after that run: someone else asked for this state
+    return Restart(row["level"], row["key"], start, "run_failed",
+                   f"run-failed:{row['level']}:{row['key']}:{start}:{failed.run_id}",
+                   continues_attempts=row["retry_at"] is not None, state=(row["current_step"], row["status"]),
+                   retries_run=failed.run_id, chain=failed.chain + 1)
 
 
 def fail_cancelled(engine: Engine, restart: Restart, run_id: str) -> bool:
@@ -182,6 +223,7 @@ def _last_attempts(conn: Connection, keys: list[str]) -> dict[tuple[str, str], t
                           coalesce(job_variants_id, job_id)::text AS key, stage, attempt_id, run_id
                      FROM stage_attempts
                     WHERE coalesce(job_variants_id, job_id) = ANY(CAST(:keys AS uuid[]))
+                      AND outcome <> 'skipped'  -- a stale run's record is no attempt
                     ORDER BY coalesce(job_variants_id, job_id), stage, attempt_id DESC"""),
         {"keys": keys},
     )
