@@ -1,0 +1,133 @@
+"""The soak's schedule and its round rule, without a database (scripts/soak_schedule.py,
+scripts/soak_checks.py). The checks against a real PostgreSQL: tests/e2e/test_soak_checker.py."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+import soak_checks as checks  # noqa: E402
+import soak_schedule  # noqa: E402
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def test_the_same_seed_gives_the_same_schedule_and_another_seed_another() -> None:
+    def build(seed: int) -> list[dict]:
+        return [a.to_dict() for a in soak_schedule.build_schedule(
+            seed=seed, duration_s=600, backend="local", jobs_per_min=2, faults_per_min=2)]
+
+    assert build(7) == build(7)
+    assert build(7) != build(8)
+
+
+def test_fault_windows_never_overlap_end_in_time_and_cover_every_kind() -> None:
+    actions = soak_schedule.build_schedule(seed=3, duration_s=1800, backend="ray", jobs_per_min=1,
+                                           faults_per_min=2)
+    faults = [a for a in actions if a.is_fault]
+    ends = {a.params["of"]: a.t for a in actions if a.kind == "fault_end"}
+    windows = sorted((a.t, ends.get(a.id, a.t)) for a in faults)
+    for (_s1, e1), (s2, _e2) in zip(windows, windows[1:], strict=False):
+        assert e1 <= s2
+    assert all(end <= 1800 for _start, end in windows)
+    assert {a.kind for a in faults} == set(soak_schedule.FAULT_KINDS_RAY)
+    low, high = soak_schedule.FAULT_DURATIONS["stop_worker"]
+    for a in faults:
+        if a.kind == "stop_worker":
+            assert low <= a.params["duration_s"] <= high
+    # Every producer job's later variants come after it, within the soak.
+    ids = {a.id: a for a in actions}
+    for a in actions:
+        if a.kind == "producer_variants":
+            assert ids[a.params["of"]].kind == "producer_job" and ids[a.params["of"]].t < a.t <= 1800
+
+
+def test_local_backend_has_no_ray_faults() -> None:
+    actions = soak_schedule.build_schedule(seed=1, duration_s=3600, backend="local", jobs_per_min=1,
+                                           faults_per_min=3)
+    assert {a.kind for a in actions if a.is_fault} == set(soak_schedule.FAULT_KINDS_LOCAL)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("3m", 180), ("60m", 3600), ("1h30m", 5400), ("45", 45)])
+def test_durations(text: str, seconds: float) -> None:
+    assert soak_schedule.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "3x", "m3", "3m junk"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError):
+        soak_schedule.parse_duration(text)
+
+
+# --- the round rule ---------------------------------------------------------------------------
+
+
+def _attempt(attempt_id: int, attempt: int, run: str, outcome: str = "done", finished: float | None = None,
+             stage: str = "img_gen", partition: str = "v1") -> checks.Attempt:
+    return checks.Attempt(attempt_id, partition, "variant", stage, attempt, run, outcome,
+                          _at(finished if finished is not None else attempt_id * 10))
+
+
+def _run(run_id: str, launched_by: str | None, key: str | None, created: float) -> checks.RunInfo:
+    return checks.RunInfo(run_id, launched_by, key, _at(created))
+
+
+RUNS = {
+    "r1": _run("r1", "outbox_sensor", "variant:v1:from:img_gen:event:1", 0),
+    "dup": _run("dup", "outbox_sensor", "variant:v1:from:img_gen:event:1", 5),  # the same key again
+    "stale": _run("stale", "outbox_sensor", "variant:v1:from:img_gen:event:2", 5),  # created before r1 committed
+    "hand": _run("hand", None, None, 30),
+    "retry": _run("retry", "outbox_sensor", "variant:v1:from:img_gen:event:9", 45),  # after `retry`
+    "rec": _run("rec", "recovery_sensor", "retry:variant:v1:img_gen:after-attempt:1:1", 12),
+}
+
+
+def test_one_commit_per_round_with_retries_counting_on_is_clean() -> None:
+    attempts = [_attempt(1, 1, "r1", "lost"), _attempt(2, 2, "rec", "done")]
+    assert checks.round_violations(attempts, RUNS) == []
+
+
+def test_two_commits_in_one_round_are_reported() -> None:
+    attempts = [_attempt(1, 1, "r1", "done"), _attempt(2, 2, "rec", "done")]
+    [message] = checks.round_violations(attempts, RUNS)
+    assert message.startswith("committed twice in one round") and "#1" in message and "#2" in message
+
+
+def test_a_request_launched_twice_that_redoes_the_work_is_reported() -> None:
+    attempts = [_attempt(1, 1, "r1", "done", finished=10), _attempt(2, 1, "dup", "done", finished=20)]
+    [message] = checks.round_violations(attempts, RUNS)
+    assert message.startswith("stage redone by a duplicated request")
+
+
+def test_a_pipeline_run_created_before_the_commit_it_redoes_is_stale() -> None:
+    attempts = [_attempt(1, 1, "r1", "done", finished=10), _attempt(2, 1, "stale", "done", finished=20)]
+    [message] = checks.round_violations(attempts, RUNS)
+    assert message.startswith("stage redone by a stale run")
+
+
+def test_hand_runs_and_requested_retries_open_new_rounds() -> None:
+    attempts = [_attempt(1, 1, "r1", "done", finished=10), _attempt(2, 1, "hand", "done", finished=40),
+                _attempt(3, 1, "retry", "failed", finished=50), _attempt(4, 2, "rec", "done", finished=60)]
+    assert checks.round_violations(attempts, RUNS) == []
+
+
+def test_rounds_are_per_partition_and_stage() -> None:
+    attempts = [_attempt(1, 1, "r1", "done"), _attempt(2, 1, "r1", "done", stage="vlm_analyze"),
+                _attempt(3, 1, "hand", "done", partition="v2")]
+    assert checks.round_violations(attempts, RUNS) == []
+
+
+def test_a_run_dagster_does_not_know_counts_as_its_own_request() -> None:
+    attempts = [_attempt(1, 1, "gone-1", "done"), _attempt(2, 1, "gone-2", "done")]
+    assert checks.round_violations(attempts, {}) == []
+    attempts = [_attempt(1, 1, "gone-1", "done"), _attempt(2, 1, "gone-1", "done")]
+    assert len(checks.round_violations(attempts, {})) == 1
