@@ -28,7 +28,8 @@ Always true, at any moment (a violation here never heals):
 The round rule (``check_committed_rounds``). Every try at a stage for a partition is a
 ``stage_attempts`` row. A *round* starts at each attempt numbered 1 (an automatic retry counts
 on: 2, 3...; everything else claims attempt 1). Two committed attempts in one round is a
-violation. A new round after a committed one is legitimate only when something asked for the
+violation. ``skipped`` rows (a stale run recording that it did nothing) are not attempts and
+take no part. A new round after a committed one is legitimate only when something asked for the
 work again after that commit:
 
 - a person: a hand-started run (no ``variant_pipeline/launched_by`` tag: the UI, ``dagster asset
@@ -135,7 +136,8 @@ def round_violations(attempts: Iterable[Attempt], runs: Mapping[str, RunInfo]) -
     """The round rule (module docstring) over attempt records; pure."""
     by_stage: dict[tuple[str, str], list[Attempt]] = defaultdict(list)
     for a in sorted(attempts, key=lambda a: a.attempt_id):
-        by_stage[(a.partition, a.stage)].append(a)
+        if a.outcome != "skipped":  # a stale run's record of what it did not do: not an attempt
+            by_stage[(a.partition, a.stage)].append(a)
     out: list[str] = []
     for (partition, stage), rows in by_stage.items():
         rounds: list[list[Attempt]] = []
@@ -391,6 +393,8 @@ def check_failures_explained(conn: Connection, max_attempts: int) -> list[str]:
                                              "level = :level AND stage = :s", k=key, level=level, s=step)]
         last_round: list[Attempt] = []
         for a in attempts:
+            if a.outcome == "skipped":
+                continue
             if a.attempt == 1:
                 last_round = []
             last_round.append(a)

@@ -131,3 +131,10 @@ def test_a_run_dagster_does_not_know_counts_as_its_own_request() -> None:
     assert checks.round_violations(attempts, {}) == []
     attempts = [_attempt(1, 1, "gone-1", "done"), _attempt(2, 1, "gone-1", "done")]
     assert len(checks.round_violations(attempts, {})) == 1
+
+
+def test_skipped_rows_are_not_attempts_and_do_not_open_rounds() -> None:
+    attempts = [_attempt(1, 1, "r1", "done"), _attempt(2, 1, "dup", "skipped"), _attempt(3, 2, "rec", "done")]
+    [message] = checks.round_violations(attempts, RUNS)
+    assert message.startswith("committed twice in one round")
+    assert checks.round_violations([_attempt(1, 1, "r1", "done"), _attempt(2, 1, "dup", "skipped")], RUNS) == []
