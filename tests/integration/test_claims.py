@@ -272,3 +272,43 @@ def test_a_new_claim_closes_the_attempt_of_a_worker_that_died_unnoticed(engine, 
     assert [(a["run_id"], a["outcome"]) for a in attempts] == [("dead", "lost"), ("new", "done")]
     assert attempts[0]["error"] == "worker lost: its partition was claimed again by run new"
     assert (_row(engine, key)["status"], _row(engine, key)["run_id"]) == ("done", "new")
+
+
+def test_a_frozen_worker_loses_its_partition_lock_and_a_live_one_keeps_it(engine, db_url, variant) -> None:
+    """A worker that is SIGSTOPped (a paused VM, a host swapping to a halt) keeps its sockets, and
+    the kernel answers keepalives for it: only the lock's idle timeout frees its partition. A
+    running worker keeps the lock past that timeout, through its heartbeat."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    _job, key = variant
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from variant_pipeline.data.engine import make_engine\n"
+         "from variant_pipeline.state.locks import PartitionLock\n"
+         "lock = PartitionLock(make_engine(sys.argv[1]), sys.argv[2], timeout_s=2.0)\n"
+         "assert lock.try_acquire()\n"
+         "print('locked', flush=True)\n"
+         "time.sleep(120)\n", db_url, key],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+
+        def free() -> bool:
+            with engine.begin() as conn:
+                return locks.is_lock_free(conn, locks.lock_key(key))
+
+        time.sleep(5)  # well past its 2 s timeout: the heartbeat keeps a live holder's lock
+        assert not free()
+        os.kill(holder.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        _wait_for(free, timeout_s=15)
+        freed_after = time.monotonic() - stopped
+        assert freed_after >= 1.0  # not before its timeout
+        os.kill(holder.pid, signal.SIGCONT)
+    finally:
+        holder.kill()
+        holder.wait()

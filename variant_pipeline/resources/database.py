@@ -27,7 +27,7 @@ class DatabaseResource(dg.ConfigurableResource):
         if context.run_id:
             from variant_pipeline.state.locks import RunLease
 
-            self._lease = RunLease(self.engine(), context.run_id)
+            self._lease = RunLease(self.engine(), context.run_id, load_settings().lease_timeout_s)
             self._lease.acquire()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

@@ -27,7 +27,7 @@ from variant_pipeline.config import Settings
 from variant_pipeline.data.engine import transaction
 from variant_pipeline.faults import inject, parse_faults
 from variant_pipeline.state import claims
-from variant_pipeline.state.locks import PartitionBusy, PartitionLock
+from variant_pipeline.state.locks import ClaimRefused, PartitionBusy, PartitionLock
 from variant_pipeline.state.retry import RetryPolicy, retry_policy
 from variant_pipeline.state.transitions import stale_reason
 
@@ -110,7 +110,7 @@ def execute_stage(stage_name: str, ctx: ContextT, handler: Callable[[ContextT], 
     run_id = ctx.run_id or ctx.origin
     policy = retry_policy(ctx.settings)
     faults = parse_faults(ctx.settings.faults)  # before the claim: a bad spec must not strand the row
-    lock = PartitionLock(ctx.engine, key)
+    lock = PartitionLock(ctx.engine, key, ctx.settings.lease_timeout_s)
     if not _acquire(lock, LAUNCHED_RUN_LOCK_WAIT_S if ctx.launched else 0.0):
         if ctx.launched:
             _skip(ctx, stage.name, run_id, f"another run holds the {stage.level}'s lock")
@@ -118,7 +118,7 @@ def execute_stage(stage_name: str, ctx: ContextT, handler: Callable[[ContextT], 
     try:
         stale: str | None = None
         try:
-            with _locked(lock.connection(), ctx.origin) as conn:
+            with _locked(lock, ctx.origin) as conn:
                 if ctx.launched:
                     stale = _stale_reason(conn, stage.name, key, ctx.continues_attempts)
                 if stale is None:
@@ -127,7 +127,7 @@ def execute_stage(stage_name: str, ctx: ContextT, handler: Callable[[ContextT], 
         except claims.PartitionMissing as exc:
             raise StageFailed(stage.name, key, str(exc)) from exc
         if stale is not None:
-            _skip(ctx, stage.name, run_id, stale, conn=lock.connection())
+            _skip(ctx, stage.name, run_id, stale, lock=lock)
         ctx.log(f"{stage.name} attempt {claim.attempt} for {stage.level} {key}")
 
         def work() -> OutcomeT:
@@ -138,12 +138,11 @@ def execute_stage(stage_name: str, ctx: ContextT, handler: Callable[[ContextT], 
             outcome = _run_with_timeout(work, stage_timeout_s(ctx.settings, stage.name), stage.name)
         except Exception as exc:
             _record_failure(lock, ctx, claim, exc, policy)
-        conn = lock.connection()  # PartitionBusy if the lock was lost to another worker
         try:
-            with _locked(conn, ctx.origin, fenced=claim):
+            with _locked(lock, ctx.origin, fenced=claim) as conn:
                 outcome.write(conn)
                 claims.mark_done(conn, claim)
-        except claims.AttemptSuperseded:
+        except ClaimRefused:  # superseded, or the lock was lost to another worker: nothing written
             raise
         except Exception as exc:  # the write itself failed (a constraint, a lost server)
             _record_failure(lock, ctx, claim, exc, policy)
@@ -173,17 +172,17 @@ def _stale_reason(conn: Connection, stage_name: str, key: str, continues_attempt
 
 
 def _skip(ctx: AttemptContext, stage_name: str, run_id: str, reason: str,
-          conn: Connection | None = None) -> NoReturn:
+          lock: PartitionLock | None = None) -> NoReturn:
     """Record that this launched run did nothing at ``stage_name``, then raise ``RunIsStale``."""
     message = f"stale run: {reason}; {stage_name} not run, nothing written"
     ctx.log(f"{stage_name} for {ctx.partition_key}: {message}")
     try:
-        if conn is None:
+        if lock is None:
             with transaction(ctx.engine, ctx.origin) as own:
                 claims.record_skipped(own, stage=stage_name, partition_key=ctx.partition_key, run_id=run_id,
                                       origin=ctx.origin, reason=message)
         else:
-            with _locked(conn, ctx.origin) as locked:
+            with _locked(lock, ctx.origin) as locked:
                 claims.record_skipped(locked, stage=stage_name, partition_key=ctx.partition_key, run_id=run_id,
                                       origin=ctx.origin, reason=message)
     except Exception as exc:  # the record is for people; doing nothing is what matters
@@ -198,11 +197,11 @@ def record_cancellation(stage_name: str, ctx: AttemptContext, reason: str) -> bo
     False when the row no longer names this run's attempt, or another worker holds the partition.
     """
     stage = stage_graph.stage(stage_name)
-    lock = PartitionLock(ctx.engine, ctx.partition_key)
+    lock = PartitionLock(ctx.engine, ctx.partition_key, ctx.settings.lease_timeout_s)
     if not lock.try_acquire():
         return False
     try:
-        with _locked(lock.connection(), ctx.origin) as conn:
+        with _locked(lock, ctx.origin) as conn:
             current = claims.running_attempt(conn, stage.level, ctx.partition_key)
             if current is None or current.stage != stage.name or current.run_id != (ctx.run_id or ctx.origin):
                 return False
@@ -215,23 +214,25 @@ def record_cancellation(stage_name: str, ctx: AttemptContext, reason: str) -> bo
 
 
 @contextmanager
-def _locked(conn: Connection, origin: str, fenced: claims.Claim | None = None) -> Iterator[Connection]:
+def _locked(lock: PartitionLock, origin: str, fenced: claims.Claim | None = None) -> Iterator[Connection]:
     """One transaction on the partition lock's connection, its writes recorded with ``origin``.
 
-    With ``fenced``, only while the row still names that attempt: otherwise the attempt is
-    recorded ``superseded`` and ``AttemptSuperseded`` raised, with nothing of it written.
+    ``PartitionBusy`` if the lock was lost and another worker holds it now. With ``fenced``, only
+    while the row still names that attempt: otherwise the attempt is recorded ``superseded`` and
+    ``AttemptSuperseded`` raised, with nothing of it written.
     """
-    try:
-        with conn.begin():
-            claims.set_origin(conn, origin)
-            if fenced is not None:
-                claims.check_fence(conn, fenced)
-            yield conn
-    except claims.AttemptSuperseded as exc:
-        if fenced is not None:
+    with lock.connection() as conn:
+        try:
             with conn.begin():
-                claims.mark_superseded(conn, fenced, str(exc))
-        raise
+                claims.set_origin(conn, origin)
+                if fenced is not None:
+                    claims.check_fence(conn, fenced)
+                yield conn
+        except claims.AttemptSuperseded as exc:
+            if fenced is not None:
+                with conn.begin():
+                    claims.mark_superseded(conn, fenced, str(exc))
+            raise
 
 
 def _run_with_timeout(work: Callable[[], OutcomeT], timeout_s: float, name: str) -> OutcomeT:
@@ -271,7 +272,7 @@ def _record_failure(lock: PartitionLock, ctx: AttemptContext, claim: claims.Clai
     retryable = not isinstance(exc, StageInputError)
     will_retry = False
     try:
-        with _locked(lock.connection(), ctx.origin, fenced=claim) as conn:
+        with _locked(lock, ctx.origin, fenced=claim) as conn:
             will_retry = claims.mark_failed(
                 conn, level=claim.level, partition_key=claim.partition_key, stage=claim.stage,
                 attempt=claim.attempt, attempt_id=claim.attempt_id, reason=reason,

@@ -8,11 +8,21 @@ is free tells the recovery sensor that its holder is gone:
   worker cannot take it, and a row ``running`` with its lock free belongs to a dead worker;
 - the **run lease** (``RunLease``), held by a run worker from its first stage to its end: a run
   Dagster still calls STARTED whose lease is free has a dead worker.
+
+A worker that is frozen rather than dead (SIGSTOP, a paused VM, a host swapping itself to a halt)
+keeps its sockets open, and the kernel answers TCP keepalives for it, so its session would hold
+the lock forever. Both locks therefore expire: the session asks the server to end it after
+``timeout_s`` idle (``idle_session_timeout``), and a heartbeat thread touches it every quarter of
+that while the process runs. A frozen worker's session ends, its partition is recovered by
+another, and when it wakes its writes find the lock gone and the fence moved on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
+from collections.abc import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -46,17 +56,24 @@ def is_lock_free(conn: Connection, key: int) -> bool:
 
 
 class SessionLock:
-    """A session advisory lock held on a connection of its own until released (or the session dies)."""
+    """A session advisory lock held on a connection of its own until released (or the session
+    dies, or, with ``timeout_s``, the process stops touching it for that long)."""
 
-    def __init__(self, engine: Engine, key: int) -> None:
+    def __init__(self, engine: Engine, key: int, timeout_s: float = 0.0) -> None:
         self._engine = engine
         self._key = key
+        self._timeout_s = timeout_s
         self._conn: Connection | None = None
+        self._mutex = threading.Lock()  # the connection is shared with the heartbeat thread
+        self._stop_heartbeat = threading.Event()
 
     def _take(self, function: str) -> bool:
         conn = self._engine.connect()
         try:
             got = conn.execute(sa.text(f"SELECT {function}(:k)"), {"k": self._key}).scalar()
+            if got is not False and self._timeout_s > 0:
+                conn.execute(sa.text("SELECT set_config('idle_session_timeout', :ms, false)"),
+                             {"ms": str(int(self._timeout_s * 1000))})
             conn.commit()
         except BaseException:
             conn.close()
@@ -65,19 +82,46 @@ class SessionLock:
             conn.close()
             return False
         self._conn = conn
+        if self._timeout_s > 0:
+            self._stop_heartbeat = threading.Event()
+            threading.Thread(target=self._heartbeat, args=(conn, self._stop_heartbeat), daemon=True,
+                             name=f"lease-heartbeat-{self._key}").start()
         return True
 
+    def _heartbeat(self, conn: Connection, stop: threading.Event) -> None:
+        while not stop.wait(self._timeout_s / 4):
+            if not self._mutex.acquire(blocking=False):
+                continue  # in use right now: that keeps the session busy anyway
+            try:
+                if self._conn is not conn:
+                    return
+                conn.execute(sa.text("SELECT 1"))
+                conn.commit()
+            except Exception:  # the session is gone; the next use of the lock finds out
+                return
+            finally:
+                self._mutex.release()
+
+    @contextlib.contextmanager
+    def _in_use(self) -> Iterator[None]:
+        with self._mutex:
+            yield
+
     def release(self) -> None:
-        if self._conn is None:
-            return
-        try:
-            self._conn.rollback()
-            self._conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
-            self._conn.commit()
-            self._conn.close()
-        except sa.exc.DBAPIError:
-            self._discard()  # the session is gone, and the lock with it
-        self._conn = None
+        self._stop_heartbeat.set()
+        with self._in_use():
+            if self._conn is None:
+                return
+            try:
+                self._conn.rollback()
+                self._conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+                if self._timeout_s > 0:  # the connection goes back to the pool: no timeout there
+                    self._conn.execute(sa.text("SELECT set_config('idle_session_timeout', '0', false)"))
+                self._conn.commit()
+                self._conn.close()
+            except sa.exc.DBAPIError:
+                self._discard()  # the session is gone, and the lock with it
+            self._conn = None
 
     def _discard(self) -> None:
         if self._conn is not None:
@@ -92,30 +136,32 @@ class SessionLock:
 class PartitionLock(SessionLock):
     """The lock on one partition, held for the stage's length."""
 
-    def __init__(self, engine: Engine, partition_key: str) -> None:
-        super().__init__(engine, lock_key(partition_key))
+    def __init__(self, engine: Engine, partition_key: str, timeout_s: float = 0.0) -> None:
+        super().__init__(engine, lock_key(partition_key), timeout_s)
 
     def try_acquire(self) -> bool:
         return self._take("pg_try_advisory_lock")
 
-    def connection(self) -> Connection:
-        """The lock's connection, alive and holding the lock.
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """The lock's connection, alive and holding the lock, for the length of the ``with``.
 
-        If the session died (a server restart, a dropped connection), the lock went with it:
-        reconnect and take it again, or raise ``PartitionBusy`` if someone else has it now. The
-        caller's fence check then decides whether this attempt may still write.
+        If the session died (a server restart, a dropped connection, the lock's timeout while this
+        process was frozen), the lock went with it: reconnect and take it again, or raise
+        ``PartitionBusy`` if someone else has it now. The caller's fence check then decides
+        whether this attempt may still write.
         """
-        if self._conn is not None:
-            try:
-                self._conn.execute(sa.text("SELECT 1"))
-                self._conn.commit()
-                return self._conn
-            except sa.exc.DBAPIError:
-                self._discard()
-        if not self.try_acquire():
-            raise PartitionBusy("the partition lock was lost and another worker holds it now")
-        assert self._conn is not None
-        return self._conn
+        with self._in_use():
+            if self._conn is not None:
+                try:
+                    self._conn.execute(sa.text("SELECT 1"))
+                    self._conn.commit()
+                except sa.exc.DBAPIError:
+                    self._discard()
+            if self._conn is None and not self._take("pg_try_advisory_lock"):
+                raise PartitionBusy("the partition lock was lost and another worker holds it now")
+            assert self._conn is not None
+            yield self._conn
 
 
 class RunLease(SessionLock):
@@ -126,8 +172,8 @@ class RunLease(SessionLock):
     lock, goes away with its database session.
     """
 
-    def __init__(self, engine: Engine, run_id: str) -> None:
-        super().__init__(engine, run_lock_key(run_id))
+    def __init__(self, engine: Engine, run_id: str, timeout_s: float = 0.0) -> None:
+        super().__init__(engine, run_lock_key(run_id), timeout_s)
 
     def acquire(self) -> None:
         # Blocking (pg_advisory_lock returns void): the recovery sensor's probe holds it a moment only.
