@@ -51,6 +51,7 @@ import sys
 import threading
 import time
 import traceback
+import urllib.parse
 import urllib.request
 from collections import Counter, defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -97,6 +98,22 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _free_ray_port() -> int:
+    """A base port with the two after it free too (a Ray head takes PORT, PORT+1, PORT+2), away
+    from 6390 where another session's head may listen."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 30000)
+        try:
+            for port in (base, base + 1, base + 2):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no three free ports in a row for the Ray head")
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -358,7 +375,7 @@ class Soak:
                         return child
         return None
 
-    def run_worker_mid_stage(self, rng: random.Random, wait_s: float = 45.0) -> dict[str, Any] | None:
+    def run_worker_mid_stage(self, rng: random.Random, wait_s: float = 60.0) -> dict[str, Any] | None:
         """A run worker of a daemon (not a hand CLI) inside a stage: its attempt, from the database."""
         import sqlalchemy as sa
 
@@ -697,18 +714,19 @@ class Soak:
         self.record(action, "refused" if not problems else "violation", case=case, rc=proc.returncode,
                     stderr=lines[0][:200] if lines else "")
 
-    def _done_variants(self, rng: random.Random, n: int, wait_s: float = 90.0) -> list[str]:
-        """Finished variants of finished, unpruned jobs (what a person re-renders)."""
+    def _done_variants(self, rng: random.Random, n: int, wait_s: float = 150.0) -> list[str]:
+        """Finished variants of jobs finished lately and not pruned (what a person re-renders),
+        waiting for some while none has finished yet (at most until the workload stops)."""
         import sqlalchemy as sa
 
-        deadline = time.time() + wait_s
+        deadline = min(time.time() + wait_s, self.t0 + self.duration_s)
         while True:
             try:
                 with self.engine.connect() as conn:
                     keys = [r[0] for r in conn.execute(sa.text(
                         """SELECT v.job_variants_id::text FROM jobs_variants v JOIN jobs j USING (job_id)
                             WHERE v.current_step = 'iou_eval' AND v.status = 'done' AND j.pruned_at IS NULL
-                              AND j.status IN ('done', 'failed') AND j.finished_at > now() - interval '90 seconds'
+                              AND j.status IN ('done', 'failed') AND j.finished_at > now() - interval '100 seconds'
                             ORDER BY v.job_variants_id"""))]
             except Exception:
                 keys = []
@@ -921,7 +939,7 @@ class Soak:
                                 "print(ensure_embedded_server(Path(sys.argv[1])))", str(self.pgdata)],
                                cwd=ROOT, env=self.environment.env, capture_output=True, text=True, timeout=180)
         url = start.stdout.strip()
-        if start.returncode != 0 or url.split("?host=")[-1] not in self.environment.app_url:
+        if start.returncode != 0 or url.split("?host=")[-1] not in urllib.parse.unquote(self.environment.app_url):
             self.violation("pg_restart", f"the embedded server did not come back as before: exit {start.returncode} "
                            f"url {url!r}: {start.stderr.strip()[-300:]}")
         self.fault_done(fault, {"pgdata": str(self.pgdata)}, end=time.time(), stop_rc=stop.returncode,
@@ -1369,10 +1387,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="how long the quiet period waits for every job to end (s)")
     parser.add_argument("--check-interval", type=float, default=30.0, help="seconds between invariant checks")
     parser.add_argument("--port", type=int, default=None, help="web server port (default: a free one)")
-    parser.add_argument("--ray-port", type=int, default=6390)
+    parser.add_argument("--ray-port", type=int, default=None, help="GCS port of the soak's Ray head (default: free)")
     parser.add_argument("--markdown", action="store_true", help="also print the markdown summary")
     parser.add_argument("--quiet", action="store_true", help="log to soak.log only")
     parser.add_argument("--schedule-only", action="store_true", help="print the schedule as JSON and exit")
+    parser.add_argument("--summarize", metavar="DIR", help="print the markdown summary of the soak in DIR and exit")
     args = parser.parse_args(argv)
     for item in args.env:
         if "=" not in item or not item.split("=", 1)[0]:
@@ -1381,6 +1400,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parse_duration(args.duration)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.ray_port is None and args.backend == "ray":
+        args.ray_port = _free_ray_port()
     if args.out is None:
         args.out = str(ROOT / "var" / "soak" / f"seed{args.seed}-{datetime.now():%Y%m%d-%H%M%S}")
     return args
@@ -1388,6 +1409,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.summarize:
+        print(markdown(json.loads((Path(args.summarize) / "soak.json").read_text(encoding="utf-8"))))
+        return 0
     if args.schedule_only:
         schedule = build_schedule(seed=args.seed, duration_s=parse_duration(args.duration), backend=args.backend,
                                   jobs_per_min=args.jobs_per_min, faults_per_min=args.faults_per_min)
