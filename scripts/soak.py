@@ -279,6 +279,8 @@ class Soak:
         from variant_pipeline.data.engine import get_engine
         from variant_pipeline.services import prepare_environment
 
+        self.pgdata = self.home / "pgdata"  # where the embedded server will live: stopped at the end
+
         self.environment = prepare_environment(log=self.log)
         self.engine = get_engine(self.environment.app_url)
         from variant_pipeline.data.embedded_pg import embedded_server_state
@@ -790,10 +792,14 @@ class Soak:
         import sqlalchemy as sa
 
         rng = random.Random(f"{self.args.seed}:{action.id}")
-        with self.engine.connect() as conn:
-            failed = [r[0] for r in conn.execute(sa.text(
-                """SELECT job_variants_id::text FROM jobs_variants WHERE status = 'failed'
-                   UNION ALL SELECT job_id::text FROM jobs WHERE status = 'failed' ORDER BY 1"""))]
+
+        def failed_rows() -> list[str]:
+            with self.engine.connect() as conn:
+                return [r[0] for r in conn.execute(sa.text(
+                    """SELECT job_variants_id::text FROM jobs_variants WHERE status = 'failed'
+                       UNION ALL SELECT job_id::text FROM jobs WHERE status = 'failed' ORDER BY 1"""))]
+
+        failed = self._retrying(failed_rows)
         if not failed:
             self.record(action, "skipped", reason="nothing failed")
             return
@@ -1378,12 +1384,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", default="60m", help="how long the workload and faults run: 90s, 3m, 60m")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--backend", choices=("local", "ray"), default="local")
-    parser.add_argument("--jobs-per-min", type=float, default=1.5, help="job arrivals per minute (Poisson)")
+    parser.add_argument("--jobs-per-min", type=float, default=1.0,
+                        help="job arrivals per minute (Poisson); a 2-core machine finishes about one a minute")
     parser.add_argument("--faults-per-min", type=float, default=1.0, help="fault rate (one fault at a time)")
     parser.add_argument("--out", default=None, help="output folder (default var/soak/seed<N>-<time>)")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting for every process (e.g. VP_RECOVERY_INTERVAL_S=2); repeatable")
-    parser.add_argument("--quiet-timeout", type=float, default=600.0,
+    parser.add_argument("--quiet-timeout", type=float, default=900.0,
                         help="how long the quiet period waits for every job to end (s)")
     parser.add_argument("--check-interval", type=float, default=30.0, help="seconds between invariant checks")
     parser.add_argument("--port", type=int, default=None, help="web server port (default: a free one)")
