@@ -232,6 +232,7 @@ class Soak:
         self.dup_watch = checks.DuplicateRunWatch()
         self.pgdata: Path | None = None
         self.quiet_s = 0.0
+        self.verified_images: set[str] = set()  # decoded once; the final check decodes all again
 
     # --- logging and bookkeeping ---
 
@@ -1031,7 +1032,8 @@ class Soak:
                 runs = checks.run_infos(instance, [a.run_id for a in attempts if a.run_id])
                 found += checks.round_violations(attempts, runs)
                 found += checks.check_images(conn, settings.assets_dir, self.bad_paths,
-                                             recheck=checks.still_named_unpruned(self.engine.connect))
+                                             recheck=checks.still_named_unpruned(self.engine.connect),
+                                             verified=self.verified_images if source == "always" else None)
                 found += checks.check_bad_cli_tenant(conn, settings.assets_dir, BAD_CLI_TENANT)
                 found += checks.check_bad_cli_tenant(conn, settings.assets_dir, UNKNOWN_TENANT)
                 found += checks.check_event_chains(conn)

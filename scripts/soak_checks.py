@@ -199,12 +199,14 @@ def _decodes(path: Path) -> str | None:
 
 
 def check_images(conn: Connection, assets_root: Path, exclude_paths: Iterable[str] = (),
-                 recheck: Callable[[str], bool] | None = None) -> list[str]:
+                 recheck: Callable[[str], bool] | None = None, verified: set[str] | None = None) -> list[str]:
     """Every image_assets file exists and decodes, except those of rows older than their job's
     last prune (prune deletes a finished job's files on purpose and keeps its rows).
 
     ``recheck(path)`` (optional) is asked again before a missing file is reported: it answers
     whether the row still names it under an unpruned job (prune deletes files, then commits).
+    ``verified`` (optional) remembers files already decoded: files are written once under a new
+    name, so later rounds only check that they are still there.
     """
     skip = set(exclude_paths)
     rows = conn.execute(sa.text(
@@ -216,7 +218,12 @@ def check_images(conn: Connection, assets_root: Path, exclude_paths: Iterable[st
     for path, kind, owner in rows:
         if path in skip:
             continue
-        problem = _decodes(Path(assets_root) / path)
+        if verified is not None and path in verified:
+            problem = None if (Path(assets_root) / path).exists() else "missing"
+        else:
+            problem = _decodes(Path(assets_root) / path)
+            if problem is None and verified is not None:
+                verified.add(path)
         if problem == "missing" and recheck is not None and not recheck(path):
             continue
         if problem:
