@@ -219,6 +219,7 @@ class Soak:
         self.bad_paths: set[str] = set()
         self.services: list[Any] = []  # every Services started (daemons, web server)
         self.daemon = None  # the current primary daemon's Popen
+        self.daemon_exits: list[dict[str, Any]] = []  # times the daemon exited by itself (supervisor_loop)
         self.daemon_up_since = time.time()
         self.stopped_pids: set[int] = set()
         self.ray_started = False
@@ -411,9 +412,11 @@ class Soak:
         self.log(f"schedule: {len(self.schedule)} actions {summarize(self.schedule)}")
         self.t0 = time.time()
         workload = ThreadPoolExecutor(max_workers=4, thread_name_prefix="workload")
-        fault_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fault")
+        # One thread per fault kind at most: faults of different kinds overlap.
+        fault_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fault")
         threads = [threading.Thread(target=self.checker_loop, daemon=True, name="checker"),
-                   threading.Thread(target=self.sampler_loop, daemon=True, name="sampler")]
+                   threading.Thread(target=self.sampler_loop, daemon=True, name="sampler"),
+                   threading.Thread(target=self.supervisor_loop, daemon=True, name="supervisor")]
         for thread in threads:
             thread.start()
         futures: list[Future] = []
@@ -906,9 +909,31 @@ class Soak:
         self.stopped_pids.add(target["pid"])
         self.fault_done(fault, target, stopped_for_s=action.params["duration_s"])
 
+    def supervisor_loop(self) -> None:
+        """Start the daemon again when it exits by itself, as systemd's Restart=always would (a
+        daemon started while the database is down exits): what a deployment runs it under."""
+        while not self.stop_event.wait(5.0):
+            with self.lock:
+                proc = self.daemon
+                if proc is None or proc.poll() is None:
+                    continue
+                self.daemon_exits.append({"t": round(self.elapsed(), 1), "code": proc.returncode})
+                self.log(f"daemon exited by itself (code {proc.returncode}); started again by the supervisor")
+                try:
+                    self.daemon = self.start_daemon().processes["daemon"]
+                    self.daemon_up_since = time.time()
+                except Exception as exc:
+                    self.log(f"supervisor: could not start the daemon: {exc}")
+
     def do_kill_daemon(self, action: Action) -> None:
         fault = self.fault_start(action)
-        proc = self.daemon
+        with self.lock:
+            proc = self.daemon
+            self.daemon = None  # the supervisor leaves a killed daemon to this fault's end
+        if proc is None:
+            fault["skipped"] = True
+            self.fault_done(fault, None, end=time.time(), reason="no daemon running")
+            return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -1004,9 +1029,10 @@ class Soak:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
             self.stopped_pids.discard(pid)
-        elif kind == "kill_daemon":
+        elif kind == "kill_daemon" and not fault.get("skipped"):
             services = self.start_daemon()
-            self.daemon = services.processes["daemon"]
+            with self.lock:
+                self.daemon = services.processes["daemon"]
             self.daemon_up_since = time.time()
         elif kind == "second_daemon" and fault.get("_services") is not None:
             fault.pop("_services").stop()
@@ -1279,6 +1305,7 @@ class Soak:
                 "actions": self.records,
                 "actions_by_outcome": {k: dict(v) for k, v in _by_kind_outcome(self.records).items()},
                 "violations": self.violations,
+                "daemon_exits": self.daemon_exits,
                 "load_average": [{"t": s["t"], "load1": round(s["load"][0], 2)} for s in self.samples],
                 "jobs_in_flight": [{"t": s["t"], "n": s["jobs_in_flight"]} for s in self.samples],
                 "quiet_period_s": round(getattr(self, "quiet_s", 0.0), 1),

@@ -106,7 +106,8 @@ def _op_params(rng: random.Random, kind: str) -> dict[str, Any]:
 
 def build_schedule(*, seed: int, duration_s: float, backend: str, jobs_per_min: float,
                    faults_per_min: float, warmup_s: float = 20.0) -> list[Action]:
-    """Every action of the soak, in time order; fault windows never overlap and end before ``duration_s``."""
+    """Every action of the soak, in time order; a fault kind never overlaps itself, and every fault
+    ends before ``duration_s``."""
     rng = random.Random(seed)
     actions: list[Action] = []
 
@@ -134,23 +135,28 @@ def build_schedule(*, seed: int, duration_s: float, backend: str, jobs_per_min: 
         kind = next(kinds)
         add(t, kind, _op_params(rng, kind))
         t += rng.expovariate(ops_rate / 60.0)
-    # Faults: one at a time, each kind in turn (a seeded order), Poisson gaps between them.
+    # Faults: Poisson arrivals, each kind in turn (a seeded order). Faults of different kinds
+    # overlap, as they do unattended (a daemon killed while the database restarts); a kind never
+    # overlaps itself (one second daemon, one stopped worker at a time).
     if faults_per_min > 0:
         fault_kinds = list(FAULT_KINDS_RAY if backend == "ray" else FAULT_KINDS_LOCAL)
         rng.shuffle(fault_kinds)
+        busy_until = dict.fromkeys(fault_kinds, 0.0)
         t = warmup_s + rng.expovariate(faults_per_min / 60.0) * 0.5
         n = 0
         while True:
             kind = fault_kinds[n % len(fault_kinds)]
             low, high = FAULT_DURATIONS.get(kind, (0, 0))
             length = rng.uniform(low, high) if high else 0.0
-            if t + length > duration_s - 5:
+            start = max(t, busy_until[kind] + 1.0)
+            if start + length > duration_s - 5:
                 break
-            fault = add(t, kind, {"duration_s": round(length, 1)} if high else {})
+            fault = add(start, kind, {"duration_s": round(length, 1)} if high else {})
             if high:
-                add(t + length, "fault_end", {"of": fault})
+                add(start + length, "fault_end", {"of": fault})
+            busy_until[kind] = start + length
             n += 1
-            t += length + rng.expovariate(faults_per_min / 60.0)
+            t += rng.expovariate(faults_per_min / 60.0)
     actions.sort(key=lambda a: (a.t, a.kind))
     for i, action in enumerate(actions, start=1):
         action.id = i

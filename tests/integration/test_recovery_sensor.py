@@ -137,3 +137,25 @@ def test_a_due_retry_is_launched_once_and_names_the_failed_run(pipeline_env, dag
     assert request.tags[CONTINUES_ATTEMPTS_TAG] == "1" and request.tags[RECOVERY_REASON_TAG] == "retry"
     assert request.tags[START_STAGE_TAG] == "img_gen" and request.partition_key == key
     assert [r.run_key for r in _tick(dagster_instance).run_requests] == [request.run_key]
+
+
+def test_a_run_that_ended_holding_a_pool_slot_gives_it_back_on_the_next_tick(pipeline_env, dagster_instance) -> None:
+    """Found by the soak: a worker SIGKILLed inside a `gpu` stage is failed by Dagster's run
+    monitoring before the recovery sensor sees it STARTED, so its slot waited for
+    `free_slots_after_run_end_seconds` while every other model stage queued behind it."""
+    storage = dagster_instance.event_log_storage
+    storage.set_concurrency_slots("gpu", 1)
+    dead = dg.DagsterRun(job_name="variant_pipeline", run_id="0d1e2a3d-0000-4000-8000-00000000dead",
+                         status=dg.DagsterRunStatus.FAILURE)
+    alive = dg.DagsterRun(job_name="variant_pipeline", run_id="0d1e2a3d-0000-4000-8000-0000000a11fe",
+                          status=dg.DagsterRunStatus.STARTED)
+    dagster_instance.add_run(dead)
+    dagster_instance.add_run(alive)
+    assert storage.claim_concurrency_slot("gpu", dead.run_id, "img_gen").is_claimed
+    assert not storage.claim_concurrency_slot("gpu", alive.run_id, "img_gen").is_claimed  # waits behind it
+
+    _tick(dagster_instance)
+    assert storage.get_concurrency_info("gpu").active_run_ids == set()  # the ended run's slot is free
+    assert storage.claim_concurrency_slot("gpu", alive.run_id, "img_gen").is_claimed
+    _tick(dagster_instance)
+    assert storage.get_concurrency_info("gpu").active_run_ids == {alive.run_id}  # a live run keeps its slot

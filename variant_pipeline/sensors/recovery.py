@@ -65,6 +65,27 @@ def fail_dead_runs(instance: dg.DagsterInstance, engine: Engine, job_names: set[
     return dead
 
 
+ENDED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+
+
+def free_slots_of_ended_runs(instance: dg.DagsterInstance, job_names: set[str]) -> list[str]:
+    """Give back concurrency pool slots still held by runs of ours that have ended.
+
+    A worker killed inside a `gpu` stage is often failed by Dagster's own run monitoring before
+    this sensor sees it STARTED; its slot then waits for run_monitoring's
+    ``free_slots_after_run_end_seconds`` while every other model stage queues behind it.
+    """
+    storage = instance.event_log_storage
+    freed = []
+    for pool in storage.get_concurrency_keys():
+        for run_id in storage.get_concurrency_info(pool).active_run_ids:
+            run = instance.get_run_by_id(run_id)
+            if run is not None and run.job_name in job_names and run.status in ENDED:
+                storage.free_concurrency_slots_for_run(run_id)
+                freed.append(run_id)
+    return freed
+
+
 def busy_partitions(instance: dg.DagsterInstance, job_names: set[str]) -> set[str]:
     busy = set()
     for run in instance.get_runs(dg.RunsFilter(statuses=IN_FLIGHT)):
@@ -120,18 +141,21 @@ def build_recovery_sensor() -> dg.SensorDefinition:
         now = dt.datetime.now(dt.UTC).timestamp()
 
         dead = fail_dead_runs(instance, engine, job_names, now, current.run_lease_grace_s)
+        freed = free_slots_of_ended_runs(instance, job_names)
         lost = recovery.recover_lost_claims(engine, retry_policy(current))
         restarts = recovery.find_restarts(
             engine, current.stall_after_s, busy_partitions(instance, job_names),
             failed_runs=lambda keys: latest_failed_runs(instance, keys, job_names))
         for run_id in dead:
             context.log.warning(f"run {run_id}: worker gone, reported failed")
+        for run_id in freed:
+            context.log.info(f"run {run_id}: ended holding a concurrency pool slot; slot freed")
         for claim in lost:
             context.log.warning(
                 f"{claim.level} {claim.partition_key}: worker of {claim.stage} attempt {claim.attempt} lost; "
                 + ("retry scheduled" if claim.will_retry else "no attempts left, failed")
             )
-        if not (dead or lost or restarts):
+        if not (dead or freed or lost or restarts):
             return dg.SkipReason("nothing to recover")
         run_requests = []
         for restart in restarts:
