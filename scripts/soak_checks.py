@@ -3,7 +3,7 @@ in) and returns a list of violation strings, one line each, empty when the invar
 
 ``scripts/soak.py`` calls the *always* checks every 30 s while faults and load run, in one
 REPEATABLE READ snapshot (``always_checks``), and the *final* checks after its quiet period
-(``final_checks``). ``tests/e2e/test_soak_checker.py`` plants violations in a real PostgreSQL and
+(``final_checks``). ``tests/integration/test_soak_checker.py`` plants violations in a real PostgreSQL and
 checks each one is reported.
 
 Always true, at any moment (a violation here never heals):

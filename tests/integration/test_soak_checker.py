@@ -1,8 +1,5 @@
 """The soak's invariant checks (scripts/soak_checks.py) against a real PostgreSQL: each planted
 violation is reported, and the same rows without it are clean.
-
-(These need only the database fixtures; they sit beside the soak's own test because the soak
-owns them.)
 """
 
 from __future__ import annotations
