@@ -1241,35 +1241,12 @@ class Soak:
         }
 
     def recovery_times(self) -> None:
-        """Per fault: from its end until every partition in flight at its start committed a new
-        stage or reached a terminal state (None: some never did)."""
-        import sqlalchemy as sa
-
+        """Each fault's recovery time (``moving_again``), from the attempts the database recorded."""
         with self.engine.connect() as conn:
-            done = defaultdict(list)
-            for key, attempt_id, finished in conn.execute(sa.text(
-                    """SELECT coalesce(job_variants_id, job_id)::text, attempt_id, finished_at FROM stage_attempts
-                        WHERE outcome = 'done' OR (outcome IN ('failed', 'lost') AND will_retry = false)""")):
-                done[key].append((attempt_id, finished.timestamp()))
-            terminal = {k: f.timestamp() for k, f in conn.execute(sa.text(
-                """SELECT job_variants_id::text, finished_at FROM jobs_variants WHERE finished_at IS NOT NULL
-                   UNION ALL SELECT job_id::text, finished_at FROM jobs WHERE finished_at IS NOT NULL"""))}
+            attempts, terminal = attempt_times(conn)
         for fault in self.faults.values():
-            snapshot = fault.pop("in_flight", {}) or {}
-            fault["in_flight_partitions"] = len(snapshot)
-            if fault.get("skipped") or fault.get("end") is None:
-                fault["recovery_s"] = None
-                continue
-            worst = 0.0
-            for key, last_done in snapshot.items():
-                times = [t for a, t in done.get(key, []) if a > last_done and t >= fault["start"]]
-                if key in terminal and terminal[key] >= fault["start"]:
-                    times.append(terminal[key])
-                if not times:
-                    worst = None
-                    break
-                worst = max(worst, min(times) - fault["end"])
-            fault["recovery_s"] = None if worst is None else round(max(worst, 0.0), 1)
+            fault.pop("in_flight", None)
+        moving_again(list(self.faults.values()), attempts, terminal)
 
     def write_json(self, final: bool = True) -> dict[str, Any]:
         faults = [{k: v for k, v in f.items() if not k.startswith("_")} for f in self.faults.values()]
@@ -1277,16 +1254,7 @@ class Soak:
             for key in ("start", "end"):
                 if f.get(key) is not None and self.t0:
                     f[f"{key}_t"] = round(f[key] - self.t0, 1)
-        by_kind: dict[str, list] = defaultdict(list)
-        for f in faults:
-            if not f.get("skipped"):
-                by_kind[f["kind"]].append(f.get("recovery_s"))
-        recovery = {}
-        for kind, values in sorted(by_kind.items()):
-            known = [v for v in values if v is not None]
-            recovery[kind] = {"n": len(values), "recovered": len(known),
-                              "median_s": _round(statistics.median(known)) if known else None,
-                              "max_s": max(known) if known else None}
+        recovery = recovery_by_kind(faults)
         report: dict[str, Any] = {
             "seed": self.args.seed, "command": " ".join(shlex.quote(c) for c in self.command),
             "backend": self.args.backend, "duration_s": self.duration_s, "jobs_per_min": self.args.jobs_per_min,
@@ -1372,6 +1340,98 @@ def _by_kind_outcome(records: list[dict[str, Any]]) -> dict[str, Counter]:
     return out
 
 
+# Faults the pipeline must recover from while they last (a frozen worker's lease expires; a second
+# daemon must not disturb anything): their recovery is timed from their start, the others' from
+# their end (the restart: nothing can move while the daemon or the database is down).
+RECOVER_DURING = ("stop_worker", "second_daemon")
+
+
+def attempt_times(conn: Any) -> tuple[list[tuple[str, float, float | None]], dict[str, float]]:
+    """Every attempt (partition, started, finished) but stale runs' records, and when each
+    finished partition finished."""
+    import sqlalchemy as sa
+
+    attempts = [(k, started.timestamp(), finished.timestamp() if finished else None)
+                for k, started, finished in conn.execute(sa.text(
+                    """SELECT coalesce(job_variants_id, job_id)::text, started_at, finished_at FROM stage_attempts
+                        WHERE outcome <> 'skipped'"""))]
+    terminal = {k: f.timestamp() for k, f in conn.execute(sa.text(
+        """SELECT job_variants_id::text, finished_at FROM jobs_variants WHERE finished_at IS NOT NULL
+           UNION ALL SELECT job_id::text, finished_at FROM jobs WHERE finished_at IS NOT NULL"""))}
+    return attempts, terminal
+
+
+def moving_again(faults: list[dict[str, Any]], attempts: list[tuple[str, float, float | None]],
+                 terminal: dict[str, float]) -> None:
+    """Set each fault's ``recovery_s``: the seconds until every partition that had a stage in
+    progress when the fault began (the ones it could interrupt) claimed a new stage or finished,
+    counted from the fault's end (its start for ``RECOVER_DURING`` kinds); None if one never did.
+    Partitions merely queued at the time are not counted: their wait is the backlog, not the fault.
+    """
+    starts: dict[str, list[float]] = defaultdict(list)
+    for key, started, _finished in attempts:
+        starts[key].append(started)
+    for fault in faults:
+        fault["recovery_s"] = None
+        if fault.get("skipped") or fault.get("end") is None:
+            continue
+        began = fault["start"]
+        since = began if fault["kind"] in RECOVER_DURING else fault["end"]
+        affected = {k for k, started, finished in attempts
+                    if started <= began and (finished is None or finished > began)}
+        target = fault.get("target")
+        if isinstance(target, dict) and target.get("partition"):
+            affected.add(target["partition"])
+        fault["affected_partitions"] = len(affected)
+        worst = 0.0
+        for key in affected:
+            moved = [t for t in starts[key] if t > began and t >= since]
+            if terminal.get(key, 0.0) >= began:
+                moved.append(terminal[key])
+            if not moved:
+                worst = None
+                break
+            worst = max(worst, min(moved) - since)
+        fault["recovery_s"] = None if worst is None else round(max(worst, 0.0), 1)
+
+
+def recovery_by_kind(faults: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    by_kind: dict[str, list] = defaultdict(list)
+    for f in faults:
+        if not f.get("skipped"):
+            by_kind[f["kind"]].append(f.get("recovery_s"))
+    recovery = {}
+    for kind, values in sorted(by_kind.items()):
+        known = [v for v in values if v is not None]
+        recovery[kind] = {"n": len(values), "recovered": len(known),
+                          "median_s": _round(statistics.median(known)) if known else None,
+                          "max_s": _round(max(known)) if known else None}
+    return recovery
+
+
+def recompute(out: Path) -> dict[str, Any]:
+    """Recompute the recovery times of a finished soak from its home's database (started for it,
+    then stopped), and rewrite its soak.json and summary.md."""
+    from variant_pipeline.data.embedded_pg import ensure_embedded_server, stop_embedded_server
+    from variant_pipeline.data.engine import make_engine, with_database
+
+    report = json.loads((out / "soak.json").read_text(encoding="utf-8"))
+    pgdata = out / "home" / "pgdata"
+    url = ensure_embedded_server(pgdata)
+    try:
+        engine = make_engine(with_database(url, "variant_pipeline"))
+        with engine.connect() as conn:
+            attempts, terminal = attempt_times(conn)
+        engine.dispose()
+    finally:
+        stop_embedded_server(pgdata)
+    moving_again(report["faults"], attempts, terminal)
+    report["recovery_by_kind"] = recovery_by_kind(report["faults"])
+    (out / "soak.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    (out / "summary.md").write_text(markdown(report), encoding="utf-8")
+    return report
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The run's summary, to paste into docs/soak.md."""
     lines = [f"### Soak: seed {report['seed']}, {report['duration_s'] / 60:g} min, {report['backend']} backend",
@@ -1428,6 +1488,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="log to soak.log only")
     parser.add_argument("--schedule-only", action="store_true", help="print the schedule as JSON and exit")
     parser.add_argument("--summarize", metavar="DIR", help="print the markdown summary of the soak in DIR and exit")
+    parser.add_argument("--recompute", metavar="DIR",
+                        help="recompute the recovery times of the finished soak in DIR from its database, "
+                             "rewrite its soak.json and summary.md, print the summary and exit")
     args = parser.parse_args(argv)
     for item in args.env:
         if "=" not in item or not item.split("=", 1)[0]:
@@ -1445,6 +1508,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.recompute:
+        print(markdown(recompute(Path(args.recompute))))
+        return 0
     if args.summarize:
         print(markdown(json.loads((Path(args.summarize) / "soak.json").read_text(encoding="utf-8"))))
         return 0

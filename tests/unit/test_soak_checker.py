@@ -141,3 +141,27 @@ def test_skipped_rows_are_not_attempts_and_do_not_open_rounds() -> None:
     [message] = checks.round_violations(attempts, RUNS)
     assert message.startswith("committed twice in one round")
     assert checks.round_violations([_attempt(1, 1, "r1", "done"), _attempt(2, 1, "dup", "skipped")], RUNS) == []
+
+
+def test_recovery_counts_the_partitions_a_fault_interrupted_from_when_recovery_could_begin() -> None:
+    import soak  # noqa: PLC0415
+
+    attempts = [
+        ("busy", 100.0, 110.0),  # in progress when both faults began, interrupted...
+        ("busy", 150.0, 160.0),  # ...and moving again at 150
+        ("queued-behind", 170.0, 175.0),  # not in progress at the fault: its wait is the backlog
+        ("frozen", 100.0, 139.0),  # the frozen worker's attempt, recorded lost at 139...
+        ("frozen", 140.0, 145.0),  # ...another run took the partition over at 140, while it was still stopped
+    ]
+    restart = {"kind": "kill_daemon", "start": 105.0, "end": 130.0}
+    stop = {"kind": "stop_worker", "start": 105.0, "end": 200.0, "target": {"partition": "frozen"}}
+    never = {"kind": "pg_restart", "start": 152.0, "end": 155.0}  # busy's 2nd attempt never followed
+    skipped = {"kind": "kill_worker", "start": 1.0, "end": 1.0, "skipped": True}
+    soak.moving_again([restart, stop, never, skipped], attempts, terminal={})
+    assert restart["recovery_s"] == 20.0  # from the restart (130) until 'busy' and 'frozen' both moved (150)
+    assert stop["recovery_s"] == 45.0  # from the stop (105): the later of 'busy' (150) and 'frozen' (140)
+    assert never["recovery_s"] is None and skipped["recovery_s"] is None
+    soak.moving_again([never], attempts, terminal={"busy": 170.0})  # it finished instead
+    assert never["recovery_s"] == 15.0
+    assert soak.recovery_by_kind([restart, stop, never, skipped])["kill_daemon"] == {
+        "n": 1, "recovered": 1, "median_s": 20.0, "max_s": 20.0}
