@@ -885,29 +885,30 @@ class Soak:
                  + ("" if fault["end"] is None else f", ended at {fault['end'] - self.t0:.1f}s")
                  + "".join(f" {k}={v}" for k, v in detail.items()))
 
-    def do_kill_worker(self, action: Action) -> None:
+    def _signal_worker(self, action: Action, sig: signal.Signals) -> dict[str, Any] | None:
+        """Send ``sig`` to a run worker inside a stage (seeded choice); None when there is none."""
         rng = random.Random(f"{self.args.seed}:{action.id}")
         fault = self.fault_start(action)
         target = self.run_worker_mid_stage(rng)
         if target is None:
             fault["skipped"] = True
             self.fault_done(fault, None, end=time.time(), reason="no run worker inside a stage")
-            return
+            return None
         with contextlib.suppress(ProcessLookupError):
-            os.kill(target["pid"], signal.SIGKILL)
-        self.fault_done(fault, target, end=time.time())
+            os.kill(target["pid"], sig)
+        fault["target"] = target
+        return fault
+
+    def do_kill_worker(self, action: Action) -> None:
+        fault = self._signal_worker(action, signal.SIGKILL)
+        if fault is not None:
+            self.fault_done(fault, fault["target"], end=time.time())
 
     def do_stop_worker(self, action: Action) -> None:
-        rng = random.Random(f"{self.args.seed}:{action.id}")
-        fault = self.fault_start(action)
-        target = self.run_worker_mid_stage(rng)
-        if target is None:
-            fault["skipped"] = True
-            self.fault_done(fault, None, end=time.time(), reason="no run worker inside a stage")
-            return
-        os.kill(target["pid"], signal.SIGSTOP)
-        self.stopped_pids.add(target["pid"])
-        self.fault_done(fault, target, stopped_for_s=action.params["duration_s"])
+        fault = self._signal_worker(action, signal.SIGSTOP)
+        if fault is not None:
+            self.stopped_pids.add(fault["target"]["pid"])
+            self.fault_done(fault, fault["target"], stopped_for_s=action.params["duration_s"])
 
     def supervisor_loop(self) -> None:
         """Start the daemon again when it exits by itself, as systemd's Restart=always would (a
