@@ -51,6 +51,7 @@ import sys
 import threading
 import time
 import traceback
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter, defaultdict
@@ -757,8 +758,12 @@ class Soak:
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.port}/graphql", method="POST", headers={"Content-Type": "application/json"},
             data=json.dumps({"query": query, "variables": variables}).encode())
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return json.loads(response.read())
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:  # keep what the web server said, for the report
+            body = exc.read().decode("utf-8", "replace")[:600]
+            raise RuntimeError(f"HTTP {exc.code} from the web server: {body}") from exc
 
     def do_hand_graphql(self, action: Action) -> None:
         rng = random.Random(f"{self.args.seed}:{action.id}")
