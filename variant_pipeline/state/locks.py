@@ -102,14 +102,9 @@ class SessionLock:
             finally:
                 self._mutex.release()
 
-    @contextlib.contextmanager
-    def _in_use(self) -> Iterator[None]:
-        with self._mutex:
-            yield
-
     def release(self) -> None:
         self._stop_heartbeat.set()
-        with self._in_use():
+        with self._mutex:
             if self._conn is None:
                 return
             try:
@@ -151,7 +146,7 @@ class PartitionLock(SessionLock):
         ``PartitionBusy`` if someone else has it now. The caller's fence check then decides
         whether this attempt may still write.
         """
-        with self._in_use():
+        with self._mutex:
             if self._conn is not None:
                 try:
                     self._conn.execute(sa.text("SELECT 1"))

@@ -141,14 +141,12 @@ def find_restarts(engine: Engine, stall_after_s: float, busy_partitions: Iterabl
             last_variant=last_variant, last_job=last_job,
         )
         last_attempts = _last_attempts(conn, [r["key"] for r in waiting if r["retry_at"] is not None])
-    candidates = [r for r in waiting if r["key"] not in busy
-                  and restart_stage(r["level"], r["current_step"], r["status"]) is not None
+    candidates = [(r, start) for r in waiting if r["key"] not in busy
+                  and (start := restart_stage(r["level"], r["current_step"], r["status"])) is not None
                   and (r["retry_at"] is None or r["retry_at"] <= db_now)]  # not backing off
-    failed = failed_runs([r["key"] for r in candidates]) if failed_runs and candidates else {}
+    failed = failed_runs([r["key"] for r, _ in candidates]) if failed_runs and candidates else {}
     restarts: list[Restart] = []
-    for row in candidates:
-        start = restart_stage(row["level"], row["current_step"], row["status"])
-        assert start is not None
+    for row, start in candidates:
         orphaned = _orphan_restart(row, start, failed.get(row["key"]))
         if orphaned is not None:
             restarts.append(orphaned)
