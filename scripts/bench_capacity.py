@@ -22,6 +22,7 @@ In a throw-away home (its own embedded PostgreSQL, schema, Dagster instance):
 5. With ``--ui``, the Dagster UI in headless Chromium (scripts/browser_check.py's driver): load
    time of a partitioned asset's pages, until the page shows what it should.
 6. ``variant-pipeline prune --dry-run`` over the filled home, wall time.
+7. ``variant-pipeline metrics`` scrapes, timed in process, with the burst's runs queued.
 
     .venv/bin/python scripts/bench_capacity.py --variants 0 --events 0 --burst-jobs 100   # burst only
     .venv/bin/python scripts/bench_capacity.py --variants 100000 --events 1000000 --ui --json cap.json
@@ -431,6 +432,25 @@ def ui_load_times(environment, port: int) -> dict[str, Any]:
 # --- Main ----------------------------------------------------------------------------------------
 
 
+def scrape_times(repeats: int = 6) -> dict[str, Any]:
+    """`variant-pipeline metrics` scrapes of the filled home (in process: the scrape, not Python's
+    start-up), with the burst's runs still queued in Dagster."""
+    import statistics
+
+    from variant_pipeline.config import load_settings
+    from variant_pipeline.ops.metrics import build_collector, exposition
+
+    collector = build_collector(load_settings())
+    times, text = [], ""
+    for _ in range(repeats):
+        started = time.perf_counter()
+        text = exposition(collector)
+        times.append(time.perf_counter() - started)
+    return {"first_s": round(times[0], 3), "median_s": round(statistics.median(times[1:]), 3),
+            "max_s": round(max(times), 3), "samples": sum(1 for line in text.splitlines()
+                                                          if line and not line.startswith("#"))}
+
+
 def machine() -> dict[str, Any]:
     mem_kb = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal")), 0)
@@ -512,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
                 figures["profile"] = summarize_profile(args.profile)
                 for phase, share in figures["profile"].items():
                     log(f"  {share:6.1%}  {phase}")
+
+            figures["metrics_scrape"] = scrape_times()
+            log(f"metrics scrape: {figures['metrics_scrape']}")
 
         job = (figures.get("fill") or {}).get("sample_job") or figures["daemon_burst"]["sample_job"]
         commands = [["status", job]] + ([["results", job]] if has_command("results") else [])

@@ -24,11 +24,21 @@ fi
 if ! (command -v fc-list >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi 'Noto Color Emoji'); then
   need_system+=(fonts-noto-color-emoji)
 fi
+# Prometheus and promtool: the alert rules' checks and the metrics end-to-end test (the tests start
+# their own server; the package's service is kept from starting on install).
+if ! (command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1); then
+  need_system+=(prometheus)
+fi
 if [ ${#need_system[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing system packages: ${need_system[*]}"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_system[@]}" >/dev/null
+    no_services=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then  # no package may start a service of its own here
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && no_services=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_system[@]}" >/dev/null
+    [ -n "$no_services" ] && rm -f /usr/sbin/policy-rc.d
   else
     echo "setup: missing system packages: ${need_system[*]}" >&2
     echo "setup: install them (Debian/Ubuntu: sudo apt-get install ${need_system[*]}) and re-run" >&2

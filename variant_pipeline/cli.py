@@ -12,7 +12,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
@@ -415,6 +416,93 @@ def _models_build_tiny(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- metrics ----------------------------------------------------------------------------------
+
+DEFAULT_METRICS_PORT = 9464  # the port OpenTelemetry's Prometheus exporter uses by default
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, got {port}")
+    return port
+
+
+def _add_metrics(sub: argparse._SubParsersAction) -> None:
+    metrics = sub.add_parser(
+        "metrics", help="serve Prometheus metrics read from the database and Dagster at each scrape")
+    metrics.add_argument("--port", type=_port, default=DEFAULT_METRICS_PORT,
+                         help=f"port of /metrics (default {DEFAULT_METRICS_PORT})")
+    metrics.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    metrics.add_argument("--once", action="store_true", help="print one scrape on stdout and exit")
+    metrics.set_defaults(handler=_metrics)
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    import time
+
+    from variant_pipeline.config import load_settings
+    from variant_pipeline.ops.metrics import build_collector, exposition, serve
+
+    collector = build_collector(load_settings())
+    if args.once:
+        sys.stdout.write(exposition(collector))
+        return EXIT_OK
+    try:
+        server = serve(collector, args.host, args.port)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    print(f"serving Prometheus metrics on http://{args.host}:{args.port}/metrics (Ctrl-C stops)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        server.shutdown()
+
+
+# --- doctor -----------------------------------------------------------------------------------
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
+    from variant_pipeline.ops.doctor import DEFAULT_MIN_FREE_GB
+
+    doctor = sub.add_parser("doctor", help="check that this deployment can work: database, Dagster, models, "
+                            "Tesseract, fonts, Ray, disk (exit 0 only when all pass)")
+    doctor.add_argument("--json", action="store_true", help="the checks as JSON")
+    doctor.add_argument("--min-free-gb", type=_non_negative_float, default=DEFAULT_MIN_FREE_GB,
+                        help=f"free disk space wanted under the asset root (default {DEFAULT_MIN_FREE_GB:g})")
+    doctor.set_defaults(handler=_doctor)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from variant_pipeline.config import load_settings
+    from variant_pipeline.ops.doctor import run_checks
+
+    checks = run_checks(load_settings(), args.min_free_gb)
+    if args.json:
+        print(json.dumps({"ok": all(c.ok for c in checks), "checks": [c.to_dict() for c in checks]}, indent=2,
+                         ensure_ascii=False))
+    else:
+        for check in checks:
+            print(check.line())
+    return EXIT_OK if all(c.ok for c in checks) else 1
+
+
 # --- serve ------------------------------------------------------------------------------------
 
 DEFAULT_RAY_PORT = 6390  # not 6379: that is Redis's port, and Ray's default
@@ -524,6 +612,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_retry,
     _add_prune,
     _add_models,
+    _add_metrics,
+    _add_doctor,
     _add_serve,
     _add_demo,
 ]
@@ -547,6 +637,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands whose point is a server that keeps running: the URL printed is for other processes.
+_KEEPS_EMBEDDED_SERVER = {("db", "start"), ("db", "url"), ("demo", None)}
+
+
+@contextmanager
+def _embedded_server_kept_as_found(args: argparse.Namespace) -> Iterator[None]:
+    """Stop the embedded PostgreSQL afterwards if this command started it (``results`` after the
+    demo ended must not leave a server running behind the user's back)."""
+    from variant_pipeline.data.embedded_pg import embedded_server_state, stop_embedded_server
+    from variant_pipeline.data.engine import dispose_engines, uses_embedded_server
+
+    command = (args.command, getattr(args, "db_command", None))
+    watch = uses_embedded_server() and command not in _KEEPS_EMBEDDED_SERVER
+    was_running = embedded_server_state().running if watch else True
+    try:
+        yield
+    finally:
+        if not was_running and embedded_server_state().running:
+            dispose_engines()
+            stop_embedded_server()
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -566,7 +678,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed its message
         return int(exc.code or 0)
     try:
-        return int(args.handler(args))
+        with _embedded_server_kept_as_found(args):
+            return int(args.handler(args))
     except BrokenPipeError:  # the reader went away (`status ... | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,11 @@ class Settings:
     serve_batch: dict[str, tuple[int, float]] = field(default_factory=dict)
     serve_replicas: dict[str, int] = field(default_factory=dict)  # replicas per family (default 1)
     serve_gpus: dict[str, float] = field(default_factory=dict)  # GPUs per replica (default 0)
+    # Failure notices (sensors/notices.py): where to post them (None: nowhere), the UI address
+    # their run links use, and the least time between two posts.
+    alert_webhook_url: str | None = None
+    ui_url: str = "http://127.0.0.1:3000"
+    alert_min_interval_s: float = 30.0
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -202,7 +208,18 @@ def load_settings() -> Settings:
         serve_batch={**DEFAULT_SERVE_BATCH, **_family_map("VP_SERVE_BATCH", _batch_setting)},
         serve_replicas=_family_map("VP_SERVE_REPLICAS", _replicas_setting),
         serve_gpus=_family_map("VP_SERVE_GPUS", _gpus_setting),
+        alert_webhook_url=_http_url("VP_ALERT_WEBHOOK_URL", _env("VP_ALERT_WEBHOOK_URL")),
+        ui_url=_http_url("VP_UI_URL", _env("VP_UI_URL", "http://127.0.0.1:3000")) or "http://127.0.0.1:3000",
+        alert_min_interval_s=_seconds("VP_ALERT_MIN_INTERVAL_S", 30.0, allow_zero=True),
     )
+
+
+def _http_url(name: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise SettingsError(f"{name} must be an http:// or https:// URL, got {value!r}")
+    return value
 
 
 def _tiny_defaults(models_dir: Path) -> dict[str, str]:

@@ -10,6 +10,7 @@ from variant_pipeline.assets.jobs import PIPELINE_JOBS
 from variant_pipeline.assets.stage_assets import STAGE_ASSETS
 from variant_pipeline.resources import default_resources
 from variant_pipeline.sensors.continuation import build_continuation_sensor
+from variant_pipeline.sensors.notices import build_notice_sensor
 from variant_pipeline.sensors.outbox import build_outbox_sensor
 from variant_pipeline.sensors.recovery import build_recovery_sensor
 from variant_pipeline.sensors.retention import retention_schedules
@@ -21,7 +22,7 @@ warnings.filterwarnings("ignore", message="Non-built-in PartitionMappings")
 defs = dg.Definitions(
     assets=STAGE_ASSETS,
     jobs=PIPELINE_JOBS,
-    sensors=[build_outbox_sensor(), build_continuation_sensor(), build_recovery_sensor()],
+    sensors=[build_outbox_sensor(), build_continuation_sensor(), build_recovery_sensor(), build_notice_sensor()],
     schedules=retention_schedules(),  # none unless VP_PRUNE_OLDER_THAN is set
     resources=default_resources(),
     # Every run, the implicit asset job's included, runs its steps in one process: models load

@@ -39,8 +39,24 @@ def _summary(app_url: str, job_id: str, settings) -> list[str]:
     if results.instagram_copy is not None:
         lines.append(f"  instagram feed: {results.instagram_copy[:200]!r}")
         lines.append(f"  hashtags: {' '.join(results.hashtags)}")
+    note = tiny_models_note(settings)
+    if note:
+        lines.append(f"  ({note})")
     lines.append(f"  all of it: variant-pipeline results {job_id} [--json] [--html gallery.html]")
     return lines
+
+
+def tiny_models_note(settings) -> str | None:
+    """What the summary must say when it shows the tiny random-weight models' output."""
+    from variant_pipeline.models.registry import tiny_settings_in_use
+
+    tiny = tiny_settings_in_use(settings)
+    if not tiny:
+        return None
+    what = "the copy and hashtags are noise" if "text_model" in tiny else "the images and verdicts are noise"
+    names = ", ".join(f"VP_{name.upper()}" for name in tiny)
+    return (f"{what}: {names} still point at the tiny random-weight bundle; set them to real weights "
+            "(a local path or a hub id, README: Configuration)")
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:

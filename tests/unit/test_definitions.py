@@ -36,7 +36,7 @@ def test_every_job_runs_in_process() -> None:
 
 
 def test_sensors_run_by_default() -> None:
-    for name in ("outbox_sensor", "manual_run_continuation_sensor", "recovery_sensor"):
+    for name in ("outbox_sensor", "manual_run_continuation_sensor", "recovery_sensor", "failure_notice_sensor"):
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
 
 

@@ -21,6 +21,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from variant_pipeline.config import SettingsError
+
 APP_DATABASE = "variant_pipeline"
 DAGSTER_DATABASE = "dagster"
 ORIGIN_SETTING = "variant_pipeline.origin"
@@ -79,6 +81,12 @@ def dagster_database_url() -> str:
     """
     url = _env_url("DAGSTER_DATABASE_URL")
     if url is not None:
+        app_url = _env_url("DATABASE_URL")
+        if app_url is not None and same_database(url, app_url):
+            raise SharedDatabaseError(
+                "DAGSTER_DATABASE_URL names the pipeline's own database: Dagster's tables (its `jobs` among "
+                "them) would clash with the pipeline's; give Dagster a database of its own, or unset "
+                "DAGSTER_DATABASE_URL for a database `dagster` on the same server")
         return url
     app_url = _env_url("DATABASE_URL")
     if app_url is None:
@@ -89,6 +97,44 @@ def dagster_database_url() -> str:
         admin = app_url
     ensure_database(admin, DAGSTER_DATABASE)
     return with_database(admin, DAGSTER_DATABASE)
+
+
+class SharedDatabaseError(SettingsError):
+    """Dagster's storage and the pipeline's tables pointed at one database."""
+
+
+def same_database(a: str, b: str) -> bool:
+    """Whether two URLs name one database (same host, port and database; user and driver aside)."""
+    def where(url: str) -> tuple[str, int, str | None]:
+        parsed = make_url(normalize_database_url(url))
+        host = parsed.host or str(parsed.query.get("host") or "")  # a Unix socket comes as ?host=
+        return host, parsed.port or 5432, parsed.database
+
+    return where(a) == where(b)
+
+
+# A table only the pipeline's schema has, and one only Dagster's has.
+PIPELINE_MARKER_TABLE = "jobs_variants"
+DAGSTER_MARKER_TABLE = "event_logs"
+
+
+def refuse_pipeline_database_for_dagster(conn: Connection) -> None:
+    """Dagster's storage must not share the pipeline's database: both have a table ``jobs``."""
+    _refuse_if_table(conn, PIPELINE_MARKER_TABLE, "Dagster's storage URL names the pipeline's own database",
+                     "Dagster's tables (its `jobs` among them) would clash with the pipeline's; give Dagster a "
+                     "database of its own (`variant-pipeline db url --dagster`)")
+
+
+def refuse_dagster_database_for_pipeline(conn: Connection) -> None:
+    """The pipeline's schema must not go into Dagster's storage database, for the same reason."""
+    _refuse_if_table(conn, DAGSTER_MARKER_TABLE, "DATABASE_URL names a database that holds Dagster's storage",
+                     "the pipeline's tables (its `jobs` among them) would clash with Dagster's; give the "
+                     "pipeline a database of its own")
+
+
+def _refuse_if_table(conn: Connection, table: str, what: str, why: str) -> None:
+    if conn.execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table}).scalar_one():
+        raise SharedDatabaseError(f"{what} (it has the table {table}): {why}")
 
 
 def ensure_database(admin_url: str, name: str) -> bool:

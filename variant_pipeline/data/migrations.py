@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.config import SQL_DIR
+from variant_pipeline.data.engine import refuse_dagster_database_for_pipeline
 
 # Key of the session advisory lock that serialises concurrent `db upgrade` runs.
 _MIGRATION_LOCK_KEY = 0x7661726970  # "varip"
@@ -118,6 +119,7 @@ def upgrade(engine: Engine, sql_dir: Path = SQL_DIR) -> list[Migration]:
         conn.commit()
         try:
             with conn.begin():
+                refuse_dagster_database_for_pipeline(conn)
                 conn.exec_driver_sql(_CREATE_MIGRATIONS_TABLE)
             with conn.begin():
                 applied = {a.version: a for a in _applied(conn)}

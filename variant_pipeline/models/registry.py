@@ -161,3 +161,8 @@ def wants_accelerator(model: str | None) -> bool:
 def tiny_defaults(bundle_dir: Path) -> dict[str, str]:
     """``{settings field: path}`` of every tiny model under ``bundle_dir``: the settings' defaults."""
     return {t.setting: str(Path(bundle_dir) / t.path) for fam in FAMILIES for t in fam.tiny}
+
+
+def tiny_settings_in_use(settings: Settings) -> list[str]:
+    """The settings fields (``vlm_model``, ...) that still point at the tiny random-weight bundle."""
+    return [name for name, path in tiny_defaults(settings.models_dir).items() if getattr(settings, name) == path]

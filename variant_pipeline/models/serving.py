@@ -303,13 +303,15 @@ def deploy(settings: Settings, families: tuple[str, ...] | None = None) -> dict[
     return apps
 
 
-def replica_stats() -> list[dict[str, Any]]:
-    """The last counters of every live replica (a replica that died is left out)."""
+def replica_stats(include_dead: bool = False) -> list[dict[str, Any]]:
+    """The last counters of every live replica, each with ``live``: True (a replica that died is
+    left out, or with ``include_dead`` kept with ``live``: False)."""
     import ray
 
-    live = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+    names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
     stats = ray.get(_stats_actor().all.remote())
-    return [s for s in stats.values() if any(s["replica"] in name for name in live)]
+    marked = [{**s, "live": any(s["replica"] in name for name in names)} for s in stats.values()]
+    return [s for s in marked if include_dead or s["live"]]
 
 
 def undeploy() -> list[str]:

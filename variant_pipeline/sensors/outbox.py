@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from variant_pipeline.assets.jobs import EVENT_TAG, PIPELINE_JOBS, asset_selection, run_request
 from variant_pipeline.assets.partitions import job_partitions, variant_partitions
 from variant_pipeline.config import load_settings
-from variant_pipeline.data.outbox import CHANNELS, Event, NotifyListener, read_events_after
+from variant_pipeline.data.outbox import CHANNELS, Event, NotifyListener, decode_cursor, read_events_after
 from variant_pipeline.resources.database import DatabaseResource
 from variant_pipeline.state.transitions import is_request, start_stage_for
 
@@ -171,6 +171,17 @@ def build_outbox_sensor() -> dg.SensorDefinition:
         )
 
     return outbox_sensor
+
+
+def saved_outbox_cursor(instance: dg.DagsterInstance) -> str | None:
+    """The outbox sensor's saved cursor; the oldest one if several code locations run it."""
+    cursors = [
+        state.instigator_data.cursor
+        for state in instance.all_instigator_state()
+        if state.instigator_name == OUTBOX_SENSOR_NAME and state.instigator_data is not None
+        and getattr(state.instigator_data, "cursor", None)
+    ]
+    return min(cursors, key=decode_cursor) if cursors else None
 
 
 def _existing(instance: dg.DagsterInstance, partitions_name: str, events: Sequence[Event], level: str) -> set[str]:

@@ -13,7 +13,7 @@ import dagster as dg
 from dagster import OpExecutionContext
 
 from variant_pipeline.assets.partitions import job_partitions, variant_partitions
-from variant_pipeline.sensors.outbox import OUTBOX_SENSOR_NAME
+from variant_pipeline.sensors.outbox import saved_outbox_cursor
 
 PRUNE_JOB_NAME = "prune_job"
 PRUNE_SCHEDULE_NAME = "prune_schedule"
@@ -63,16 +63,7 @@ class DagsterOrchestrator:
         return self._in_flight[1] & set(keys)
 
     def outbox_cursor(self) -> str | None:
-        """The outbox sensor's saved cursor; the oldest one if several code locations run it."""
-        from variant_pipeline.data.outbox import decode_cursor
-
-        cursors = [
-            state.instigator_data.cursor
-            for state in self.instance.all_instigator_state()
-            if state.instigator_name == OUTBOX_SENSOR_NAME and state.instigator_data is not None
-            and getattr(state.instigator_data, "cursor", None)
-        ]
-        return min(cursors, key=decode_cursor) if cursors else None
+        return saved_outbox_cursor(self.instance)
 
 
 def open_instance() -> dg.DagsterInstance:
