@@ -10,6 +10,7 @@ tested at full length by tests/unit/test_prometheus_rules.py) and a 1 s scrape.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -137,12 +138,24 @@ def test_prometheus_fires_the_stuck_and_failure_alerts_and_the_webhook_gets_one_
             assert doctor.returncode == 0 and report["ok"], doctor.stdout + doctor.stderr
             checks = {c["name"]: c for c in report["checks"]}
             assert checks["dagster daemon"]["ok"] and "tiny random-weight bundle" in checks["model vlm_model"]["detail"]
+            _screenshot_if_asked(f"{prometheus_url}/classic/alerts")  # Debian ships the classic UI only
         finally:
             for process in processes:
                 process.terminate()
             for process in processes:
                 process.wait(30)
             receiver.stop()
+
+
+def _screenshot_if_asked(url: str) -> None:
+    """With VP_OPERATING_SCREENSHOT=FILE, Prometheus' alerts page as the test left it (docs/operating.md)."""
+    target = os.environ.get("VP_OPERATING_SCREENSHOT")
+    if not target:
+        return
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+                    "--window-size=1400,1100", "--virtual-time-budget=8000", f"--screenshot={target}", url],
+                   capture_output=True, timeout=120, check=True)
 
 
 def _tenant_of(engine, job_id: str) -> str:
