@@ -92,3 +92,26 @@ def test_a_call_past_the_stage_deadline_is_cancelled_with_a_clear_error(use_ray_
     with pytest.raises(ModelCallTimeout, match=r"vlm\.generate passed the stage's time limit; cancelled in Serve"):
         vlm.generate([Image.new("RGB", (32, 32))], ["describe"], max_new_tokens=4)
     assert vlm.calls == []
+
+
+def test_the_metrics_endpoint_reports_each_replica(pipeline_env, use_ray_backend, dagster_instance) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from variant_pipeline.ops.metrics import PipelineCollector, exposition, ray_replica_stats
+
+    settings = load_settings()
+    collector = PipelineCollector(get_engine(pipeline_env.app_url), dagster_instance, settings,
+                                  lambda: ray_replica_stats(settings))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(exposition(collector)) for s in family.samples}
+    live = {stats["replica"]: stats["family"] for ss in replica_stats_by_family().values() for stats in ss}
+    assert set(live.values()) == {"vlm", "detector", "image_generator", "text_model"}
+    for replica, family in live.items():
+        labels = (("family", family), ("replica", replica))
+        # Once at most: a replica loads on its first call (this test may run before any call).
+        assert samples["variant_pipeline_replica_model_loads_total", labels] in (0, 1)
+        assert samples["variant_pipeline_replica_queue_length", labels] == 0  # nothing waiting now
+        assert ("variant_pipeline_replica_batch_size_count", labels) in samples
+    for family in set(live.values()):
+        assert samples["variant_pipeline_replica_starts_total", (("family", family),)] >= 1
+    assert samples["variant_pipeline_scrape_errors_total", (("part", "ray"),)] == 0

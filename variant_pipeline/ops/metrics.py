@@ -268,15 +268,16 @@ def build_collector(settings: Settings) -> PipelineCollector:
     from variant_pipeline.data.engine import get_engine
     from variant_pipeline.sensors.retention import open_instance
 
-    replica_stats = None
-    if settings.model_backend == "ray":
-        def replica_stats() -> list[dict[str, Any]]:
-            from variant_pipeline.models import ray_head, serving
-
-            ray_head.connect(settings)
-            return serving.replica_stats(include_dead=True)
-
+    replica_stats = (lambda: ray_replica_stats(settings)) if settings.model_backend == "ray" else None
     return PipelineCollector(get_engine(), open_instance(), settings, replica_stats)
+
+
+def ray_replica_stats(settings: Settings) -> list[dict[str, Any]]:
+    """Every replica the cluster's stats actor knows, dead ones marked (for the starts counter)."""
+    from variant_pipeline.models import ray_head, serving
+
+    ray_head.connect(settings)
+    return serving.replica_stats(include_dead=True)
 
 
 def exposition(collector: PipelineCollector) -> str:
