@@ -33,6 +33,7 @@ from variant_pipeline.assets.jobs import RECOVERY_REASON_TAG, job_pipeline_job, 
 from variant_pipeline.config import Settings
 from variant_pipeline.data import metrics as queries
 from variant_pipeline.sensors.outbox import saved_outbox_cursor
+from variant_pipeline.sensors.recovery import busy_partitions
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class PipelineCollector(Collector):
         totals.add_attempts(attempts)
         totals.add_events(events)
         totals.read_below_xid = below
-        busy = self._busy_partitions()
+        busy = busy_partitions(self.instance, set(LEVEL_OF_JOB))
         return [*self._state_metrics(states), *self._attempt_metrics(), *self._event_metrics(),
                 GaugeMetricFamily(f"{PREFIX}_outbox_backlog_events",
                                   "Outbox events after the outbox sensor's saved cursor", value=backlog.events),
@@ -203,10 +204,6 @@ class PipelineCollector(Collector):
         return stuck
 
     # --- Dagster ------------------------------------------------------------------------------
-
-    def _busy_partitions(self) -> set[str]:
-        runs = self.instance.get_runs(dg.RunsFilter(statuses=[*QUEUED, *IN_PROGRESS]))
-        return {run.tags.get("dagster/partition", "") for run in runs}
 
     def _dagster(self) -> list[Metric]:
         runs = GaugeMetricFamily(f"{PREFIX}_dagster_runs", "Dagster runs queued and in progress",
