@@ -27,7 +27,7 @@ from variant_pipeline.resources import default_resources
 from variant_pipeline.sensors.retention import DagsterOrchestrator, prune_job, retention_schedules
 from variant_pipeline.state.claims import attempts_of
 from variant_pipeline.state.locks import PartitionLock
-from variant_pipeline.state.recovery import request_retry
+from variant_pipeline.state.recovery import RetryError, request_retry
 from variant_pipeline.state.retention import prune
 from variant_pipeline.validation import InputError, parse_duration
 
@@ -206,6 +206,47 @@ def test_a_reopened_job_is_not_pruned_and_a_run_in_flight_spares_its_job(jobs, d
     assert report.jobs == [] and report.busy == [str(old_failed.job_id)]
     assert _keys(old) | _keys(old_failed) <= _partitions(dagster_instance)[0]
     assert get_job_status(engine, old.job_id).finished_at is None  # reopened, not finished
+
+
+def test_a_pruned_job_is_refused_by_retry_so_no_variant_comes_back_without_its_partition(
+        pipeline_env, dagster_instance, capsys) -> None:
+    """Found by the soak (seed 35746): ``retry`` of one failed variant of a job that prune had
+    already handled reopened the job; the outbox sensor added back only that variant's
+    partition, so its failed sibling was live again without one (and the job's files were gone,
+    so no stage could have run anyway). A pruned job is now refused, rows and partitions as they were."""
+    engine = get_engine(pipeline_env.app_url)
+    store = AssetStore(load_settings().assets_dir)
+    job = submit_sample(pipeline_env.app_url, variants=2)
+    _register(dagster_instance, job)
+    _add_images(engine, store, job)
+    with transaction(engine, "test") as conn:  # both variants failed for their input; the job with them
+        for key in job.variant_ids:
+            set_variant_state(conn, key, "img_gen", "failed", error="copy is over its limit")
+        conn.execute(sa.text("UPDATE jobs SET finished_at = now() - interval '40 days' WHERE job_id = :j"),
+                     {"j": str(job.job_id)})
+    assert get_job_status(engine, job.job_id).status == "failed"
+    report = prune(engine, DagsterOrchestrator(dagster_instance), store.root, timedelta(days=30))
+    assert [j.job_id for j in report.jobs] == [str(job.job_id)]
+
+    def states() -> list[tuple]:
+        with engine.connect() as conn:
+            return conn.execute(sa.text(
+                """SELECT v.job_variants_id::text, v.current_step, v.status, j.status, j.finished_at, j.pruned_at
+                     FROM jobs_variants v JOIN jobs j USING (job_id) WHERE j.job_id = :j ORDER BY 1"""),
+                {"j": str(job.job_id)}).all()
+
+    before = states()
+    for target in (str(job.variant_ids[0]), str(job.job_id)):
+        with pytest.raises(RetryError, match=f"job {job.job_id} was pruned at .*submit it again"):
+            request_retry(engine, target)
+        assert main(["retry", target]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: job ") and "was pruned" in err and "\n" not in err
+    with pytest.raises(RetryError, match="was pruned"):
+        request_retry(engine, str(job.job_id), from_stage="img_gen")
+    assert states() == before  # nothing reopened
+    variants, job_keys = _partitions(dagster_instance)
+    assert not _keys(job) & variants and str(job.job_id) not in job_keys
 
 
 def test_orphan_file_of_a_timed_out_attempt_is_removed_and_live_files_stay(pipeline_env, dagster_instance,

@@ -18,9 +18,8 @@ takes, without waiting, the row locks the pipeline's writers take (its variants,
 a claim, a retry and the rollup lock them) and the partition locks its workers hold; a job
 whose rows or partitions are busy is skipped this time. Under those locks it checks again that
 the job and every variant are finished, before the cutoff, with no attempt running and no
-Dagster run in flight for its partitions, and only then deletes. A retry that reopens the job
-waits for that transaction and then finds the partitions gone: the outbox sensor adds them
-again when it sees the retry's event. An orphan file is removed only if it is older than the
+Dagster run in flight for its partitions, and only then deletes. A retry waits for that
+transaction and then finds the job marked pruned, which it refuses (``request_retry``). An orphan file is removed only if it is older than the
 cutoff, than ``orphan_min_age_s`` and than the oldest attempt still running (an attempt's file
 is written after its claim and named by a row when its stage commits).
 """
