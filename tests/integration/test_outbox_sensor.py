@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from tests.fixtures.db import create_job
 from variant_pipeline import stages as stage_graph
-from variant_pipeline.assets.jobs import EVENT_TAG, LAUNCHED_BY_TAG
+from variant_pipeline.assets.jobs import EVENT_TAG, LAUNCHED_BY_TAG, PRIORITY_TAG
 from variant_pipeline.data.engine import get_engine, transaction
 from variant_pipeline.data.outbox import Event
 from variant_pipeline.sensors.outbox import plan_tick
@@ -109,6 +109,7 @@ def test_sensor_tick_adds_partitions_and_requests_one_run_per_new_variant(pipeli
     assert requested == sorted(str(v) for v in job.variant_ids)
     for request in data.run_requests:
         assert request.tags[LAUNCHED_BY_TAG] == "outbox_sensor"
+        assert PRIORITY_TAG not in request.tags  # new work: the queue's default priority, after resumed work
         assert request.asset_selection is None and request.job_name == "variant_pipeline"
     added = {k for req in data.dynamic_partitions_requests for k in req.partition_keys}
     assert added == {str(v) for v in job.variant_ids} | {str(job.job_id)}

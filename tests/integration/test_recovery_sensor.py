@@ -14,7 +14,9 @@ from tests.fixtures.state import set_job_state, set_variant_state
 from variant_pipeline.assets.jobs import (
     CONTINUES_ATTEMPTS_TAG,
     LAUNCHED_BY_TAG,
+    PRIORITY_TAG,
     RECOVERY_REASON_TAG,
+    RESUMED_WORK_PRIORITY,
     START_STAGE_TAG,
 )
 from variant_pipeline.assets.partitions import variant_partitions
@@ -49,6 +51,8 @@ def test_a_job_whose_variants_finished_but_whose_job_stages_never_started_is_res
     assert request.partition_key == str(job.job_id) and request.job_name == "job_pipeline"
     assert request.tags[START_STAGE_TAG] == "ad_copy_gen_kor"
     assert request.tags[LAUNCHED_BY_TAG] == "recovery_sensor" and request.tags[RECOVERY_REASON_TAG] == "stalled"
+    # Resumed work goes ahead of new work in Dagster's run queue.
+    assert int(request.tags[PRIORITY_TAG]) == int(RESUMED_WORK_PRIORITY) > 0
     assert CONTINUES_ATTEMPTS_TAG not in request.tags
     assert request.asset_selection is None  # from the job level's first stage: the whole job_pipeline
     # Nothing changed: the next tick asks for the same run key, which Dagster launches only once.
@@ -135,6 +139,7 @@ def test_a_due_retry_is_launched_once_and_names_the_failed_run(pipeline_env, dag
     [request] = result.run_requests
     assert request.tags[RETRIES_RUN_TAG] == "failed-run-1"
     assert request.tags[CONTINUES_ATTEMPTS_TAG] == "1" and request.tags[RECOVERY_REASON_TAG] == "retry"
+    assert request.tags[PRIORITY_TAG] == RESUMED_WORK_PRIORITY
     assert request.tags[START_STAGE_TAG] == "img_gen" and request.partition_key == key
     assert [r.run_key for r in _tick(dagster_instance).run_requests] == [request.run_key]
 

@@ -24,6 +24,12 @@ RECOVERY_REASON_TAG = "variant_pipeline/recovery"  # "retry", "run_failed" or "s
 # On "run_failed" restarts: how many in a row (each after the last one's run failed again).
 RECOVERY_CHAIN_TAG = "variant_pipeline/recovery_chain"
 RETRIES_RUN_TAG = "variant_pipeline/retries_run"  # links a retry to its failed run in the UI
+# Dagster's run queue launches the highest priority first, in submission order within one.
+# Work the recovery sensor resumes (a lost worker's stage, a retry come due, a dead run's
+# partition) was already under way: it goes ahead of runs for new work, so under a backlog a
+# fault costs its partition the restart delay, not a place at the back of the queue.
+PRIORITY_TAG = "dagster/priority"
+RESUMED_WORK_PRIORITY = "1"
 
 variant_pipeline_job = dg.define_asset_job(
     "variant_pipeline",
@@ -56,16 +62,19 @@ def asset_selection(start_stage: str) -> list[dg.AssetKey] | None:
 
 
 def run_request(*, partition_key: str, start_stage: str, run_key: str, launched_by: str,
-                continues_attempts: bool = False, tags: dict[str, str] | None = None) -> dg.RunRequest:
+                continues_attempts: bool = False, resumes_work: bool = False,
+                tags: dict[str, str] | None = None) -> dg.RunRequest:
     """One run for ``partition_key`` from ``start_stage`` on, in the job of the stage's level.
 
     ``run_key`` makes the request idempotent: Dagster launches a key once, so a repeated tick
-    never starts a second run.
+    never starts a second run. ``resumes_work`` queues it ahead of new work (``PRIORITY_TAG``).
     """
     level = stage_graph.stage(start_stage).level
     run_tags = {LAUNCHED_BY_TAG: launched_by, START_STAGE_TAG: start_stage, **(tags or {})}
     if continues_attempts:
         run_tags[CONTINUES_ATTEMPTS_TAG] = "1"
+    if resumes_work:
+        run_tags[PRIORITY_TAG] = RESUMED_WORK_PRIORITY
     return dg.RunRequest(
         run_key=run_key,
         partition_key=partition_key,

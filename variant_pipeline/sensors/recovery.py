@@ -172,7 +172,8 @@ def build_recovery_sensor() -> dg.SensorDefinition:
                 tags[RETRIES_RUN_TAG] = restart.retries_run  # links the retry to its failed run in the UI
             run_requests.append(run_request(
                 partition_key=restart.partition_key, start_stage=restart.start_stage, run_key=restart.run_key,
-                launched_by=RECOVERY_SENSOR_NAME, continues_attempts=restart.continues_attempts, tags=tags))
+                launched_by=RECOVERY_SENSOR_NAME, continues_attempts=restart.continues_attempts,
+                resumes_work=True, tags=tags))
             context.log.info(f"{restart.why}: {restart.level} {restart.partition_key} from {restart.start_stage}")
         return dg.SensorResult(run_requests=run_requests)
 
