@@ -31,6 +31,18 @@ def test_the_configured_instance_reuses_pooled_connections(pipeline_env, tmp_pat
         assert sorted(instance.get_dynamic_partitions("job_variants")) == ["a", "b"]
 
 
+def test_a_queued_run_outlives_a_minute_without_its_code_server(pipeline_env, tmp_path, monkeypatch) -> None:
+    """A launch that cannot reach the code server puts the run back in the queue (Dagster's run
+    queue setting); with the default of 0 each such run failed, and a PostgreSQL restart or a
+    killed code server failed every queued run at once (the 60-minute soak: about 100 runs)."""
+    monkeypatch.setenv("VP_DAGSTER_STORAGE_URL", pipeline_env.dagster_url)
+    with dg.DagsterInstance.from_config(_instance_home(tmp_path)) as instance:
+        queue = instance.get_concurrency_config().run_queue_config
+    assert queue.max_user_code_failure_retries * queue.user_code_failure_retry_delay >= 60
+    assert queue.user_code_failure_retry_delay <= 5  # and a run goes again within seconds
+    assert queue.max_concurrent_runs == 4
+
+
 def _instance_home(tmp_path) -> str:
     home = tmp_path / "dagster-home"
     home.mkdir()
