@@ -55,7 +55,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -1248,11 +1250,15 @@ class Soak:
 
     def recovery_times(self) -> None:
         """Each fault's recovery time (``moving_again``), from the attempts the database recorded."""
+        import dagster as dg
+
         with self.engine.connect() as conn:
             attempts, terminal = attempt_times(conn)
+        with dg.DagsterInstance.get() as instance:
+            self.runs = run_spans(instance)
         for fault in self.faults.values():
             fault.pop("in_flight", None)
-        moving_again(list(self.faults.values()), attempts, terminal)
+        moving_again(list(self.faults.values()), attempts, terminal, self.runs)
 
     def write_json(self, final: bool = True) -> dict[str, Any]:
         faults = [{k: v for k, v in f.items() if not k.startswith("_")} for f in self.faults.values()]
@@ -1283,6 +1289,8 @@ class Soak:
                 "load_average": [{"t": s["t"], "load1": round(s["load"][0], 2)} for s in self.samples],
                 "jobs_in_flight": [{"t": s["t"], "n": s["jobs_in_flight"]} for s in self.samples],
                 "quiet_period_s": round(getattr(self, "quiet_s", 0.0), 1),
+                "runs": [[r.partition, round(r.started, 3), r.ended and round(r.ended, 3), r.succeeded]
+                         for r in getattr(self, "runs", [])],
                 **self.outcomes(),
             })
         (self.out / "soak.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str),
@@ -1350,68 +1358,136 @@ def _by_kind_outcome(records: list[dict[str, Any]]) -> dict[str, Counter]:
 # daemon must not disturb anything): their recovery is timed from their start, the others' from
 # their end (the restart: nothing can move while the daemon or the database is down).
 RECOVER_DURING = ("stop_worker", "second_daemon")
+SLOW_S = 120.0  # the worst-case recovery aim; slower faults are listed in the summary
 
 
-def attempt_times(conn: Any) -> tuple[list[tuple[str, float, float | None]], dict[str, float]]:
-    """Every attempt (partition, started, finished) but stale runs' records, and when each
-    finished partition finished."""
+@dataclass(frozen=True)
+class Attempt:
+    """One stage attempt as the recovery times read it (skipped rows of stale runs left out)."""
+
+    partition: str
+    stage: str
+    started: float
+    finished: float | None
+    outcome: str
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RunSpan:
+    """When a Dagster run for one partition ran, and whether it succeeded."""
+
+    partition: str
+    started: float
+    ended: float | None
+    succeeded: bool
+
+
+def run_spans(instance: Any) -> list[RunSpan]:
+    """Every partition run that started, from Dagster's run storage."""
+    import dagster as dg
+
+    spans = []
+    for record in instance.get_run_records():
+        run = record.dagster_run
+        partition = run.tags.get("dagster/partition")
+        if partition and record.start_time is not None:
+            spans.append(RunSpan(partition, record.start_time, record.end_time,
+                                 run.status == dg.DagsterRunStatus.SUCCESS))
+    return spans
+
+
+def attempt_times(conn: Any) -> tuple[list[Attempt], dict[str, float]]:
+    """Every attempt but stale runs' records, and when each finished partition finished."""
     import sqlalchemy as sa
 
-    attempts = [(k, started.timestamp(), finished.timestamp() if finished else None)
-                for k, started, finished in conn.execute(sa.text(
-                    """SELECT coalesce(job_variants_id, job_id)::text, started_at, finished_at FROM stage_attempts
-                        WHERE outcome <> 'skipped'"""))]
+    attempts = [Attempt(k, stage, started.timestamp(), finished.timestamp() if finished else None, outcome, run_id)
+                for k, stage, started, finished, outcome, run_id in conn.execute(sa.text(
+                    """SELECT coalesce(job_variants_id, job_id)::text, stage, started_at, finished_at, outcome, run_id
+                         FROM stage_attempts WHERE outcome <> 'skipped' ORDER BY attempt_id"""))]
     terminal = {k: f.timestamp() for k, f in conn.execute(sa.text(
         """SELECT job_variants_id::text, finished_at FROM jobs_variants WHERE finished_at IS NOT NULL
            UNION ALL SELECT job_id::text, finished_at FROM jobs WHERE finished_at IS NOT NULL"""))}
     return attempts, terminal
 
 
-def moving_again(faults: list[dict[str, Any]], attempts: list[tuple[str, float, float | None]],
-                 terminal: dict[str, float]) -> None:
-    """Set each fault's ``recovery_s``: the seconds until every partition that had a stage in
-    progress when the fault began (the ones it could interrupt) claimed a new stage or finished,
-    counted from the fault's end (its start for ``RECOVER_DURING`` kinds); None if one never did.
-    Partitions merely queued at the time are not counted: their wait is the backlog, not the fault.
+def _in_progress(a: Attempt, t: float) -> bool:
+    return a.started <= t and (a.finished is None or a.finished > t)
+
+
+def _waited(attempts: list[Attempt], finished: float | None, began: float, since: float) -> float | None:
+    """Seconds from ``since`` until the partition claimed a stage begun after ``began`` or finished."""
+    moved = [a.started for a in attempts if a.started > began and a.started >= since]
+    if finished is not None and finished >= began:
+        moved.append(finished)
+    return max(min(moved) - since, 0.0) if moved else None
+
+
+def _worst(waits: dict[str, float | None], keys: set[str]) -> float | None:
+    values = [waits[k] for k in keys]
+    return None if None in values else round(max(values, default=0.0), 1)
+
+
+def moving_again(faults: list[dict[str, Any]], attempts: list[Attempt], terminal: dict[str, float],
+                 runs: Sequence[RunSpan] = ()) -> None:
+    """Set each fault's recovery times, counted from its end (its start for ``RECOVER_DURING``
+    kinds) until every partition it stopped claimed a new stage or finished; None if one never did.
+
+    - ``recovery_s``, the figure the aims are about: the partitions the fault stopped. A worker
+      fault stops its target; the others stop the partitions whose attempt in progress when the
+      fault began did not end ``done`` (lost, failed, superseded, or never ended), and those whose
+      run was going when it began (between stages, say) and did not succeed. A partition whose
+      stage went on and finished was not stopped, and one merely queued waits for the backlog.
+    - ``in_flight_recovery_s``: every partition with an attempt in progress when the fault began,
+      stopped or not (the stricter reading earlier reports gave: it also counts slow stages).
+    - ``slowest``: the partition that took longest (stopped ones), with its attempts around the
+      fault (seconds from the fault's start), so a slow recovery can be explained from the report.
     """
-    starts: dict[str, list[float]] = defaultdict(list)
-    for key, started, _finished in attempts:
-        starts[key].append(started)
+    by_partition: dict[str, list[Attempt]] = defaultdict(list)
+    for a in attempts:
+        by_partition[a.partition].append(a)
     for fault in faults:
-        fault["recovery_s"] = None
+        fault["recovery_s"] = fault["in_flight_recovery_s"] = fault["slowest"] = None
         if fault.get("skipped") or fault.get("end") is None:
             continue
         began = fault["start"]
         since = began if fault["kind"] in RECOVER_DURING else fault["end"]
-        affected = {k for k, started, finished in attempts
-                    if started <= began and (finished is None or finished > began)}
+        in_flight = {a.partition for a in attempts if _in_progress(a, began)}
         target = fault.get("target")
         if isinstance(target, dict) and target.get("partition"):
-            affected.add(target["partition"])
-        fault["affected_partitions"] = len(affected)
-        worst = 0.0
-        for key in affected:
-            moved = [t for t in starts[key] if t > began and t >= since]
-            if terminal.get(key, 0.0) >= began:
-                moved.append(terminal[key])
-            if not moved:
-                worst = None
-                break
-            worst = max(worst, min(moved) - since)
-        fault["recovery_s"] = None if worst is None else round(max(worst, 0.0), 1)
+            stopped = {target["partition"]}
+        else:
+            stopped = {a.partition for a in attempts if _in_progress(a, began) and a.outcome != "done"}
+            stopped |= {r.partition for r in runs
+                        if not r.succeeded and r.started <= began and (r.ended is None or r.ended > began)}
+        fault["affected_partitions"] = len(stopped)
+        fault["in_flight_partitions"] = len(in_flight)
+
+        waits = {key: _waited(by_partition[key], terminal.get(key), began, since) for key in stopped | in_flight}
+        fault["recovery_s"] = _worst(waits, stopped)
+        fault["in_flight_recovery_s"] = _worst(waits, in_flight)
+        if stopped:
+            key = max(stopped, key=lambda k: float("inf") if waits[k] is None else waits[k])
+            fault["slowest"] = {
+                "partition": key, "waited_s": None if waits[key] is None else round(waits[key], 1),
+                "attempts": [[a.stage, round(a.started - began, 1),
+                              None if a.finished is None else round(a.finished - began, 1), a.outcome, a.run_id]
+                             for a in by_partition[key] if (a.finished or float("inf")) >= began - 60]}
 
 
 def recovery_by_kind(faults: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    by_kind: dict[str, list] = defaultdict(list)
+    by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for f in faults:
         if not f.get("skipped"):
-            by_kind[f["kind"]].append(f.get("recovery_s"))
+            by_kind[f["kind"]].append(f)
     recovery = {}
-    for kind, values in sorted(by_kind.items()):
-        known = [v for v in values if v is not None]
-        recovery[kind] = {"n": len(values), "recovered": len(known),
+    for kind, fs in sorted(by_kind.items()):
+        known = [f["recovery_s"] for f in fs if f.get("recovery_s") is not None]
+        in_flight = [f["in_flight_recovery_s"] for f in fs if f.get("in_flight_recovery_s") is not None]
+        recovery[kind] = {"n": len(fs), "recovered": len(known),
                           "median_s": _round(statistics.median(known)) if known else None,
-                          "max_s": _round(max(known)) if known else None}
+                          "max_s": _round(max(known)) if known else None,
+                          "in_flight_max_s": _round(max(in_flight)) if in_flight else None}
     return recovery
 
 
@@ -1431,7 +1507,8 @@ def recompute(out: Path) -> dict[str, Any]:
         engine.dispose()
     finally:
         stop_embedded_server(pgdata)
-    moving_again(report["faults"], attempts, terminal)
+    runs = [RunSpan(*r) for r in report.get("runs", [])]
+    moving_again(report["faults"], attempts, terminal, runs)
     report["recovery_by_kind"] = recovery_by_kind(report["faults"])
     (out / "soak.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     (out / "summary.md").write_text(markdown(report), encoding="utf-8")
@@ -1447,9 +1524,20 @@ def markdown(report: dict[str, Any]) -> str:
              f"quiet period {report.get('quiet_period_s')} s.", ""]
     lines += ["| Jobs | n |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(report["jobs"].items())]
     lines += ["", "| Variants | n |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(report["variants"].items())]
-    lines += ["", "| Fault | n | recovered | recovery median (s) | max (s) |", "|---|---|---|---|---|"]
+    lines += ["", "| Fault | n | recovered | recovery median (s) | max (s) | max, every partition in flight (s) |",
+              "|---|---|---|---|---|---|"]
     for kind, r in report["recovery_by_kind"].items():
-        lines.append(f"| {kind} | {r['n']} | {r['recovered']} | {r['median_s']} | {r['max_s']} |")
+        lines.append(f"| {kind} | {r['n']} | {r['recovered']} | {r['median_s']} | {r['max_s']} "
+                     f"| {r.get('in_flight_max_s')} |")
+    slow = [f for f in report["faults"] if f.get("slowest") and (f.get("recovery_s") is None or f["recovery_s"] > SLOW_S)]
+    if slow:
+        lines += ["", f"Faults whose stopped partitions took over {SLOW_S:g} s (or never moved), with the slowest "
+                  "partition's attempts (stage, started and finished in seconds from the fault's start, outcome):", ""]
+        for f in slow:
+            attempts = "; ".join(f"{a[0]} {a[1]}..{a[2]} {a[3]}" for a in f["slowest"]["attempts"])
+            lines.append(f"- #{f['id']} {f['kind']} at {f.get('start_t')} s (ended {f.get('end_t')} s): "
+                         f"{f['recovery_s']} s, {f['affected_partitions']} stopped; "
+                         f"{f['slowest']['partition'][:8]}: {attempts}")
     if report.get("faults_skipped"):
         lines += ["", "Skipped (no target at the time): "
                   + ", ".join(f"{k} {v}" for k, v in report["faults_skipped"].items())]

@@ -120,8 +120,9 @@ class Settings:
     recovery_interval_s: float = 15.0
     run_lease_grace_s: float = 60.0  # a STARTED run without its lease for this long is dead
     # A frozen worker (SIGSTOP, a paused VM) loses its partition lock and run lease after this
-    # long without its heartbeat (state/locks.py); 0: never.
-    lease_timeout_s: float = 60.0
+    # long without its heartbeat (state/locks.py); 0: never. The heartbeat beats every quarter of
+    # it, so 30 s tolerates three missed beats and lets recovery begin within the 60 s aim.
+    lease_timeout_s: float = 30.0
     vlm_load_in_8bit: bool = False  # VP_VLM_LOAD_IN_8BIT: bitsandbytes 8-bit VLM (CUDA only)
     faults: str = ""  # VP_FAULTS fault drills (variant_pipeline/faults.py); empty: none
     # Retention (variant_pipeline/state/retention.py): the daily prune schedule exists only when
@@ -193,7 +194,7 @@ def load_settings() -> Settings:
         stall_after_s=_seconds("VP_STALL_AFTER_S", 300.0),
         recovery_interval_s=_seconds("VP_RECOVERY_INTERVAL_S", 15.0),
         run_lease_grace_s=_seconds("VP_RUN_LEASE_GRACE_S", 60.0, allow_zero=True),
-        lease_timeout_s=_seconds("VP_LEASE_TIMEOUT_S", 60.0, allow_zero=True),
+        lease_timeout_s=_seconds("VP_LEASE_TIMEOUT_S", 30.0, allow_zero=True),
         vlm_load_in_8bit=_env_bool("VP_VLM_LOAD_IN_8BIT", False),
         faults=_faults(_env("VP_FAULTS", "") or ""),
         prune_older_than=_prune_older_than(_env("VP_PRUNE_OLDER_THAN", "") or ""),

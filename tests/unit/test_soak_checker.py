@@ -143,25 +143,43 @@ def test_skipped_rows_are_not_attempts_and_do_not_open_rounds() -> None:
     assert checks.round_violations([_attempt(1, 1, "r1", "done"), _attempt(2, 1, "dup", "skipped")], RUNS) == []
 
 
-def test_recovery_counts_the_partitions_a_fault_interrupted_from_when_recovery_could_begin() -> None:
+def test_recovery_counts_the_partitions_a_fault_stopped_from_when_recovery_could_begin() -> None:
     import soak  # noqa: PLC0415
 
+    A = soak.Attempt
     attempts = [
-        ("busy", 100.0, 110.0),  # in progress when both faults began, interrupted...
-        ("busy", 150.0, 160.0),  # ...and moving again at 150
-        ("queued-behind", 170.0, 175.0),  # not in progress at the fault: its wait is the backlog
-        ("frozen", 100.0, 139.0),  # the frozen worker's attempt, recorded lost at 139...
-        ("frozen", 140.0, 145.0),  # ...another run took the partition over at 140, while it was still stopped
+        A("busy", "img_gen", 100.0, 110.0, "lost"),  # in progress when both faults began, stopped...
+        A("busy", "img_gen", 150.0, 160.0, "done"),  # ...and moving again at 150
+        A("slow", "vlm_judge", 100.0, 190.0, "done"),  # in progress, not stopped: a slow stage that went on
+        A("slow", "planner", 191.0, 195.0, "done"),
+        A("queued-behind", "img_gen", 170.0, 175.0, "done"),  # not in progress at the fault: the backlog
+        A("frozen", "ocr", 100.0, 139.0, "lost"),  # the frozen worker's attempt, recorded lost at 139...
+        A("frozen", "ocr", 140.0, 145.0, "done"),  # ...another run took the partition over at 140
     ]
     restart = {"kind": "kill_daemon", "start": 105.0, "end": 130.0}
     stop = {"kind": "stop_worker", "start": 105.0, "end": 200.0, "target": {"partition": "frozen"}}
-    never = {"kind": "pg_restart", "start": 152.0, "end": 155.0}  # busy's 2nd attempt never followed
+    never = {"kind": "pg_restart", "start": 152.0, "end": 155.0}
+    attempts_never = [*attempts[:1], A("busy", "img_gen", 150.0, None, "running")]  # its 2nd attempt hangs
     skipped = {"kind": "kill_worker", "start": 1.0, "end": 1.0, "skipped": True}
-    soak.moving_again([restart, stop, never, skipped], attempts, terminal={})
+    soak.moving_again([restart, stop, skipped], attempts, terminal={})
     assert restart["recovery_s"] == 20.0  # from the restart (130) until 'busy' and 'frozen' both moved (150)
-    assert stop["recovery_s"] == 45.0  # from the stop (105): the later of 'busy' (150) and 'frozen' (140)
-    assert never["recovery_s"] is None and skipped["recovery_s"] is None
-    soak.moving_again([never], attempts, terminal={"busy": 170.0})  # it finished instead
+    assert restart["affected_partitions"] == 2 and restart["in_flight_partitions"] == 3
+    assert restart["in_flight_recovery_s"] == 61.0  # 'slow' only moved on at 191, its stage done
+    assert restart["slowest"]["partition"] == "busy" and restart["slowest"]["waited_s"] == 20.0
+    assert restart["slowest"]["attempts"][0] == ["img_gen", -5.0, 5.0, "lost", None]
+    assert stop["recovery_s"] == 35.0  # its target only, from the stop (105) until another run took it (140)
+    assert skipped["recovery_s"] is None and skipped["slowest"] is None
+    soak.moving_again([never], attempts_never, terminal={})
+    assert never["recovery_s"] is None and never["slowest"]["waited_s"] is None
+    soak.moving_again([never], attempts_never, terminal={"busy": 170.0})  # it finished instead
     assert never["recovery_s"] == 15.0
+    # A run that died between stages (no attempt in progress) stopped its partition too.
+    between = [A("gap", "img_gen", 90.0, 99.0, "done"), A("gap", "ocr", 160.0, 170.0, "done")]
+    dead_run, went_on = soak.RunSpan("gap", 80.0, 131.0, False), soak.RunSpan("gap", 80.0, 131.0, True)
+    soak.moving_again([restart], attempts + between, terminal={}, runs=[went_on])
+    assert restart["recovery_s"] == 20.0 and restart["affected_partitions"] == 2
+    soak.moving_again([restart], attempts + between, terminal={}, runs=[dead_run])
+    assert restart["recovery_s"] == 30.0 and restart["slowest"]["partition"] == "gap"
+    soak.moving_again([restart], attempts, terminal={})
     assert soak.recovery_by_kind([restart, stop, never, skipped])["kill_daemon"] == {
-        "n": 1, "recovered": 1, "median_s": 20.0, "max_s": 20.0}
+        "n": 1, "recovered": 1, "median_s": 20.0, "max_s": 20.0, "in_flight_max_s": 61.0}
