@@ -1436,7 +1436,8 @@ def moving_again(faults: list[dict[str, Any]], attempts: list[Attempt], terminal
     - ``recovery_s``, the figure the aims are about: the partitions the fault stopped. A worker
       fault stops its target; the others stop the partitions whose attempt in progress when the
       fault began did not end ``done`` (lost, failed, superseded, or never ended), and those whose
-      run was going when it began (between stages, say) and did not succeed. A partition whose
+      run was going when it began (between stages, say) and did not succeed, but not the target
+      of a worker fault still waiting to move again (that fault stopped it). A partition whose
       stage went on and finished was not stopped, and one merely queued waits for the backlog.
     - ``in_flight_recovery_s``: every partition with an attempt in progress when the fault began,
       stopped or not (the stricter reading earlier reports gave: it also counts slow stages).
@@ -1446,6 +1447,17 @@ def moving_again(faults: list[dict[str, Any]], attempts: list[Attempt], terminal
     by_partition: dict[str, list[Attempt]] = defaultdict(list)
     for a in attempts:
         by_partition[a.partition].append(a)
+    # A worker fault's target is its own until it moves again: a fault of another kind that
+    # begins meanwhile did not stop it (a frozen worker's attempt ends lost whatever else happens).
+    held: list[tuple[str, float, float]] = []
+    for fault in faults:
+        target = fault.get("target")
+        if not fault.get("skipped") and isinstance(target, dict) and target.get("partition"):
+            key, since = target["partition"], fault["start"] if fault["kind"] in RECOVER_DURING else fault["end"]
+            if since is None:
+                continue
+            wait = _waited(by_partition[key], terminal.get(key), fault["start"], since)
+            held.append((key, fault["start"], float("inf") if wait is None else since + wait))
     for fault in faults:
         fault["recovery_s"] = fault["in_flight_recovery_s"] = fault["slowest"] = None
         if fault.get("skipped") or fault.get("end") is None:
@@ -1460,6 +1472,7 @@ def moving_again(faults: list[dict[str, Any]], attempts: list[Attempt], terminal
             stopped = {a.partition for a in attempts if _in_progress(a, began) and a.outcome != "done"}
             stopped |= {r.partition for r in runs
                         if not r.succeeded and r.started <= began and (r.ended is None or r.ended > began)}
+            stopped -= {key for key, start, moved in held if start <= began < moved}
         fault["affected_partitions"] = len(stopped)
         fault["in_flight_partitions"] = len(in_flight)
 

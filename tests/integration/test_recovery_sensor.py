@@ -115,6 +115,28 @@ def test_a_partition_whose_run_a_person_cancelled_is_failed_not_restarted(
     assert (status.step, status.status) == ("iou_eval", "failed")  # the job rolls up: nothing left to run
 
 
+def test_a_lost_worker_is_retried_in_the_tick_that_finds_it_without_the_backoff(
+        pipeline_env, dagster_instance, monkeypatch) -> None:
+    """A lost attempt says nothing about its stage (the worker was killed or frozen, its server
+    restarted): the tick that records it restarts it. The backoff is for stages that failed."""
+    monkeypatch.setenv("VP_RETRY_BACKOFF_S", "10")  # the default, stated: the retry must not wait for it
+    engine = get_engine(pipeline_env.app_url)
+    job = submit_sample(pipeline_env.app_url, variants=1)
+    key = str(job.variant_ids[0])
+    with transaction(engine, "external") as conn:
+        set_variant_state(conn, key, "vlm_analyze", "running")  # claimed, and nobody holds its lock now
+    result = _tick(dagster_instance)
+    assert isinstance(result, dg.SensorResult)
+    [request] = result.run_requests
+    assert request.partition_key == key and request.tags[RECOVERY_REASON_TAG] == "retry"
+    assert request.tags[START_STAGE_TAG] == "vlm_analyze" and request.tags[CONTINUES_ATTEMPTS_TAG] == "1"
+    with engine.connect() as conn:
+        status, error = conn.execute(sa.text("SELECT status, error FROM jobs_variants WHERE job_variants_id = :k"),
+                                     {"k": key}).one()
+    assert status == "queued" and error.startswith("attempt 1 of 3 failed: worker lost")
+    assert error.endswith("(retrying now)")
+
+
 def test_a_due_retry_is_launched_once_and_names_the_failed_run(pipeline_env, dagster_instance, tmp_path) -> None:
     import dataclasses
 

@@ -161,7 +161,8 @@ def test_recovery_counts_the_partitions_a_fault_stopped_from_when_recovery_could
     never = {"kind": "pg_restart", "start": 152.0, "end": 155.0}
     attempts_never = [*attempts[:1], A("busy", "img_gen", 150.0, None, "running")]  # its 2nd attempt hangs
     skipped = {"kind": "kill_worker", "start": 1.0, "end": 1.0, "skipped": True}
-    soak.moving_again([restart, stop, skipped], attempts, terminal={})
+    soak.moving_again([restart, skipped], attempts, terminal={})
+    soak.moving_again([stop], attempts, terminal={})
     assert restart["recovery_s"] == 20.0  # from the restart (130) until 'busy' and 'frozen' both moved (150)
     assert restart["affected_partitions"] == 2 and restart["in_flight_partitions"] == 3
     assert restart["in_flight_recovery_s"] == 61.0  # 'slow' only moved on at 191, its stage done
@@ -180,6 +181,10 @@ def test_recovery_counts_the_partitions_a_fault_stopped_from_when_recovery_could
     assert restart["recovery_s"] == 20.0 and restart["affected_partitions"] == 2
     soak.moving_again([restart], attempts + between, terminal={}, runs=[dead_run])
     assert restart["recovery_s"] == 30.0 and restart["slowest"]["partition"] == "gap"
+    # A fault that begins while a worker fault's target waits did not stop that target.
+    frozen = {"kind": "stop_worker", "start": 102.0, "end": 200.0, "target": {"partition": "frozen"}}
+    soak.moving_again([frozen, restart], attempts, terminal={})
+    assert frozen["recovery_s"] == 38.0 and restart["affected_partitions"] == 1  # 'busy' only
     soak.moving_again([restart], attempts, terminal={})
     assert soak.recovery_by_kind([restart, stop, never, skipped])["kill_daemon"] == {
         "n": 1, "recovered": 1, "median_s": 20.0, "max_s": 20.0, "in_flight_max_s": 61.0}

@@ -209,13 +209,13 @@ def mark_failed(conn: Connection, *, level: str, partition_key: str, stage: str,
                 outcome: str = "failed") -> bool:
     """Record a failed (or lost) attempt; schedule the next one or fail the row. Returns will_retry."""
     will_retry = retryable and attempt < policy.max_attempts
-    message = failure_message(reason, attempt, policy, will_retry)
+    message = failure_message(reason, attempt, policy, will_retry, outcome)
     table, id_column = table_for(level)
     if will_retry:
         conn.execute(
             sa.text(f"""UPDATE {table} SET current_step = :stage, status = 'queued', error = :error,
                                retry_at = now() + :delay WHERE {id_column} = CAST(:k AS uuid)"""),
-            {"stage": stage, "error": message, "delay": timedelta(seconds=policy.delay_after(attempt)),
+            {"stage": stage, "error": message, "delay": timedelta(seconds=policy.delay_after(attempt, outcome)),
              "k": partition_key},
         )
     else:
