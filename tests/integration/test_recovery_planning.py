@@ -282,7 +282,8 @@ def test_a_running_row_without_its_lock_holder_becomes_a_lost_attempt_and_a_retr
     row = _row(engine, "variant", key)
     assert (row["current_step"], row["status"], row["attempt"]) == ("vlm_analyze", "queued", 1)
     assert "worker lost" in row["error"] and "run-1" in row["error"]
-    assert timedelta(seconds=25) < row["retry_at"] - row["now"] <= timedelta(seconds=31)
+    # Due at once, whatever the backoff (30 s in POLICY): a lost worker says nothing about the stage.
+    assert row["retry_at"] <= row["now"] and row["error"].endswith("(retrying now)")
     [attempt] = claims.attempts_of(engine, key)
     assert (attempt["attempt_id"], attempt["outcome"], attempt["will_retry"]) == (claim.attempt_id, "lost", True)
     assert attempt["finished_at"] is not None and "worker lost" in attempt["error"]
