@@ -1437,7 +1437,8 @@ def moving_again(faults: list[dict[str, Any]], attempts: list[Attempt], terminal
       fault stops its target; the others stop the partitions whose attempt in progress when the
       fault began did not end ``done`` (lost, failed, superseded, or never ended), and those whose
       run was going when it began (between stages, say) and did not succeed, but not the target
-      of a worker fault still waiting to move again (that fault stopped it). A partition whose
+      of a worker fault still waiting to move again (that fault stopped it), nor one that had
+      already finished (its run was wrapping up). A partition whose
       stage went on and finished was not stopped, and one merely queued waits for the backlog.
     - ``in_flight_recovery_s``: every partition with an attempt in progress when the fault began,
       stopped or not (the stricter reading earlier reports gave: it also counts slow stages).
@@ -1473,6 +1474,8 @@ def moving_again(faults: list[dict[str, Any]], attempts: list[Attempt], terminal
             stopped |= {r.partition for r in runs
                         if not r.succeeded and r.started <= began and (r.ended is None or r.ended > began)}
             stopped -= {key for key, start, moved in held if start <= began < moved}
+            # A partition that had already finished (its run was wrapping up) was not stopped.
+            stopped -= {key for key in stopped if terminal.get(key, float("inf")) < began}
         fault["affected_partitions"] = len(stopped)
         fault["in_flight_partitions"] = len(in_flight)
 

@@ -181,6 +181,9 @@ def test_recovery_counts_the_partitions_a_fault_stopped_from_when_recovery_could
     assert restart["recovery_s"] == 20.0 and restart["affected_partitions"] == 2
     soak.moving_again([restart], attempts + between, terminal={}, runs=[dead_run])
     assert restart["recovery_s"] == 30.0 and restart["slowest"]["partition"] == "gap"
+    # ...unless the partition had finished before the fault: its run was only wrapping up.
+    soak.moving_again([restart], attempts + between, terminal={"gap": 100.0}, runs=[dead_run])
+    assert restart["recovery_s"] == 20.0 and restart["affected_partitions"] == 2
     # A fault that begins while a worker fault's target waits did not stop that target.
     frozen = {"kind": "stop_worker", "start": 102.0, "end": 200.0, "target": {"partition": "frozen"}}
     soak.moving_again([frozen, restart], attempts, terminal={})
