@@ -1411,6 +1411,11 @@ def attempt_times(conn: Any) -> tuple[list[Attempt], dict[str, float]]:
     return attempts, terminal
 
 
+def _since(fault: dict[str, Any]) -> float | None:
+    """When the fault's recovery clock starts (see ``RECOVER_DURING``)."""
+    return fault["start"] if fault["kind"] in RECOVER_DURING else fault["end"]
+
+
 def _in_progress(a: Attempt, t: float) -> bool:
     return a.started <= t and (a.finished is None or a.finished > t)
 
@@ -1454,7 +1459,7 @@ def moving_again(faults: list[dict[str, Any]], attempts: list[Attempt], terminal
     for fault in faults:
         target = fault.get("target")
         if not fault.get("skipped") and isinstance(target, dict) and target.get("partition"):
-            key, since = target["partition"], fault["start"] if fault["kind"] in RECOVER_DURING else fault["end"]
+            key, since = target["partition"], _since(fault)
             if since is None:
                 continue
             wait = _waited(by_partition[key], terminal.get(key), fault["start"], since)
@@ -1464,13 +1469,14 @@ def moving_again(faults: list[dict[str, Any]], attempts: list[Attempt], terminal
         if fault.get("skipped") or fault.get("end") is None:
             continue
         began = fault["start"]
-        since = began if fault["kind"] in RECOVER_DURING else fault["end"]
-        in_flight = {a.partition for a in attempts if _in_progress(a, began)}
+        since = _since(fault)
+        current = [a for a in attempts if _in_progress(a, began)]
+        in_flight = {a.partition for a in current}
         target = fault.get("target")
         if isinstance(target, dict) and target.get("partition"):
             stopped = {target["partition"]}
         else:
-            stopped = {a.partition for a in attempts if _in_progress(a, began) and a.outcome != "done"}
+            stopped = {a.partition for a in current if a.outcome != "done"}
             stopped |= {r.partition for r in runs
                         if not r.succeeded and r.started <= began and (r.ended is None or r.ended > began)}
             stopped -= {key for key, start, moved in held if start <= began < moved}
