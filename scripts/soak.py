@@ -55,7 +55,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -1254,11 +1254,12 @@ class Soak:
 
         with self.engine.connect() as conn:
             attempts, terminal = attempt_times(conn)
+            failed = failure_times(conn)
         with dg.DagsterInstance.get() as instance:
             self.runs = run_spans(instance)
         for fault in self.faults.values():
             fault.pop("in_flight", None)
-        moving_again(list(self.faults.values()), attempts, terminal, self.runs)
+        moving_again(list(self.faults.values()), attempts, terminal, self.runs, failed)
 
     def write_json(self, final: bool = True) -> dict[str, Any]:
         faults = [{k: v for k, v in f.items() if not k.startswith("_")} for f in self.faults.values()]
@@ -1289,7 +1290,8 @@ class Soak:
                 "load_average": [{"t": s["t"], "load1": round(s["load"][0], 2)} for s in self.samples],
                 "jobs_in_flight": [{"t": s["t"], "n": s["jobs_in_flight"]} for s in self.samples],
                 "quiet_period_s": round(getattr(self, "quiet_s", 0.0), 1),
-                "runs": [[r.partition, round(r.started, 3), r.ended and round(r.ended, 3), r.succeeded]
+                "runs": [[r.partition, r.started and round(r.started, 3), r.ended and round(r.ended, 3),
+                          r.succeeded, r.run_id, r.created and round(r.created, 3), r.why]
                          for r in getattr(self, "runs", [])],
                 **self.outcomes(),
             })
@@ -1378,22 +1380,36 @@ class RunSpan:
     """When a Dagster run for one partition ran, and whether it succeeded."""
 
     partition: str
-    started: float
+    started: float | None  # None: never started (failed to launch, or still queued)
     ended: float | None
     succeeded: bool
+    run_id: str = ""
+    created: float | None = None  # when it was requested (queued)
+    why: str = ""  # the recovery reason, else the sensor that launched it, else "hand"
+
+
+def _why(tags: Mapping[str, str]) -> str:
+    from variant_pipeline.assets.jobs import LAUNCHED_BY_TAG, RECOVERY_CHAIN_TAG, RECOVERY_REASON_TAG
+
+    reason = tags.get(RECOVERY_REASON_TAG)
+    if reason:
+        chain = tags.get(RECOVERY_CHAIN_TAG)
+        return f"{reason} #{chain}" if chain else reason
+    return tags.get(LAUNCHED_BY_TAG) or "hand"
 
 
 def run_spans(instance: Any) -> list[RunSpan]:
-    """Every partition run that started, from Dagster's run storage."""
+    """Every partition run, from Dagster's run storage: when it was requested, ran and ended, and why."""
     import dagster as dg
 
     spans = []
     for record in instance.get_run_records():
         run = record.dagster_run
         partition = run.tags.get("dagster/partition")
-        if partition and record.start_time is not None:
+        if partition:
             spans.append(RunSpan(partition, record.start_time, record.end_time,
-                                 run.status == dg.DagsterRunStatus.SUCCESS))
+                                 run.status == dg.DagsterRunStatus.SUCCESS, run.run_id,
+                                 record.create_timestamp.timestamp(), _why(run.tags)))
     return spans
 
 
@@ -1411,6 +1427,19 @@ def attempt_times(conn: Any) -> tuple[list[Attempt], dict[str, float]]:
     return attempts, terminal
 
 
+def failure_times(conn: Any) -> dict[str, list[float]]:
+    """When each variant or job was marked failed (its retry budget spent, or a reason that is
+    not retried): recovery settled it, as the rules say, even if a person retries it later."""
+    import sqlalchemy as sa
+
+    failed: dict[str, list[float]] = defaultdict(list)
+    for key, at in conn.execute(sa.text(
+            """SELECT coalesce(job_variants_id, job_id)::text, created_at FROM pipeline_events
+                WHERE new_status = 'failed' ORDER BY id""")):
+        failed[key].append(at.timestamp())
+    return failed
+
+
 def _since(fault: dict[str, Any]) -> float | None:
     """When the fault's recovery clock starts (see ``RECOVER_DURING``)."""
     return fault["start"] if fault["kind"] in RECOVER_DURING else fault["end"]
@@ -1420,9 +1449,12 @@ def _in_progress(a: Attempt, t: float) -> bool:
     return a.started <= t and (a.finished is None or a.finished > t)
 
 
-def _waited(attempts: list[Attempt], finished: float | None, began: float, since: float) -> float | None:
-    """Seconds from ``since`` until the partition claimed a stage begun after ``began`` or finished."""
+def _waited(attempts: list[Attempt], finished: float | None, began: float, since: float,
+            failed: Sequence[float] = ()) -> float | None:
+    """Seconds from ``since`` until the partition claimed a stage begun after ``began``, finished,
+    or was marked failed after ``began``."""
     moved = [a.started for a in attempts if a.started > began and a.started >= since]
+    moved += [t for t in failed if t > began]
     if finished is not None and finished >= began:
         moved.append(finished)
     return max(min(moved) - since, 0.0) if moved else None
@@ -1434,9 +1466,11 @@ def _worst(waits: dict[str, float | None], keys: set[str]) -> float | None:
 
 
 def moving_again(faults: list[dict[str, Any]], attempts: list[Attempt], terminal: dict[str, float],
-                 runs: Sequence[RunSpan] = ()) -> None:
+                 runs: Sequence[RunSpan] = (), failed: Mapping[str, Sequence[float]] | None = None) -> None:
     """Set each fault's recovery times, counted from its end (its start for ``RECOVER_DURING``
-    kinds) until every partition it stopped claimed a new stage or finished; None if one never did.
+    kinds) until every partition it stopped claimed a new stage, finished or was marked failed
+    (``failed``: its retry budget spent; a later hand ``retry`` is a person's doing, not recovery);
+    None if one never did.
 
     - ``recovery_s``, the figure the aims are about: the partitions the fault stopped. A worker
       fault stops its target; the others stop the partitions whose attempt in progress when the
@@ -1450,6 +1484,7 @@ def moving_again(faults: list[dict[str, Any]], attempts: list[Attempt], terminal
     - ``slowest``: the partition that took longest (stopped ones), with its attempts around the
       fault (seconds from the fault's start), so a slow recovery can be explained from the report.
     """
+    failed = failed or {}
     by_partition: dict[str, list[Attempt]] = defaultdict(list)
     for a in attempts:
         by_partition[a.partition].append(a)
@@ -1462,7 +1497,7 @@ def moving_again(faults: list[dict[str, Any]], attempts: list[Attempt], terminal
             key, since = target["partition"], _since(fault)
             if since is None:
                 continue
-            wait = _waited(by_partition[key], terminal.get(key), fault["start"], since)
+            wait = _waited(by_partition[key], terminal.get(key), fault["start"], since, failed.get(key, ()))
             held.append((key, fault["start"], float("inf") if wait is None else since + wait))
     for fault in faults:
         fault["recovery_s"] = fault["in_flight_recovery_s"] = fault["slowest"] = None
@@ -1478,14 +1513,16 @@ def moving_again(faults: list[dict[str, Any]], attempts: list[Attempt], terminal
         else:
             stopped = {a.partition for a in current if a.outcome != "done"}
             stopped |= {r.partition for r in runs
-                        if not r.succeeded and r.started <= began and (r.ended is None or r.ended > began)}
+                        if not r.succeeded and r.started is not None and r.started <= began
+                        and (r.ended is None or r.ended > began)}
             stopped -= {key for key, start, moved in held if start <= began < moved}
             # A partition that had already finished (its run was wrapping up) was not stopped.
             stopped -= {key for key in stopped if terminal.get(key, float("inf")) < began}
         fault["affected_partitions"] = len(stopped)
         fault["in_flight_partitions"] = len(in_flight)
 
-        waits = {key: _waited(by_partition[key], terminal.get(key), began, since) for key in stopped | in_flight}
+        waits = {key: _waited(by_partition[key], terminal.get(key), began, since, failed.get(key, ()))
+                 for key in stopped | in_flight}
         fault["recovery_s"] = _worst(waits, stopped)
         fault["in_flight_recovery_s"] = _worst(waits, in_flight)
         if stopped:
@@ -1494,7 +1531,18 @@ def moving_again(faults: list[dict[str, Any]], attempts: list[Attempt], terminal
                 "partition": key, "waited_s": None if waits[key] is None else round(waits[key], 1),
                 "attempts": [[a.stage, round(a.started - began, 1),
                               None if a.finished is None else round(a.finished - began, 1), a.outcome, a.run_id]
-                             for a in by_partition[key] if (a.finished or float("inf")) >= began - 60]}
+                             for a in by_partition[key] if (a.finished or float("inf")) >= began - 60],
+                # Its runs requested from a minute before the fault until it moved again: when each
+                # was queued, started and ended (seconds from the fault's start), and why it ran.
+                "runs": [[r.run_id, _rel(r.created, began), _rel(r.started, began), _rel(r.ended, began),
+                          "success" if r.succeeded else "not success", r.why]
+                         for r in sorted(runs, key=lambda r: r.created or r.started or 0.0)
+                         if r.partition == key and began - 60 <= (r.created or r.started or 0.0)
+                         <= began + (waits[key] if waits[key] is not None else float("inf")) + 30]}
+
+
+def _rel(t: float | None, origin: float) -> float | None:
+    return None if t is None else round(t - origin, 1)
 
 
 def recovery_by_kind(faults: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -1526,11 +1574,12 @@ def recompute(out: Path) -> dict[str, Any]:
         engine = make_engine(with_database(url, "variant_pipeline"))
         with engine.connect() as conn:
             attempts, terminal = attempt_times(conn)
+            failed = failure_times(conn)
         engine.dispose()
     finally:
         stop_embedded_server(pgdata)
     runs = [RunSpan(*r) for r in report.get("runs", [])]
-    moving_again(report["faults"], attempts, terminal, runs)
+    moving_again(report["faults"], attempts, terminal, runs, failed)
     report["recovery_by_kind"] = recovery_by_kind(report["faults"])
     (out / "soak.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     (out / "summary.md").write_text(markdown(report), encoding="utf-8")
@@ -1557,9 +1606,11 @@ def markdown(report: dict[str, Any]) -> str:
                   "partition's attempts (stage, started and finished in seconds from the fault's start, outcome):", ""]
         for f in slow:
             attempts = "; ".join(f"{a[0]} {a[1]}..{a[2]} {a[3]}" for a in f["slowest"]["attempts"])
+            runs = "; ".join(f"{r[0][:8]} {r[5]} queued {r[1]} ran {r[2]}..{r[3]} {r[4]}"
+                             for r in f["slowest"].get("runs", []))
             lines.append(f"- #{f['id']} {f['kind']} at {f.get('start_t')} s (ended {f.get('end_t')} s): "
                          f"{f['recovery_s']} s, {f['affected_partitions']} stopped; "
-                         f"{f['slowest']['partition'][:8]}: {attempts}")
+                         f"{f['slowest']['partition'][:8]}: {attempts}" + (f"; runs: {runs}" if runs else ""))
     if report.get("faults_skipped"):
         lines += ["", "Skipped (no target at the time): "
                   + ", ".join(f"{k} {v}" for k, v in report["faults_skipped"].items())]

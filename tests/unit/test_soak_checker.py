@@ -168,6 +168,7 @@ def test_recovery_counts_the_partitions_a_fault_stopped_from_when_recovery_could
     assert restart["in_flight_recovery_s"] == 61.0  # 'slow' only moved on at 191, its stage done
     assert restart["slowest"]["partition"] == "busy" and restart["slowest"]["waited_s"] == 20.0
     assert restart["slowest"]["attempts"][0] == ["img_gen", -5.0, 5.0, "lost", None]
+    assert restart["slowest"]["runs"] == []
     assert stop["recovery_s"] == 35.0  # its target only, from the stop (105) until another run took it (140)
     assert skipped["recovery_s"] is None and skipped["slowest"] is None
     soak.moving_again([never], attempts_never, terminal={})
@@ -181,6 +182,11 @@ def test_recovery_counts_the_partitions_a_fault_stopped_from_when_recovery_could
     assert restart["recovery_s"] == 20.0 and restart["affected_partitions"] == 2
     soak.moving_again([restart], attempts + between, terminal={}, runs=[dead_run])
     assert restart["recovery_s"] == 30.0 and restart["slowest"]["partition"] == "gap"
+    requeued = soak.RunSpan("gap", 160.0, 171.0, True, "r2", created=140.0, why="run_failed #1")
+    soak.moving_again([restart], attempts + between, terminal={}, runs=[dead_run, requeued])
+    # The slowest partition's runs: queued, started, ended (from the fault's start), and why.
+    assert restart["slowest"]["runs"] == [["", None, -25.0, 26.0, "not success", ""],
+                                          ["r2", 35.0, 55.0, 66.0, "success", "run_failed #1"]]
     # ...unless the partition had finished before the fault: its run was only wrapping up.
     soak.moving_again([restart], attempts + between, terminal={"gap": 100.0}, runs=[dead_run])
     assert restart["recovery_s"] == 20.0 and restart["affected_partitions"] == 2
@@ -188,6 +194,15 @@ def test_recovery_counts_the_partitions_a_fault_stopped_from_when_recovery_could
     frozen = {"kind": "stop_worker", "start": 102.0, "end": 200.0, "target": {"partition": "frozen"}}
     soak.moving_again([frozen, restart], attempts, terminal={})
     assert frozen["recovery_s"] == 38.0 and restart["affected_partitions"] == 1  # 'busy' only
+    # A partition whose lost attempt spent its retry budget is settled when it is marked failed
+    # (a person's later retry is not recovery's doing).
+    spent = [A("spent", "img_gen", 100.0, 110.0, "lost"), A("spent", "img_gen", 400.0, 410.0, "done")]
+    soak.moving_again([restart], spent, terminal={})
+    assert restart["recovery_s"] == 270.0
+    soak.moving_again([restart], spent, terminal={}, failed={"spent": [90.0, 125.0]})
+    assert restart["recovery_s"] == 0.0  # marked failed at 125, during the fault: settled by its end
+    soak.moving_again([restart], spent, terminal={}, failed={"spent": [90.0, 140.0]})
+    assert restart["recovery_s"] == 10.0
     soak.moving_again([restart], attempts, terminal={})
     assert soak.recovery_by_kind([restart, stop, never, skipped])["kill_daemon"] == {
         "n": 1, "recovered": 1, "median_s": 20.0, "max_s": 20.0, "in_flight_max_s": 61.0}
