@@ -4,6 +4,7 @@ PostgreSQL-backed Dagster instance. (Killed workers and dead runs are in tests/e
 from __future__ import annotations
 
 import time
+import uuid
 
 import dagster as dg
 import pytest
@@ -135,6 +136,38 @@ def test_a_lost_worker_is_retried_in_the_tick_that_finds_it_without_the_backoff(
                                      {"k": key}).one()
     assert status == "queued" and error.startswith("attempt 1 of 3 failed: worker lost")
     assert error.endswith("(retrying now)")
+
+
+def test_a_young_run_whose_worker_died_after_claiming_a_stage_is_failed_and_its_partition_retried_at_once(
+        pipeline_env, dagster_instance) -> None:
+    """Found by the soak: a worker killed within its run's first minute (the lease grace) left
+    the run STARTED for the rest of that minute, and its partition busy, though the lost attempt
+    was due again at once. A run that claimed a stage had its lease: a free lease means it died."""
+    engine = get_engine(pipeline_env.app_url)
+    job = submit_sample(pipeline_env.app_url, variants=1)
+    key = str(job.variant_ids[0])
+    run = dagster_instance.add_run(dg.DagsterRun(
+        job_name="variant_pipeline", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.NOT_STARTED,
+        tags={"dagster/partition": key}))
+    dagster_instance.report_dagster_event(
+        dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=run.job_name), run.run_id)
+    with transaction(engine, "run:test") as conn:  # the worker claimed img_gen, then was SIGKILLed
+        claims.claim(conn, stage="img_gen", partition_key=key, run_id=run.run_id, origin="run:test",
+                     continues_attempts=False)
+    # A young run that has not claimed anything yet keeps the grace: its lease may be on its way.
+    waiting = dagster_instance.add_run(dg.DagsterRun(
+        job_name="variant_pipeline", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.NOT_STARTED,
+        tags={"dagster/partition": str(uuid.uuid4())}))
+    dagster_instance.report_dagster_event(
+        dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=waiting.job_name), waiting.run_id)
+
+    result = _tick(dagster_instance)  # the default 60 s grace, and both runs seconds old
+    assert dagster_instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert dagster_instance.get_run_by_id(waiting.run_id).status == dg.DagsterRunStatus.STARTED
+    assert isinstance(result, dg.SensorResult)
+    [request] = result.run_requests  # in the same tick: the lost attempt's retry
+    assert request.partition_key == key and request.tags[RECOVERY_REASON_TAG] == "retry"
+    assert request.tags[START_STAGE_TAG] == "img_gen"
 
 
 def test_a_due_retry_is_launched_once_and_names_the_failed_run(pipeline_env, dagster_instance, tmp_path) -> None:

@@ -44,13 +44,19 @@ def fail_dead_runs(instance: dg.DagsterInstance, engine: Engine, job_names: set[
                    grace_s: float) -> list[str]:
     """Report STARTED runs whose worker lost its lease as failed, and free their pool slots.
 
-    A run takes its lease when its resources are set up, a few seconds after it starts; runs
-    younger than ``grace_s`` are left alone.
+    A run takes its lease when its resources are set up, a few seconds after it starts: a free
+    lease says nothing of a run younger than ``grace_s``, unless it has claimed a stage (it had
+    its lease then). Found by the soak: a worker killed in its run's first minute otherwise kept
+    its partition waiting for the grace, though its lost attempt was due again at once.
     """
+    started = [r for r in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+               if r.dagster_run.job_name in job_names and r.start_time is not None]
+    young = [r.dagster_run.run_id for r in started if now - r.start_time < grace_s]
+    leased = recovery.runs_that_claimed(engine, young)
     dead = []
-    for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+    for record in started:
         run = record.dagster_run
-        if run.job_name not in job_names or record.start_time is None or now - record.start_time < grace_s:
+        if now - record.start_time < grace_s and run.run_id not in leased:
             continue
         with engine.begin() as conn:
             free = is_lock_free(conn, run_lock_key(run.run_id))
