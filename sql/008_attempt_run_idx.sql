@@ -1,6 +1,7 @@
 -- 008: stage attempts by run.
 --
--- The recovery sensor asks, every tick, which of the young runs Dagster calls STARTED have
--- claimed a stage: such a run had taken its lease, so a free lease means its worker is gone and
--- its partition can be restarted at once, without waiting out the lease grace.
+-- The recovery sensor asks, every tick, which runs Dagster calls STARTED have an attempt that
+-- stopped inside its stage (still running, or lost): such a run had its lease and was not
+-- finishing normally, so a free lease means its worker is gone, and its partition can be
+-- restarted at once instead of after the lease grace.
 CREATE INDEX stage_attempts_run_idx ON stage_attempts (run_id);

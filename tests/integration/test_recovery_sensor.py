@@ -138,6 +138,16 @@ def test_a_lost_worker_is_retried_in_the_tick_that_finds_it_without_the_backoff(
     assert error.endswith("(retrying now)")
 
 
+def _started_run(instance: dg.DagsterInstance, partition_key: str) -> dg.DagsterRun:
+    """A run Dagster calls STARTED, started now, whose worker holds no lease."""
+    run = instance.add_run(dg.DagsterRun(
+        job_name="variant_pipeline", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.NOT_STARTED,
+        tags={"dagster/partition": partition_key}))
+    instance.report_dagster_event(dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=run.job_name),
+                                  run.run_id)
+    return run
+
+
 def test_a_young_run_whose_worker_died_after_claiming_a_stage_is_failed_and_its_partition_retried_at_once(
         pipeline_env, dagster_instance) -> None:
     """Found by the soak: a worker killed within its run's first minute (the lease grace) left
@@ -146,24 +156,26 @@ def test_a_young_run_whose_worker_died_after_claiming_a_stage_is_failed_and_its_
     engine = get_engine(pipeline_env.app_url)
     job = submit_sample(pipeline_env.app_url, variants=1)
     key = str(job.variant_ids[0])
-    run = dagster_instance.add_run(dg.DagsterRun(
-        job_name="variant_pipeline", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.NOT_STARTED,
-        tags={"dagster/partition": key}))
-    dagster_instance.report_dagster_event(
-        dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=run.job_name), run.run_id)
+    run = _started_run(dagster_instance, key)
     with transaction(engine, "run:test") as conn:  # the worker claimed img_gen, then was SIGKILLed
         claims.claim(conn, stage="img_gen", partition_key=key, run_id=run.run_id, origin="run:test",
                      continues_attempts=False)
     # A young run that has not claimed anything yet keeps the grace: its lease may be on its way.
-    waiting = dagster_instance.add_run(dg.DagsterRun(
-        job_name="variant_pipeline", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.NOT_STARTED,
-        tags={"dagster/partition": str(uuid.uuid4())}))
-    dagster_instance.report_dagster_event(
-        dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=waiting.job_name), waiting.run_id)
+    waiting = _started_run(dagster_instance, str(uuid.uuid4()))
+    # Nor is one whose stages all ended: it gave its lease back at teardown, a moment before it
+    # records RUN_SUCCESS (the CI run of the first fix failed a finishing run that way).
+    other = submit_sample(pipeline_env.app_url, variants=1)
+    finishing = _started_run(dagster_instance, str(other.variant_ids[0]))
+    with transaction(engine, "run:test") as conn:
+        done = claims.claim(conn, stage="img_gen", partition_key=str(other.variant_ids[0]),
+                            run_id=finishing.run_id, origin="run:test", continues_attempts=False)
+        conn.execute(sa.text("UPDATE stage_attempts SET outcome = 'done', finished_at = now() "
+                             "WHERE attempt_id = :a"), {"a": done.attempt_id})
 
-    result = _tick(dagster_instance)  # the default 60 s grace, and both runs seconds old
+    result = _tick(dagster_instance)  # the default 60 s grace, and the runs seconds old
     assert dagster_instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
     assert dagster_instance.get_run_by_id(waiting.run_id).status == dg.DagsterRunStatus.STARTED
+    assert dagster_instance.get_run_by_id(finishing.run_id).status == dg.DagsterRunStatus.STARTED
     assert isinstance(result, dg.SensorResult)
     [request] = result.run_requests  # in the same tick: the lost attempt's retry
     assert request.partition_key == key and request.tags[RECOVERY_REASON_TAG] == "retry"

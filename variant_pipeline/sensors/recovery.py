@@ -40,26 +40,37 @@ IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Dag
              dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
+# A run whose last stage ended gives its lease back as its resources are torn down, a moment
+# before its worker records RUN_SUCCESS: a run that has logged nothing for this long is not finishing.
+FINISHING_QUIET_S = 15.0
+
+
 def fail_dead_runs(instance: dg.DagsterInstance, engine: Engine, job_names: set[str], now: float,
                    grace_s: float) -> list[str]:
     """Report STARTED runs whose worker lost its lease as failed, and free their pool slots.
 
-    A run takes its lease when its resources are set up, a few seconds after it starts: a free
-    lease says nothing of a run younger than ``grace_s``, unless it has claimed a stage (it had
-    its lease then). Found by the soak: a worker killed in its run's first minute otherwise kept
-    its partition waiting for the grace, though its lost attempt was due again at once.
+    - A run stopped inside a stage (an attempt of it still ``running``, or ``lost``): dead as
+      soon as its lease is free, however young (it took its lease before its first stage).
+      Found by the soak: a worker killed in its run's first minute otherwise kept its partition
+      busy for the rest of that minute, though its lost attempt was due again at once.
+    - Any other run: a run takes its lease a few seconds after it starts, and gives it back just
+      before it records its end, so a free lease counts only once the run is older than
+      ``grace_s`` and has logged nothing for ``FINISHING_QUIET_S`` (a worker killed between
+      stages).
     """
     started = [r for r in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
                if r.dagster_run.job_name in job_names and r.start_time is not None]
-    young = [r.dagster_run.run_id for r in started if now - r.start_time < grace_s]
-    leased = recovery.runs_that_claimed(engine, young)
+    cut_short = recovery.runs_cut_short(engine, [r.dagster_run.run_id for r in started])
     dead = []
     for record in started:
         run = record.dagster_run
-        if now - record.start_time < grace_s and run.run_id not in leased:
+        stopped_in_stage = run.run_id in cut_short
+        if not stopped_in_stage and now - record.start_time < grace_s:
             continue
         with engine.begin() as conn:
             free = is_lock_free(conn, run_lock_key(run.run_id))
+        if free and not stopped_in_stage and now - _last_logged(instance, run.run_id) < FINISHING_QUIET_S:
+            continue  # between its teardown and its RUN_SUCCESS, perhaps: look again next tick
         if free:
             instance.report_run_failed(
                 run, "recovery sensor: the run worker is gone (its database lease ended without the run finishing)"
@@ -69,6 +80,11 @@ def fail_dead_runs(instance: dg.DagsterInstance, engine: Engine, job_names: set[
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
             dead.append(run.run_id)
     return dead
+
+
+def _last_logged(instance: dg.DagsterInstance, run_id: str) -> float:
+    records = instance.get_records_for_run(run_id, limit=1, ascending=False).records
+    return records[0].event_log_entry.timestamp if records else 0.0
 
 
 ENDED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)

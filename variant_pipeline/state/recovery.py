@@ -124,14 +124,17 @@ def recover_lost_claims(engine: Engine, policy: RetryPolicy) -> list[LostClaim]:
     return lost
 
 
-def runs_that_claimed(engine: Engine, run_ids: list[str]) -> set[str]:
-    """Those of ``run_ids`` that recorded a stage attempt (or a stale run's skip): such a run took
-    its lease before its first stage, so a free lease means its worker is gone, however young."""
+def runs_cut_short(engine: Engine, run_ids: list[str]) -> set[str]:
+    """Those of ``run_ids`` with an attempt still ``running``, or ended ``lost`` or ``superseded``:
+    their worker stopped inside a stage. Such a run took its lease before its first stage, and
+    was not finishing normally, so a free lease means its worker is gone, however young the run."""
     if not run_ids:
         return set()
     with engine.connect() as conn:
-        return set(conn.execute(sa.text("SELECT DISTINCT run_id FROM stage_attempts WHERE run_id = ANY(:ids)"),
-                                {"ids": run_ids}).scalars())
+        return set(conn.execute(sa.text(
+            """SELECT DISTINCT run_id FROM stage_attempts
+                WHERE run_id = ANY(:ids) AND outcome IN ('running', 'lost', 'superseded')"""),
+            {"ids": run_ids}).scalars())
 
 
 def find_restarts(engine: Engine, stall_after_s: float, busy_partitions: Iterable[str],
