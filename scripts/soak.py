@@ -1432,10 +1432,13 @@ def failure_times(conn: Any) -> dict[str, list[float]]:
     not retried): recovery settled it, as the rules say, even if a person retries it later."""
     import sqlalchemy as sa
 
+    # From the attempts that ended the row (no retry after them), not the outbox events: the
+    # soak's prune deletes events as it goes.
     failed: dict[str, list[float]] = defaultdict(list)
     for key, at in conn.execute(sa.text(
-            """SELECT coalesce(job_variants_id, job_id)::text, created_at FROM pipeline_events
-                WHERE new_status = 'failed' ORDER BY id""")):
+            """SELECT coalesce(job_variants_id, job_id)::text, finished_at FROM stage_attempts
+                WHERE outcome IN ('failed', 'lost') AND will_retry = false AND finished_at IS NOT NULL
+                ORDER BY attempt_id""")):
         failed[key].append(at.timestamp())
     return failed
 
