@@ -1433,7 +1433,9 @@ def failure_times(conn: Any) -> dict[str, list[float]]:
     import sqlalchemy as sa
 
     # From the attempts that ended the row (no retry after them), not the outbox events: the
-    # soak's prune deletes events as it goes.
+    # soak's prune deletes events as it goes. (A claim that replaces a dead worker's attempt
+    # also records it lost without a retry; the new attempt starts at that moment, which counts
+    # as moving again anyway.)
     failed: dict[str, list[float]] = defaultdict(list)
     for key, at in conn.execute(sa.text(
             """SELECT coalesce(job_variants_id, job_id)::text, finished_at FROM stage_attempts

@@ -49,8 +49,9 @@ def fail_dead_runs(instance: dg.DagsterInstance, engine: Engine, job_names: set[
                    grace_s: float) -> list[str]:
     """Report STARTED runs whose worker lost its lease as failed, and free their pool slots.
 
-    - A run stopped inside a stage (an attempt of it still ``running``, or ``lost``): dead as
-      soon as its lease is free, however young (it took its lease before its first stage).
+    - A run stopped inside a stage (``state.recovery.runs_cut_short``: an attempt of it still
+      ``running``, or ended ``lost`` or ``superseded``): dead as soon as its lease is free,
+      however young (it took its lease before its first stage).
       Found by the soak: a worker killed in its run's first minute otherwise kept its partition
       busy for the rest of that minute, though its lost attempt was due again at once.
     - Any other run: a run takes its lease a few seconds after it starts, and gives it back just
