@@ -70,6 +70,7 @@ import soak_checks as checks  # noqa: E402
 from soak_schedule import FAULT_KINDS_RAY, Action, build_schedule, parse_duration, summarize  # noqa: E402
 
 import variant_pipeline  # noqa: E402,F401  (offline switches before any model library import)
+from variant_pipeline.stages import LAST_JOB_STAGE, LAST_VARIANT_STAGE  # noqa: E402
 
 SHOP, BAD_CLI_TENANT, UPSTREAM, BAD_ROWS = "soak-shop", "soak-bad", "soak-upstream", "soak-badrows"
 UNKNOWN_TENANT = "soak-nobody"
@@ -1457,12 +1458,25 @@ def _in_progress(a: Attempt, t: float) -> bool:
 def _waited(attempts: list[Attempt], finished: float | None, began: float, since: float,
             failed: Sequence[float] = ()) -> float | None:
     """Seconds from ``since`` until the partition claimed a stage begun after ``began``, finished,
-    or was marked failed after ``began``."""
-    moved = [a.started for a in attempts if a.started > began and a.started >= since]
+    or was marked failed after ``began``. A stage claimed before ``since`` counts only if it ended
+    ``done``: one the fault then cut short was no recovery, but one that went through was (another
+    daemon, or a retry, moved the partition on before the fault ended)."""
+    moved = [a.started for a in attempts if a.started > began and (a.started >= since or a.outcome == "done")]
     moved += [t for t in failed if t > began]
     if finished is not None and finished >= began:
         moved.append(finished)
     return max(min(moved) - since, 0.0) if moved else None
+
+
+def _finished_by(attempts: list[Attempt], t: float) -> bool:
+    """Whether the partition's last stage claimed before ``t`` was its final stage, done by ``t``.
+    (Its row's finish time cannot say: a later re-run sets it again.)"""
+    before = [a for a in attempts if a.started <= t]
+    if not before:
+        return False
+    last = max(before, key=lambda a: a.started)
+    return (last.stage in (LAST_VARIANT_STAGE, LAST_JOB_STAGE) and last.outcome == "done"
+            and last.finished is not None and last.finished <= t)
 
 
 def _worst(waits: dict[str, float | None], keys: set[str]) -> float | None:
@@ -1517,12 +1531,11 @@ def moving_again(faults: list[dict[str, Any]], attempts: list[Attempt], terminal
             stopped = {target["partition"]}
         else:
             stopped = {a.partition for a in current if a.outcome != "done"}
-            stopped |= {r.partition for r in runs
-                        if not r.succeeded and r.started is not None and r.started <= began
-                        and (r.ended is None or r.ended > began)}
+            stopped |= {r.partition for r in runs if not r.succeeded and _going(r, began)}
             stopped -= {key for key, start, moved in held if start <= began < moved}
             # A partition that had already finished (its run was wrapping up) was not stopped.
-            stopped -= {key for key in stopped if terminal.get(key, float("inf")) < began}
+            stopped -= {key for key in stopped
+                        if terminal.get(key, float("inf")) < began or _finished_by(by_partition[key], began)}
         fault["affected_partitions"] = len(stopped)
         fault["in_flight_partitions"] = len(in_flight)
 
@@ -1537,13 +1550,18 @@ def moving_again(faults: list[dict[str, Any]], attempts: list[Attempt], terminal
                 "attempts": [[a.stage, round(a.started - began, 1),
                               None if a.finished is None else round(a.finished - began, 1), a.outcome, a.run_id]
                              for a in by_partition[key] if (a.finished or float("inf")) >= began - 60],
-                # Its runs requested from a minute before the fault until it moved again: when each
-                # was queued, started and ended (seconds from the fault's start), and why it ran.
+                # Its runs going when the fault began or requested from a minute before it until it
+                # moved again: when each was queued, started and ended (seconds from the fault's
+                # start), and why it ran.
                 "runs": [[r.run_id, _rel(r.created, began), _rel(r.started, began), _rel(r.ended, began),
                           "success" if r.succeeded else "not success", r.why]
                          for r in sorted(runs, key=lambda r: r.created or r.started or 0.0)
-                         if r.partition == key and began - 60 <= (r.created or r.started or 0.0)
-                         <= began + (waits[key] if waits[key] is not None else float("inf")) + 30]}
+                         if r.partition == key and (_going(r, began) or began - 60 <= (r.created or r.started or 0.0)
+                         <= began + (waits[key] if waits[key] is not None else float("inf")) + 30)]}
+
+
+def _going(run: RunSpan, t: float) -> bool:
+    return run.started is not None and run.started <= t and (run.ended is None or run.ended > t)
 
 
 def _rel(t: float | None, origin: float) -> float | None:

@@ -206,3 +206,46 @@ def test_recovery_counts_the_partitions_a_fault_stopped_from_when_recovery_could
     soak.moving_again([restart], attempts, terminal={})
     assert soak.recovery_by_kind([restart, stop, never, skipped])["kill_daemon"] == {
         "n": 1, "recovered": 1, "median_s": 20.0, "max_s": 20.0, "in_flight_max_s": 61.0}
+
+
+def test_a_partition_that_moved_again_before_its_fault_ended_waited_nothing() -> None:
+    """Found by the 30-minute ray soak of seed 50872: a daemon kill's lost attempt was retried and
+    finished by the second daemon 19 s in, before the killed daemon came back at 22 s, and a hand
+    re-run minutes later was charged to the fault (239.8 s)."""
+    import soak  # noqa: PLC0415
+
+    A = soak.Attempt
+    kill = {"kind": "kill_daemon", "start": 105.0, "end": 130.0}
+    attempts = [A("p", "readability_eval", 100.0, 110.0, "lost"),
+                A("p", "readability_eval", 115.0, 116.0, "done"),  # retried during the fault...
+                A("p", "iou_eval", 116.0, 117.0, "done"),  # ...and finished
+                A("p", "readability_eval", 400.0, 401.0, "done")]  # a person's re-run, much later
+    soak.moving_again([kill], attempts, terminal={"p": 401.0})
+    assert kill["affected_partitions"] == 1 and kill["recovery_s"] == 0.0
+    # An attempt begun during the fault that the fault then cut short is no sign of moving again.
+    cut = [attempts[0], A("p", "readability_eval", 115.0, 125.0, "lost"), attempts[3]]
+    soak.moving_again([kill], cut, terminal={"p": 401.0})
+    assert kill["recovery_s"] == 270.0
+
+
+def test_a_run_wrapping_up_a_finished_partition_stopped_nothing_though_it_was_rerun_later() -> None:
+    """The same soak: a run killed after its last stage (all done, RUN_SUCCESS never logged) was
+    counted as stopping its partition, because the partition's finish time, re-set by a later
+    hand re-run, was after the fault (178.1 s for a second daemon, 125 s for a code-server kill)."""
+    import soak  # noqa: PLC0415
+
+    from variant_pipeline.stages import LAST_JOB_STAGE, LAST_VARIANT_STAGE  # noqa: PLC0415
+
+    A = soak.Attempt
+    kill = {"kind": "kill_code_server", "start": 105.0, "end": 105.0}
+    for key, last in (("variant", LAST_VARIANT_STAGE), ("job", LAST_JOB_STAGE)):
+        attempts = [A(key, "planner", 90.0, 95.0, "done", "r1"), A(key, last, 95.0, 99.0, "done", "r1"),
+                    A(key, "planner", 400.0, 401.0, "done", "r2")]
+        wrapping_up = soak.RunSpan(key, 20.0, 131.0, False, "r1")  # started long before the fault
+        soak.moving_again([kill], attempts, terminal={key: 401.0}, runs=[wrapping_up])
+        assert kill["affected_partitions"] == 0 and kill["recovery_s"] == 0.0
+        # Between stages (its last stage not reached) the same run did stop its partition.
+        soak.moving_again([kill], attempts[:1] + attempts[2:], terminal={key: 401.0}, runs=[wrapping_up])
+        assert kill["affected_partitions"] == 1 and kill["recovery_s"] == 295.0
+        # The report lists the run that was going when the fault began, however long before it started.
+        assert kill["slowest"]["runs"] == [["r1", None, -85.0, 26.0, "not success", ""]]
