@@ -8,6 +8,7 @@ trigger that keeps it current switched off inside this test's own database).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -316,15 +317,31 @@ def test_a_lost_job_stage_is_retried_on_the_job_row(engine, job) -> None:
 
 @contextmanager
 def _lock_held_elsewhere(db_url: str, key: str) -> Iterator[None]:
-    """The partition lock, held by a live session of its own (unpooled: closing it ends the session)."""
+    """The partition lock, held by a live session of its own (unpooled: closing it ends the session).
+    On leaving, waits until the server has ended that session: a client's close returns before the
+    server process behind it exits and frees its locks, and a probe in between would still see the
+    lock held (it did once in a full suite run)."""
     other = make_engine(db_url, pool=False)
     try:
         with other.connect() as conn:
             conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": lock_key(key)})
+            pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
             conn.commit()
             yield
     finally:
         other.dispose()
+    watcher = make_engine(db_url, pool=False)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with watcher.connect() as conn:
+                if not conn.execute(sa.text("SELECT 1 FROM pg_stat_activity WHERE pid = :p"), {"p": pid}).first():
+                    break
+            time.sleep(0.02)
+        else:
+            raise AssertionError(f"the lock holder's session (pid {pid}) did not end within 10 s")
+    finally:
+        watcher.dispose()
 
 
 def test_a_row_whose_lock_a_live_session_holds_is_left_alone(engine, db_url, job) -> None:
