@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from tests.fixtures.db import count_rows, create_job
 from tests.fixtures.pipeline import submit_sample
+from variant_pipeline.assets.dagster_internals import partition_loading_context
 from variant_pipeline.assets.partitions import JobVariantsPartitionMapping, job_partitions, variant_partitions
 from variant_pipeline.assets.stage_assets import JOB_ASSETS, VARIANT_ASSETS
 from variant_pipeline.data.engine import get_engine
@@ -28,6 +29,13 @@ def _materialization_count(instance, asset: str, key: str) -> int:
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=100
     ).records
     return len(records)
+
+
+def _sensor_tick(sensor, instance, cursor: str | None):
+    from variant_pipeline.definitions import defs
+
+    with partition_loading_context(dynamic_partitions_store=instance):
+        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
 
 
 OUTPUT_TABLES = ("image_assets", "detection_runs", "planner_proposals", "overlay_layouts", "vlm_traces",
@@ -75,6 +83,10 @@ def test_variant_stages_write_one_answer_per_stage_and_rerun_replaces_it(pipelin
     assert origins == [f"dagster-run:{result.run_id}"]
 
     # A person re-renders the overlay by hand: outputs are replaced, not duplicated...
+    from variant_pipeline.definitions import defs
+
+    sensor = defs.resolve_sensor_def(CONTINUATION_SENSOR_NAME)
+    start = _sensor_tick(sensor, dagster_instance, None)  # the continuation sensor, started before it
     manual = _materialize(dagster_instance, VARIANT_ASSETS, key, selection=["overlay"])
     assert manual.success
     assert _output_counts(engine) == counts
@@ -82,17 +94,7 @@ def test_variant_stages_write_one_answer_per_stage_and_rerun_replaces_it(pipelin
     assert _materialization_count(dagster_instance, "vlm_judge", key) == 1
 
     # ...and the continuation sensor carries that partition downstream once, from vlm_judge.
-    from variant_pipeline.definitions import defs
-
-    sensor = defs.resolve_sensor_def(CONTINUATION_SENSOR_NAME)
-    run = dagster_instance.get_run_by_id(manual.run_id)
-    success = dagster_instance.all_logs(manual.run_id, of_type=dg.DagsterEventType.RUN_SUCCESS)[0]
-    context = dg.build_run_status_sensor_context(
-        sensor_name=CONTINUATION_SENSOR_NAME, dagster_event=success.dagster_event,
-        dagster_instance=dagster_instance, dagster_run=run,
-    )
-    request = sensor(context)
-    assert isinstance(request, dg.RunRequest)
+    [request] = _sensor_tick(sensor, dagster_instance, start.cursor).run_requests
     assert request.partition_key == key
     assert request.run_key == f"continue:{manual.run_id}"
     assert [k.to_user_string() for k in request.asset_selection] == [
