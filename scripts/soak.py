@@ -1215,6 +1215,7 @@ class Soak:
             jobs = conn.execute(sa.text(
                 """SELECT job_id::text, tenant_id, current_step, status, created_at, finished_at, expected_variants
                      FROM jobs ORDER BY created_at""")).all()
+            latency = job_latency(conn, list(self.faults.values()))
             variants = conn.execute(sa.text(
                 "SELECT current_step, status, error FROM jobs_variants")).all()
             attempts = conn.execute(sa.text(
@@ -1227,14 +1228,6 @@ class Soak:
             "done" if (s, st) == ("iou_eval", "done") else
             ("failed (input)" if st == "failed" and (e or "").startswith("StageInputError") else
              ("failed" if st == "failed" else f"open ({s}/{st})")) for s, st, e in variants)
-        windows = [(f["start"], f["end"] or f["start"]) for f in self.faults.values() if not f.get("skipped")]
-        latency = {"with_fault": [], "without_fault": []}
-        for _job_id, _tenant, step, status, created, finished, _n in jobs:
-            if finished is None or (step, status) != ("instagram_feed_gen", "done"):
-                continue
-            c, f = created.timestamp(), finished.timestamp()
-            overlaps = any(s <= f and e >= c for s, e in windows)
-            latency["with_fault" if overlaps else "without_fault"].append(f - c)
         per_minute: Counter[int] = Counter()
         for row in jobs:
             if row[5] is not None:
@@ -1244,8 +1237,7 @@ class Soak:
             "jobs_by_source": dict(Counter(self.jobs.get(r[0], {}).get("source", "?") for r in jobs)),
             "variants": dict(variant_outcomes),
             "attempts": {o: n for o, n in attempts},
-            "latency_s": {k: {"n": len(v), "p50": _round(_percentile(v, 0.5)), "p95": _round(_percentile(v, 0.95))}
-                          for k, v in latency.items()},
+            "latency_s": latency,
             "completions_per_minute": {str(k): v for k, v in sorted(per_minute.items())},
         }
 
@@ -1397,6 +1389,26 @@ def _why(tags: Mapping[str, str]) -> str:
         chain = tags.get(RECOVERY_CHAIN_TAG)
         return f"{reason} #{chain}" if chain else reason
     return tags.get(LAUNCHED_BY_TAG) or "hand"
+
+
+def job_latency(conn: Any, faults: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Job latency, submission to the job's first Instagram feed (p50, p95), for jobs with and
+    without a fault while they ran. The first feed, not the job's finish time: a person's re-run
+    later sets that again, and is not how long the job took."""
+    import sqlalchemy as sa
+
+    windows = [(f["start"], f["end"] or f["start"]) for f in faults if not f.get("skipped")]
+    latency: dict[str, list[float]] = {"with_fault": [], "without_fault": []}
+    for created, first_feed in conn.execute(sa.text(
+            """SELECT j.created_at, min(a.finished_at) FROM jobs j
+                 JOIN stage_attempts a ON a.job_id = j.job_id AND a.level = 'job' AND a.stage = :last
+                                      AND a.outcome = 'done'
+                GROUP BY j.job_id, j.created_at"""), {"last": LAST_JOB_STAGE}):
+        c, f = created.timestamp(), first_feed.timestamp()
+        overlaps = any(s <= f and e >= c for s, e in windows)
+        latency["with_fault" if overlaps else "without_fault"].append(f - c)
+    return {k: {"n": len(v), "p50": _round(_percentile(v, 0.5)), "p95": _round(_percentile(v, 0.95))}
+            for k, v in latency.items()}
 
 
 def run_spans(instance: Any) -> list[RunSpan]:
@@ -1585,8 +1597,8 @@ def recovery_by_kind(faults: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def recompute(out: Path) -> dict[str, Any]:
-    """Recompute the recovery times of a finished soak from its home's database (started for it,
-    then stopped), and rewrite its soak.json and summary.md."""
+    """Recompute the recovery times and job latency of a finished soak from its home's database
+    (started for it, then stopped), and rewrite its soak.json and summary.md."""
     from variant_pipeline.data.embedded_pg import ensure_embedded_server, stop_embedded_server
     from variant_pipeline.data.engine import make_engine, with_database
 
@@ -1598,6 +1610,7 @@ def recompute(out: Path) -> dict[str, Any]:
         with engine.connect() as conn:
             attempts, terminal = attempt_times(conn)
             failed = failure_times(conn)
+            report["latency_s"] = job_latency(conn, report["faults"])
         engine.dispose()
     finally:
         stop_embedded_server(pgdata)
@@ -1679,7 +1692,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--schedule-only", action="store_true", help="print the schedule as JSON and exit")
     parser.add_argument("--summarize", metavar="DIR", help="print the markdown summary of the soak in DIR and exit")
     parser.add_argument("--recompute", metavar="DIR",
-                        help="recompute the recovery times of the finished soak in DIR from its database, "
+                        help="recompute the recovery times and job latency of the finished soak in DIR from its database, "
                              "rewrite its soak.json and summary.md, print the summary and exit")
     args = parser.parse_args(argv)
     for item in args.env:
