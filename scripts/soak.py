@@ -725,8 +725,9 @@ class Soak:
                     stderr=lines[0][:200] if lines else "")
 
     def _done_variants(self, rng: random.Random, n: int, wait_s: float = 150.0) -> list[str]:
-        """Finished variants of jobs finished lately and not pruned (what a person re-renders),
-        waiting for some while none has finished yet (at most until the workload stops)."""
+        """Finished variants of jobs finished lately whose partitions prune has not removed (what a
+        person re-renders), waiting for some while none has finished yet (at most until the
+        workload stops)."""
         import sqlalchemy as sa
 
         deadline = min(time.time() + wait_s, self.t0 + self.duration_s)
@@ -735,7 +736,7 @@ class Soak:
                 with self.engine.connect() as conn:
                     keys = [r[0] for r in conn.execute(sa.text(
                         """SELECT v.job_variants_id::text FROM jobs_variants v JOIN jobs j USING (job_id)
-                            WHERE v.current_step = 'iou_eval' AND v.status = 'done' AND j.pruned_at IS NULL
+                            WHERE v.current_step = 'iou_eval' AND v.status = 'done' AND j.partitions_removed_at IS NULL
                               AND j.status IN ('done', 'failed') AND j.finished_at > now() - interval '100 seconds'
                             ORDER BY v.job_variants_id"""))]
             except Exception:

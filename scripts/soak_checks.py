@@ -462,15 +462,17 @@ def check_outbox_read(conn: Connection, cursor: str | None) -> list[str]:
 
 
 def check_partitions(conn: Connection, variant_keys: Iterable[str], job_keys: Iterable[str]) -> list[str]:
-    """Every live variant and job has its Dagster dynamic partition; those pruned since they
-    finished have none."""
+    """Every live variant and job has its Dagster dynamic partition; those whose partitions prune
+    removed since they finished (by age or the partition budget) have none."""
     variants, jobs = set(variant_keys), set(job_keys)
     out = []
     for level, key, pruned in conn.execute(sa.text(
-            """SELECT 'variant', v.job_variants_id::text, (j.pruned_at IS NOT NULL AND j.pruned_at >= j.finished_at)
+            """SELECT 'variant', v.job_variants_id::text,
+                      (j.partitions_removed_at IS NOT NULL AND j.partitions_removed_at >= j.finished_at)
                  FROM jobs_variants v JOIN jobs j USING (job_id)
                UNION ALL
-               SELECT 'job', job_id::text, (pruned_at IS NOT NULL AND pruned_at >= finished_at) FROM jobs""")):
+               SELECT 'job', job_id::text, (partitions_removed_at IS NOT NULL AND partitions_removed_at >= finished_at)
+                 FROM jobs""")):
         known = key in (variants if level == "variant" else jobs)
         if pruned and known:
             out.append(f"{level} {key} was pruned but its Dagster partition is still there")
@@ -498,10 +500,14 @@ def check_orphan_files(conn: Connection, assets_root: Path, older_than: float) -
 def compare_results(conn: Connection, job_id: str, answer: Mapping[str, Any], assets_root: Path) -> list[str]:
     """``variant-pipeline results JOB --json`` against the rows."""
     out = []
-    job = conn.execute(sa.text("SELECT current_step, status, error, expected_variants FROM jobs WHERE job_id = :j"),
-                       {"j": job_id}).one()
+    job = conn.execute(sa.text("""SELECT current_step, status, error, expected_variants,
+                                         partitions_removed_at IS NOT NULL, pruned_at IS NOT NULL
+                                    FROM jobs WHERE job_id = :j"""), {"j": job_id}).one()
     if (answer.get("step"), answer.get("status"), answer.get("error")) != (job[0], job[1], job[2]):
         out.append(f"results {job_id}: job {answer.get('step')}/{answer.get('status')} vs rows {job[0]}/{job[1]}")
+    said = (answer.get("partitions_removed_at") is not None, answer.get("files_removed_at") is not None)
+    if said != (job[4], job[5]):
+        out.append(f"results {job_id}: says partitions/files removed {said} vs rows {(job[4], job[5])}")
     rows = {r[0]: r[1:] for r in conn.execute(sa.text(
         """SELECT v.job_variants_id::text, v.current_step, v.status, a.path FROM jobs_variants v
              LEFT JOIN image_assets a ON a.image_asset_id = v.overlaid_img_asset_id WHERE v.job_id = :j"""),

@@ -217,6 +217,11 @@ def _status(args: argparse.Namespace) -> int:
           f"finished {_ts(job.finished_at)}  took {_took(job.started_at, job.finished_at)}")
     if job.error:
         print(f"  error: {job.error}")
+    if job.pruned_at:
+        print(f"  pruned {_ts(job.pruned_at)}: its Dagster partitions and images were removed (rows kept)")
+    elif job.partitions_removed_at:
+        print(f"  Dagster partitions removed {_ts(job.partitions_removed_at)} to keep the partition budget "
+              "(rows and images kept)")
     _print_attempts(attempts.get(str(job.job_id), []))
     for v in job.variants:
         line = (f"  variant {v.creation_order} {v.job_variants_id}  {v.step}/{v.status}  "
@@ -302,10 +307,14 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def _print_results(results) -> None:
+    from variant_pipeline.data.results import retention_line
+
     print(f"job {results.job_id}  {results.state} ({results.step}/{results.status})  "
           f"variants {len(results.variants)}/{results.expected_variants}")
     if results.error:
         print(f"  error: {results.error}")
+    if retention_line(results):
+        print(f"  {retention_line(results)}")
     for v in results.variants:
         print(f"  variant {v.creation_order} {v.job_variants_id}  {v.state} ({v.step}/{v.status})")
         if v.error:
@@ -364,19 +373,30 @@ def _retry(args: argparse.Namespace) -> int:
 
 def _add_prune(sub: argparse._SubParsersAction) -> None:
     prune = sub.add_parser(
-        "prune", help="remove what jobs finished long ago leave behind: partitions, files, old events",
-        description="For jobs finished (done or failed) before now - DURATION: delete their dynamic "
-        "partitions in Dagster (their runs and materialization history stay in Dagster), their asset "
-        "files, and with --rows their rows. Also deletes outbox events older than the cutoff that the "
-        "outbox sensor has read, and orphan files no row names (older than the cutoff and "
-        "VP_ORPHAN_MIN_AGE_S). Never touches a queued or running job; running it again is harmless.",
+        "prune", help="remove what jobs finished long ago leave behind, and keep the partition budget",
+        description="With --older-than DURATION, for jobs finished (done or failed) before now - DURATION: "
+        "delete their dynamic partitions in Dagster (their runs and materialization history stay in "
+        "Dagster), their asset files, and with --rows their rows; also delete outbox events older than "
+        "the cutoff that the outbox sensor has read, and orphan files no row names (older than the "
+        "cutoff and VP_ORPHAN_MIN_AGE_S). Then, while more variant partitions than the partition budget "
+        "(--budget, else VP_PARTITION_BUDGET, default 100000) are live, delete the Dagster partitions "
+        "(only those: rows and files stay) of the jobs that finished longest ago. Never touches a queued "
+        "or running job; running it again is harmless.",
     )
-    prune.add_argument("--older-than", required=True, metavar="DURATION",
-                       help="e.g. 30d, 12h, 1d12h (units s, m, h, d, w)")
+    prune.add_argument("--older-than", metavar="DURATION", help="e.g. 30d, 12h, 1d12h (units s, m, h, d, w)")
+    prune.add_argument("--budget", type=_whole_number, metavar="N",
+                       help="live variant partitions to keep (0: no budget); default VP_PARTITION_BUDGET")
     prune.add_argument("--dry-run", action="store_true", help="print what would be removed; change nothing")
     prune.add_argument("--rows", action="store_true",
-                       help="also delete the jobs' rows (inputs, variants, outputs, traces, attempts)")
+                       help="also delete the jobs' rows (inputs, variants, outputs, traces, attempts); "
+                       "with --older-than only")
     prune.set_defaults(handler=_prune)
+
+
+def _whole_number(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {text!r}")
+    return int(text)
 
 
 def _prune(args: argparse.Namespace) -> int:
@@ -385,13 +405,21 @@ def _prune(args: argparse.Namespace) -> int:
     from variant_pipeline.state.retention import prune
     from variant_pipeline.validation import parse_duration
 
-    older_than = parse_duration(args.older_than)  # before connecting: a typo needs no database
+    # Before connecting: a typo needs no database.
+    older_than = parse_duration(args.older_than) if args.older_than is not None else None
+    if args.rows and older_than is None:
+        raise CliError("--rows needs --older-than: the partition budget never deletes rows")
+    settings = load_settings()
+    budget = settings.partition_budget if args.budget is None else args.budget
+    if older_than is None and not budget:
+        raise CliError("nothing to prune by: give --older-than DURATION, or a partition budget "
+                       "(--budget N or VP_PARTITION_BUDGET above 0)")
     from variant_pipeline.sensors.retention import DagsterOrchestrator, open_instance
 
-    settings = load_settings()
     with open_instance() as instance:
         report = prune(get_engine(), DagsterOrchestrator(instance), settings.assets_dir, older_than,
-                       rows=args.rows, dry_run=args.dry_run, orphan_min_age_s=settings.orphan_min_age_s)
+                       rows=args.rows, dry_run=args.dry_run, orphan_min_age_s=settings.orphan_min_age_s,
+                       partition_budget=budget or None)
     for line in report.lines():
         print(line)
     return EXIT_OK

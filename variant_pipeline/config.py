@@ -28,6 +28,10 @@ DEFAULT_FORBIDDEN_CLASSES: tuple[str, ...] = (
     "orange", "broccoli", "carrot", "bowl", "cup", "wine glass", "bottle",
 )
 
+# Live variant partitions the prune schedule keeps in Dagster: the most per asset that Dagster's
+# maintainers advise (they raised it to 100,000 in 2025: "a little slower, but manageable").
+DEFAULT_PARTITION_BUDGET = 100_000
+
 
 class SettingsError(ValueError):
     """An environment variable with a value this project cannot use; the message names it."""
@@ -125,9 +129,11 @@ class Settings:
     lease_timeout_s: float = 30.0
     vlm_load_in_8bit: bool = False  # VP_VLM_LOAD_IN_8BIT: bitsandbytes 8-bit VLM (CUDA only)
     faults: str = ""  # VP_FAULTS fault drills (variant_pipeline/faults.py); empty: none
-    # Retention (variant_pipeline/state/retention.py): the daily prune schedule exists only when
-    # prune_older_than is set; orphan files younger than orphan_min_age_s are never removed.
+    # Retention (variant_pipeline/state/retention.py): the daily prune schedule exists when
+    # prune_older_than or partition_budget is set; orphan files younger than orphan_min_age_s are
+    # never removed. partition_budget: live variant partitions kept in Dagster (0: no budget).
     prune_older_than: str = ""
+    partition_budget: int = DEFAULT_PARTITION_BUDGET
     prune_rows: bool = False
     prune_cron: str = "0 3 * * *"
     orphan_min_age_s: float = 3600.0
@@ -199,6 +205,7 @@ def load_settings() -> Settings:
         faults=_faults(_env("VP_FAULTS", "") or ""),
         prune_older_than=_prune_older_than(_env("VP_PRUNE_OLDER_THAN", "") or ""),
         prune_rows=_env_bool("VP_PRUNE_ROWS", False),
+        partition_budget=_partition_budget(_env("VP_PARTITION_BUDGET")),
         prune_cron=_env("VP_PRUNE_CRON", "0 3 * * *") or "0 3 * * *",
         orphan_min_age_s=_seconds("VP_ORPHAN_MIN_AGE_S", 3600.0, allow_zero=True),
         check_min_ocr_accuracy=_fraction("VP_CHECK_MIN_OCR_ACCURACY", 0.8),
@@ -228,6 +235,15 @@ def _tiny_defaults(models_dir: Path) -> dict[str, str]:
     from variant_pipeline.models.registry import tiny_defaults
 
     return tiny_defaults(models_dir)
+
+
+def _partition_budget(value: str | None) -> int:
+    if value is None:
+        return DEFAULT_PARTITION_BUDGET
+    if not re.fullmatch(r"\d+", value.strip().replace("_", "")):
+        raise SettingsError(f"VP_PARTITION_BUDGET must be a whole number of live variant partitions "
+                            f"(0: no budget), got {value!r}")
+    return int(value.strip().replace("_", ""))
 
 
 def _prune_older_than(spec: str) -> str:

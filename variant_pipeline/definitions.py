@@ -23,7 +23,7 @@ defs = dg.Definitions(
     assets=STAGE_ASSETS,
     jobs=PIPELINE_JOBS,
     sensors=[build_outbox_sensor(), build_continuation_sensor(), build_recovery_sensor(), build_notice_sensor()],
-    schedules=retention_schedules(),  # none unless VP_PRUNE_OLDER_THAN is set
+    schedules=retention_schedules(),  # prune: the partition budget (on by default) and VP_PRUNE_OLDER_THAN
     resources=default_resources(),
     # Every run, the implicit asset job's included, runs its steps in one process: models load
     # once per run and no step pays a process spawn (measured: ~2 s each on this machine).

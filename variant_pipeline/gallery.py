@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from variant_pipeline.data.results import JobResults, VariantResult
+from variant_pipeline.data.results import JobResults, VariantResult, retention_line
 from variant_pipeline.quality import CHECKS, CheckOutcome
 
 MARK = {"passed": "✅", "failed": "⚠️", "not_evaluated": "❔", "pending": "…"}
@@ -141,6 +141,7 @@ def html_gallery(results: JobResults, max_px: int = 640,
         f"<style>{_CSS}</style></head><body><h1>Job {e(results.job_id)}</h1>"
         f"<p>tenant {e(results.tenant_id)} · {e(results.state)} ({e(results.step)}/{e(results.status)})"
         f"{' · error: ' + e(results.error) if results.error else ''}</p>"
+        f"{'<p>' + e(retention_line(results)) + '</p>' if retention_line(results) else ''}"
         f'<div class="variants">{"".join(cards)}</div><div class="copy">'
         f"<h2>Korean ad copy</h2><p>{e(_fmt(results.ad_copy_kor))}</p>"
         f"<h2>Instagram copy</h2><p>{e(_fmt(results.instagram_copy))}</p>"

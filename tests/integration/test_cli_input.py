@@ -95,7 +95,7 @@ def _cases(files: dict[str, Path], busy_port: int) -> list[tuple[tuple[str, ...]
         (("retry",), ["retry", UNKNOWN, "--from", "paint"], ""),
         (("models", "build-tiny"), ["models", "build-tiny"], "the following arguments are required: dir"),
         (("models", "build-tiny"), ["models", "build-tiny", str(files["existing"])], str(files["existing"])),
-        (("prune",), ["prune"], "the following arguments are required: --older-than"),
+        (("prune",), ["prune", "--budget", "-1"], "expected a whole number, 0 or more, got '-1'"),
         (("prune",), ["prune", "--older-than", "banana"], "invalid duration 'banana'"),
         (("prune",), ["prune", "--older-than", "30d", "--force"], "unrecognized arguments: --force"),
         (("metrics",), ["metrics", "--port", "70000"], "argument --port: a port is 1-65535, got 70000"),

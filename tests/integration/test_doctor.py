@@ -89,6 +89,17 @@ def test_each_check_fails_once_with_what_to_do(deployment, pg_admin_url, monkeyp
     assert "GiB free under" in _failing("disk", min_free_gb=1e9)
 
 
+def test_live_partitions_over_the_budget_fail_their_check(deployment, monkeypatch) -> None:
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("job_variants", ["a", "b", "c"])
+    assert "3 live variant partitions, within the budget of 100000" in _checks()["dagster partitions"].detail
+    monkeypatch.setenv("VP_PARTITION_BUDGET", "2")
+    assert "3 live variant partitions, 1 over the budget of 2: run `variant-pipeline prune`" in _failing(
+        "dagster partitions")
+    monkeypatch.setenv("VP_PARTITION_BUDGET", "0")
+    assert _checks()["dagster partitions"].detail == "3 live variant partitions (no partition budget)"
+
+
 def test_a_daemon_that_stopped_beating_fails_its_check(deployment) -> None:
     with dg.DagsterInstance.get() as instance:
         instance.wipe_daemon_heartbeats()

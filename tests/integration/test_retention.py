@@ -3,6 +3,7 @@ instance and real files: what is removed, what is kept, and what a busy job is s
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -310,7 +311,11 @@ def test_orphan_file_of_a_timed_out_attempt_is_removed_and_live_files_stay(pipel
 def test_the_daily_schedule_exists_only_when_set_and_its_run_prunes(jobs, dagster_instance, monkeypatch) -> None:
     engine, store, made = jobs
     monkeypatch.delenv("VP_PRUNE_OLDER_THAN", raising=False)
-    assert retention_schedules() == []  # off by default
+    monkeypatch.setenv("VP_PARTITION_BUDGET", "0")
+    assert retention_schedules() == []  # neither an age nor a budget: off
+    monkeypatch.delenv("VP_PARTITION_BUDGET")
+    [schedule] = retention_schedules()  # the partition budget is on by default, and so the schedule
+    assert load_settings().partition_budget == 100_000
     monkeypatch.setenv("VP_PRUNE_OLDER_THAN", "30d")
     [schedule] = retention_schedules()
     assert (schedule.name, schedule.cron_schedule) == ("prune_schedule", "0 3 * * *")
@@ -323,3 +328,110 @@ def test_the_daily_schedule_exists_only_when_set_and_its_run_prunes(jobs, dagste
     monkeypatch.setenv("VP_PRUNE_OLDER_THAN", "soon")
     with pytest.raises(SettingsError, match="VP_PRUNE_OLDER_THAN"):
         load_settings()
+
+
+# --- The partition budget -----------------------------------------------------------------------
+
+
+def _removed_and_pruned(engine, job) -> tuple[bool, bool]:
+    status = get_job_status(engine, job.job_id)
+    return status.partitions_removed_at is not None, status.pruned_at is not None
+
+
+def test_the_budget_removes_the_oldest_finished_jobs_partitions_only_and_never_a_live_one(
+        jobs, dagster_instance, capsys, tmp_path) -> None:
+    engine, store, made = jobs
+    with engine.begin() as conn:  # old_failed finished first, then old, then recent; running never
+        conn.execute(sa.text("UPDATE jobs SET finished_at = now() - interval '50 days' WHERE job_id = :j"),
+                     {"j": str(made["old_failed"].job_id)})
+    orchestrator = DagsterOrchestrator(dagster_instance)
+    before = _partitions(dagster_instance)
+    assert len(before[0]) == 8  # 4 jobs of 2 variants
+
+    dry = prune(engine, orchestrator, store.root, None, dry_run=True, partition_budget=6)
+    assert [(j.job_id, j.reason, j.variant_partitions, j.job_partitions, j.files) for j in dry.jobs] == [
+        (str(made["old_failed"].job_id), "budget", 2, 1, 0)]
+    lines = "\n".join(dry.lines())
+    assert "would remove 2 variant and 1 job partitions to keep the partition budget" in lines
+    assert "partition budget 6: 8 live variant partitions; would remove 2" in lines
+    assert _partitions(dagster_instance) == before  # a dry run changes nothing
+    assert _removed_and_pruned(engine, made["old_failed"]) == (False, False)
+
+    report = prune(engine, DagsterOrchestrator(dagster_instance), store.root, None, partition_budget=5)
+    assert [j.job_id for j in report.jobs] == [str(made[n].job_id) for n in ("old_failed", "old")]
+    assert report.budget.over == 0 and report.events == 0 and report.orphans == []
+    variants, job_keys = _partitions(dagster_instance)
+    assert variants == _keys(made["recent"]) | _keys(made["running"])
+    assert job_keys == {str(made[n].job_id) for n in ("recent", "running")}
+    for name in ("old_failed", "old"):
+        # Only the partitions: rows and files stay, and the job is marked as such (not pruned).
+        assert _removed_and_pruned(engine, made[name]) == (True, False)
+        assert all(store.path_for(p).exists() for p in _files_of(engine, made[name]))
+
+    # Asked to go down to 1, it removes the finished job's partitions but never the running one's.
+    tight = prune(engine, DagsterOrchestrator(dagster_instance), store.root, None, partition_budget=1)
+    assert [j.job_id for j in tight.jobs] == [str(made["recent"].job_id)] and tight.budget.over == 1
+    assert "partition budget: still 1 over" in "\n".join(tight.lines())
+    assert _partitions(dagster_instance)[0] == _keys(made["running"])
+
+    # status, results and the gallery still answer for such a job, and say what was removed.
+    old = str(made["old"].job_id)
+    assert main(["status", old]) == 0
+    assert "Dagster partitions removed" in capsys.readouterr().out
+    assert main(["results", old, "--json", "--html", str(tmp_path / "g.html")]) == 0
+    contract = json.loads(capsys.readouterr().out)
+    assert contract["state"] == "done" and contract["partitions_removed_at"] and contract["files_removed_at"] is None
+    assert all(v["image_path"] is None or Path(v["image_path"]).exists() for v in contract["variants"])
+    assert "to keep the partition budget" in (tmp_path / "g.html").read_text(encoding="utf-8")
+    # A retry would bring back one variant's partition without its siblings': refused in one line.
+    with pytest.raises(RetryError, match="partitions were removed at .* to keep the partition budget"):
+        request_retry(engine, str(made["old_failed"].job_id))
+
+    # The age rule later removes such a job's files as for any other, and marks it pruned.
+    aged = prune(engine, DagsterOrchestrator(dagster_instance), store.root, timedelta(days=30), orphan_min_age_s=0)
+    assert sorted((j.job_id, j.variant_partitions, j.files) for j in aged.jobs) == sorted(
+        (str(made[n].job_id), 0, 3) for n in ("old_failed", "old"))
+    assert _removed_and_pruned(engine, made["old"]) == (True, True)
+    assert not any(store.path_for(p).exists() for p in _files_of(engine, made["old"]))
+
+
+def test_a_finished_job_in_use_is_skipped_by_the_budget(jobs, dagster_instance) -> None:
+    engine, store, made = jobs
+    dagster_instance.add_run(dg.DagsterRun(  # a hand run still going for one of the old job's variants
+        job_name="variant_pipeline", run_id="started-run-2", status=dg.DagsterRunStatus.STARTED,
+        tags={"dagster/partition": str(made["old"].variant_ids[0])}))
+    report = prune(engine, DagsterOrchestrator(dagster_instance), store.root, None, partition_budget=4)
+    assert report.busy == [str(made["old"].job_id)]
+    assert [j.job_id for j in report.jobs] == [str(made["old_failed"].job_id), str(made["recent"].job_id)]
+    assert _keys(made["old"]) <= _partitions(dagster_instance)[0] and report.budget.over == 0
+
+
+def test_the_budget_through_the_cli_and_the_schedule_and_bad_values_in_one_line(
+        jobs, dagster_instance, pipeline_env, monkeypatch, capsys, tmp_path) -> None:
+    engine, store, made = jobs
+    home = tmp_path / "dagster-home"  # the CLI's instance: the same storage as the fixture's
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        f"storage:\n  postgres:\n    postgres_url: {pipeline_env.dagster_url}\n", encoding="utf-8")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    for argv, env, message in [
+        (["prune", "--budget", "lots"], None, "expected a whole number, 0 or more, got 'lots'"),
+        (["prune", "--budget", "0"], None, "nothing to prune by: give --older-than"),
+        (["prune", "--rows"], None, "--rows needs --older-than"),
+        (["prune", "--dry-run"], "-3", "VP_PARTITION_BUDGET must be a whole number of live variant partitions"),
+    ]:
+        if env is not None:
+            monkeypatch.setenv("VP_PARTITION_BUDGET", env)
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err and "Traceback" not in err
+    monkeypatch.setenv("VP_PARTITION_BUDGET", "6")
+    before = _partitions(dagster_instance)
+    assert main(["prune", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "partition budget 6: 8 live variant partitions; would remove 2" in out and "no age rule" in out
+    assert _partitions(dagster_instance) == before
+    # The schedule's run keeps the budget from the settings.
+    monkeypatch.delenv("VP_PRUNE_OLDER_THAN", raising=False)
+    assert prune_job.execute_in_process(instance=dagster_instance, resources=default_resources()).success
+    assert len(_partitions(dagster_instance)[0]) == 6

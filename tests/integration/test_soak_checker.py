@@ -156,3 +156,18 @@ def test_jobs_and_variants_left_open_are_reported(engine) -> None:
     with engine.connect() as conn:
         found = checks.check_all_terminal(conn)
     assert len(found) == 2 and all(str(job.job_id) in m for m in found)
+
+
+def test_partitions_removed_by_age_or_budget_are_expected_gone_and_live_ones_expected_there(engine) -> None:
+    job, kept = create_job(engine, variants=2), create_job(engine, variants=1)
+    variants = [str(v) for v in job.variant_ids]
+    with engine.begin() as conn:  # finished a while ago; the budget removed its partitions since
+        conn.execute(sa.text("UPDATE jobs SET finished_at = now() - interval '1 hour', "
+                             "partitions_removed_at = now() WHERE job_id = :j"), {"j": str(job.job_id)})
+    live = [str(v) for v in kept.variant_ids]
+    with engine.connect() as conn:
+        assert checks.check_partitions(conn, live, [str(kept.job_id)]) == []
+        [message] = checks.check_partitions(conn, live + variants[:1], [str(kept.job_id)])
+        assert message == f"variant {variants[0]} was pruned but its Dagster partition is still there"
+        [message] = checks.check_partitions(conn, [], [str(kept.job_id)])
+        assert message == f"variant {live[0]} is live but has no Dagster partition"

@@ -218,6 +218,10 @@ class JobStatus:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # Set by prune: when its Dagster partitions were removed (by the age rule or the partition
+    # budget), and when the age rule removed its files too.
+    partitions_removed_at: datetime | None
+    pruned_at: datetime | None
     variants: list[VariantStatus]
 
     def to_dict(self) -> dict[str, Any]:
@@ -242,7 +246,7 @@ def get_job_status(engine_or_conn: Engine | Connection, job_id: uuid.UUID | str)
             sa.text(
                 """
                 SELECT job_id, tenant_id, current_step, status, expected_variants, error,
-                       created_at, updated_at, started_at, finished_at
+                       created_at, updated_at, started_at, finished_at, partitions_removed_at, pruned_at
                   FROM jobs WHERE job_id = :j
                 """
             ),

@@ -13,6 +13,7 @@ import dataclasses
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +64,29 @@ class JobResults:
     ad_copy_kor: str | None  # ad_copy_gen_kor's Korean ad copy
     instagram_copy: str | None
     hashtags: list[str]
+    # ISO times set by prune: Dagster partitions removed (by age or the partition budget: the job
+    # is then not in Dagster's partition lists, its rows answer here), and images removed (age).
+    partitions_removed_at: str | None
+    files_removed_at: str | None
     variants: list[VariantResult]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # variants and their checks too, in field order
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def retention_line(results: JobResults) -> str | None:
+    """What prune has removed of the job, in one line (None: nothing)."""
+    if results.files_removed_at:
+        return (f"pruned at {results.files_removed_at}: its Dagster partitions and images were removed "
+                "(rows kept)")
+    if results.partitions_removed_at:
+        return (f"Dagster partitions removed at {results.partitions_removed_at} to keep the partition budget "
+                "(rows and images kept; Dagster keeps its runs and history but lists its partitions no more)")
+    return None
 
 
 def _state(step: str, status: str, last_stage: str) -> str:
@@ -136,5 +156,6 @@ def job_results(engine: Engine, job_id: uuid.UUID | str, settings: Settings) -> 
         state=_state(status.step, status.status, stage_graph.LAST_JOB_STAGE), step=status.step,
         status=status.status, error=status.error, expected_variants=status.expected_variants,
         ad_copy_kor=ad_copy, instagram_copy=feed[0] if feed else None, hashtags=list(feed[1]) if feed else [],
+        partitions_removed_at=_iso(status.partitions_removed_at), files_removed_at=_iso(status.pruned_at),
         variants=variants,
     )

@@ -40,7 +40,7 @@ class Check:
 
 def run_checks(settings: Settings, min_free_gb: float = DEFAULT_MIN_FREE_GB) -> list[Check]:
     checks: list[Check] = [_database()]
-    checks.extend(_dagster())
+    checks.extend(_dagster(settings))
     checks.extend(_models(settings))
     checks.append(_tesseract(settings))
     checks.append(_fonts())
@@ -81,7 +81,7 @@ def _database() -> Check:
 # --- Dagster --------------------------------------------------------------------------------
 
 
-def _dagster() -> list[Check]:
+def _dagster(settings: Settings) -> list[Check]:
     state: dict[str, object] = {}
 
     def storage() -> Check:
@@ -108,7 +108,21 @@ def _dagster() -> list[Check]:
                          "start `dagster-daemon run`")
         return Check("dagster daemon", True, f"heartbeat {age:.0f} s ago ({', '.join(sorted(beats))})")
 
+    def partitions() -> Check:
+        from variant_pipeline.assets.partitions import variant_partitions
+
+        live = len(state["instance"].get_dynamic_partitions(variant_partitions.name))  # type: ignore[attr-defined]
+        budget = settings.partition_budget
+        if not budget:
+            return Check("dagster partitions", True, f"{live} live variant partitions (no partition budget)")
+        if live > budget:
+            return Check("dagster partitions", False, f"{live} live variant partitions, {live - budget} over the "
+                         f"budget of {budget}: run `variant-pipeline prune` (the daily prune_schedule does), "
+                         "or raise VP_PARTITION_BUDGET")
+        return Check("dagster partitions", True, f"{live} live variant partitions, within the budget of {budget}")
+
     checks.append(_guard("dagster daemon", daemon))
+    checks.append(_guard("dagster partitions", partitions))
     state["instance"].dispose()  # type: ignore[attr-defined]
     return checks
 

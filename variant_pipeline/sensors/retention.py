@@ -1,5 +1,6 @@
 """Retention on the Dagster side: partitions, runs in flight, the outbox sensor's saved cursor,
-and the optional daily prune schedule (defined only when ``VP_PRUNE_OLDER_THAN`` is set).
+and the prune schedule (on whenever ``VP_PRUNE_OLDER_THAN`` or the partition budget is set; the
+budget is, by default).
 
 The work itself is ``variant_pipeline.state.retention.prune``; the CLI and the schedule both call it.
 """
@@ -49,6 +50,9 @@ class DagsterOrchestrator:
         known = self._known(level)
         return [k for k in keys if k in known]
 
+    def partition_count(self, level: str) -> int:
+        return len(self._known(level))
+
     def delete_partitions(self, level: str, keys: Sequence[str]) -> None:
         name, known = self._name(level), self._known(level)
         for key in keys:  # Dagster deletes one key per call
@@ -92,28 +96,32 @@ def prune_op(context: OpExecutionContext) -> None:
     settings = load_settings()
     report = prune(
         context.resources.database.engine(), DagsterOrchestrator(context.instance),
-        context.resources.asset_storage.store().root, parse_duration(settings.prune_older_than),
+        context.resources.asset_storage.store().root,
+        parse_duration(settings.prune_older_than) if settings.prune_older_than else None,
         rows=settings.prune_rows, orphan_min_age_s=settings.orphan_min_age_s,
+        partition_budget=settings.partition_budget or None,
     )
     for line in report.lines():
         context.log.info(line)
 
 
 @dg.job(name=PRUNE_JOB_NAME, executor_def=dg.in_process_executor,
-        description="variant-pipeline prune with the VP_PRUNE_* settings")
+        description="variant-pipeline prune with the VP_PRUNE_* settings and VP_PARTITION_BUDGET")
 def prune_job() -> None:
     prune_op()
 
 
 def retention_schedules() -> list[dg.ScheduleDefinition]:
-    """The daily prune schedule when ``VP_PRUNE_OLDER_THAN`` is set (at ``VP_PRUNE_CRON``), else none."""
+    """The prune schedule (at ``VP_PRUNE_CRON``) when ``VP_PRUNE_OLDER_THAN`` or the partition
+    budget is set (the budget is by default), else none."""
     from variant_pipeline.config import load_settings
 
     settings = load_settings()
-    if not settings.prune_older_than:
+    if not settings.prune_older_than and not settings.partition_budget:
         return []
     return [dg.ScheduleDefinition(
         name=PRUNE_SCHEDULE_NAME, job=prune_job, cron_schedule=settings.prune_cron,
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Retention: prune with VP_PRUNE_OLDER_THAN and VP_PRUNE_ROWS (see variant-pipeline prune).",
+        description="Retention: prune with VP_PRUNE_OLDER_THAN, VP_PRUNE_ROWS and VP_PARTITION_BUDGET "
+                    "(see variant-pipeline prune).",
     )]

@@ -276,23 +276,29 @@ def request_retry(engine: Engine, target: str, from_stage: str | None = None,
         job_id = variant.job_id if variant is not None else target
         # The job row after the variant's: the order prune and the rollup lock them in.
         job = conn.execute(
-            sa.text("SELECT current_step, status, pruned_at FROM jobs WHERE job_id = CAST(:k AS uuid) FOR UPDATE"),
+            sa.text("SELECT current_step, status, pruned_at, partitions_removed_at FROM jobs "
+                    "WHERE job_id = CAST(:k AS uuid) FOR UPDATE"),
             {"k": job_id}).first()
         if job is None:
             raise RetryError(f"no variant or job with id {target}")
-        _refuse_pruned(job_id, job.pruned_at)
+        _refuse_pruned(job_id, job.pruned_at, job.partitions_removed_at)
         if variant is not None:
             return [_retry_variant(conn, target, job_id, (variant.current_step, variant.status), from_stage)]
         return _retry_job(conn, target, (job.current_step, job.status), from_stage)
 
 
-def _refuse_pruned(job_id: str, pruned_at: datetime | None) -> None:
+def _refuse_pruned(job_id: str, pruned_at: datetime | None, partitions_removed_at: datetime | None) -> None:
     # Prune deleted the job's files (the product photo and every stage's images) and its Dagster
     # partitions: no stage of it has its inputs any more, and reopening it would leave variants
-    # that are live again without a partition.
+    # that are live again without a partition. The partition budget removed the partitions only,
+    # but the same holds for them: the outbox sensor would add back the retried variant's alone.
     if pruned_at is not None:
         raise RetryError(f"job {job_id} was pruned at {pruned_at:%Y-%m-%d %H:%M:%S %Z} (its images and "
                          "Dagster partitions are gone); submit it again instead")
+    if partitions_removed_at is not None:
+        raise RetryError(f"job {job_id}'s Dagster partitions were removed at "
+                         f"{partitions_removed_at:%Y-%m-%d %H:%M:%S %Z} to keep the partition budget "
+                         "(its rows and images stay); submit it again instead")
 
 
 def _queue(conn: Connection, level: str, key: str, stage: str) -> None:

@@ -13,6 +13,15 @@ It also removes outbox events older than the cutoff that the outbox sensor's sav
 passed (in batches), and orphan files: files under the asset root that no ``image_assets`` row
 names (an image of an attempt that was superseded or timed out, an image a re-run replaced).
 
+The partition budget (``partition_budget``, ``VP_PARTITION_BUDGET``): Dagster's UI and its
+partition mappings slow down as an asset's partitions grow, and Dagster advises at most 100,000
+per asset. When more variant partitions than the budget are live after the age rule, prune
+removes the Dagster partitions (only those: rows and files stay, and so do Dagster's runs and
+history) of the jobs that finished longest ago until the count is within it, by the same
+per-job transaction as the age rule, so a job with work in flight is never touched. ``status``,
+``results`` and the gallery go on answering for such a job from its rows and say so; a later
+age-rule prune removes its files as for any other job.
+
 Safety against work in flight. A job is pruned in one short transaction per job that first
 takes, without waiting, the row locks the pipeline's writers take (its variants, then the job:
 a claim, a retry and the rollup lock them) and the partition locks its workers hold; a job
@@ -48,6 +57,7 @@ class Orchestrator(Protocol):
     """What prune needs from Dagster (sensors/retention.py implements it)."""
 
     def existing_partitions(self, level: str, keys: Sequence[str]) -> list[str]: ...
+    def partition_count(self, level: str) -> int: ...
     def delete_partitions(self, level: str, keys: Sequence[str]) -> None: ...
     def partitions_in_flight(self, keys: Sequence[str]) -> set[str]: ...
     def outbox_cursor(self) -> str | None: ...
@@ -63,11 +73,19 @@ class PrunedJob:
     files: int
     bytes: int
     rows_deleted: bool
+    reason: str = "age"  # "age": finished before the cutoff; "budget": to keep the partition budget
+
+
+@dataclass
+class BudgetReport:
+    budget: int
+    live: int  # live variant partitions when prune began
+    over: int = 0  # still over the budget at the end: the rest belongs to jobs not finished or in use
 
 
 @dataclass
 class PruneReport:
-    cutoff: datetime
+    cutoff: datetime | None  # None: no age rule this time (the partition budget only)
     dry_run: bool
     rows: bool
     jobs: list[PrunedJob] = field(default_factory=list)
@@ -76,21 +94,35 @@ class PruneReport:
     outbox_cursor: str | None = None
     orphans: list[str] = field(default_factory=list)
     orphan_bytes: int = 0
+    budget: BudgetReport | None = None
 
     def lines(self) -> list[str]:
         verb = "would remove" if self.dry_run else "removed"
-        out = [f"cutoff {self.cutoff.isoformat(timespec='seconds')}" + (" (dry run: nothing changed)" if self.dry_run else "")]
+        dry = " (dry run: nothing changed)" if self.dry_run else ""
+        out = [f"cutoff {self.cutoff.isoformat(timespec='seconds')}{dry}" if self.cutoff is not None
+               else f"no age rule (no --older-than / VP_PRUNE_OLDER_THAN): the partition budget only{dry}"]
         for job in self.jobs:
+            finished = f"job {job.job_id} ({job.status}, finished {job.finished_at.isoformat(timespec='seconds')}): "
+            if job.reason == "budget":
+                out.append(f"{finished}{verb} {job.variant_partitions} variant and {job.job_partitions} job "
+                           "partitions to keep the partition budget (its rows and files stay)")
+                continue
             out.append(
-                f"job {job.job_id} ({job.status}, finished {job.finished_at.isoformat(timespec='seconds')}): "
-                f"{verb} {job.variant_partitions} variant and {job.job_partitions} job partitions, "
+                f"{finished}{verb} {job.variant_partitions} variant and {job.job_partitions} job partitions, "
                 f"{job.files} files ({job.bytes} bytes)" + (", its rows" if job.rows_deleted else "")
             )
         for job_id in self.busy:
             out.append(f"job {job_id}: skipped, in use (a run, a claim or a retry holds it); the next prune takes it")
-        if self.outbox_cursor is None:
+        if self.budget is not None:
+            by_budget = sum(j.variant_partitions for j in self.jobs if j.reason == "budget")
+            out.append(f"partition budget {self.budget.budget}: {self.budget.live} live variant partitions; "
+                       f"{verb} {by_budget} to keep it (oldest finished jobs first)")
+            if self.budget.over:
+                out.append(f"partition budget: still {self.budget.over} over: every other live variant partition "
+                           "belongs to a job not finished or in use")
+        if self.cutoff is not None and self.outbox_cursor is None:
             out.append("outbox: the outbox sensor has no saved cursor yet; no events removed")
-        else:
+        elif self.cutoff is not None:
             out.append(f"outbox: {verb} {self.events} events older than the cutoff and behind the sensor's cursor")
         for path in self.orphans:
             out.append(f"orphan file {path}")
@@ -104,36 +136,74 @@ class PruneReport:
         return out
 
 
-def prune(engine: Engine, orchestrator: Orchestrator, assets_root: Path, older_than: timedelta, *,
-          rows: bool = False, dry_run: bool = False, orphan_min_age_s: float = 3600.0) -> PruneReport:
-    """Remove what jobs finished before ``now - older_than`` left behind; see the module docstring."""
+def prune(engine: Engine, orchestrator: Orchestrator, assets_root: Path, older_than: timedelta | None, *,
+          rows: bool = False, dry_run: bool = False, orphan_min_age_s: float = 3600.0,
+          partition_budget: int | None = None) -> PruneReport:
+    """Remove what jobs finished before ``now - older_than`` left behind (``None``: no age rule),
+    then keep the live variant partitions within ``partition_budget`` (``None``: no budget); see
+    the module docstring."""
+    if older_than is None and partition_budget is None:
+        raise ValueError("prune needs an age (older_than) or a partition budget")
     with engine.connect() as conn:
         now = conn.execute(sa.text("SELECT now()")).scalar_one()
-    report = PruneReport(cutoff=now - older_than, dry_run=dry_run, rows=rows)
+    report = PruneReport(cutoff=None if older_than is None else now - older_than, dry_run=dry_run, rows=rows)
+    if partition_budget is not None:
+        report.budget = BudgetReport(partition_budget, orchestrator.partition_count("variant"))
     root = Path(assets_root).resolve()
-    for candidate in _finished_jobs(engine, report.cutoff, rows):
-        _prune_job(engine, orchestrator, root, candidate, report)
-    _trim_outbox(engine, orchestrator, report)
-    _remove_orphans(engine, root, report, now - timedelta(seconds=orphan_min_age_s))
+    if report.cutoff is not None:
+        for candidate in _finished_jobs(engine, report.cutoff, rows):
+            _prune_job(engine, orchestrator, root, candidate, report, report.cutoff)
+    if report.budget is not None:
+        _keep_budget(engine, orchestrator, root, report, now)
+    if report.cutoff is not None:
+        _trim_outbox(engine, orchestrator, report)
+        _remove_orphans(engine, root, report, now - timedelta(seconds=orphan_min_age_s))
     return report
 
 
+def _keep_budget(engine: Engine, orchestrator: Orchestrator, root: Path, report: PruneReport, now: datetime) -> None:
+    """Remove the partitions of the jobs that finished longest ago until the live variant
+    partitions are within the budget (counting what the age rule removed, or would in a dry run)."""
+    assert report.budget is not None
+    over = report.budget.live - report.budget.budget - sum(j.variant_partitions for j in report.jobs)
+    seen = {j.job_id for j in report.jobs} | set(report.busy)
+    if over > 0:
+        for candidate in _partitioned_jobs(engine, now):
+            if candidate in seen:
+                continue
+            before = len(report.jobs)
+            _prune_job(engine, orchestrator, root, candidate, report, now, budget=True)
+            over -= sum(j.variant_partitions for j in report.jobs[before:])
+            if over <= 0:
+                break
+    report.budget.over = max(over, 0)
+
+
 def _finished_jobs(engine: Engine, cutoff: datetime, rows: bool) -> Iterator[str]:
-    """Jobs finished before the cutoff not pruned since they finished (with ``rows``: all of them),
-    oldest first, a page at a time (keyset, so a skipped job does not stall the walk)."""
+    """Jobs finished before the cutoff not pruned since they finished (with ``rows``: all of them)."""
+    return _oldest_finished(engine, cutoff, "(:rows OR pruned_at IS NULL OR pruned_at < finished_at)", {"rows": rows})
+
+
+def _partitioned_jobs(engine: Engine, now: datetime) -> Iterator[str]:
+    """Finished jobs whose partitions were not removed since they finished."""
+    return _oldest_finished(engine, now, "(partitions_removed_at IS NULL OR partitions_removed_at < finished_at)", {})
+
+
+def _oldest_finished(engine: Engine, cutoff: datetime, which: str, params: dict[str, object]) -> Iterator[str]:
+    """Jobs finished before ``cutoff`` that match ``which``, oldest first, a page at a time
+    (keyset, so a skipped job does not stall the walk)."""
     after: tuple[datetime, str] | None = None
     while True:
         with engine.connect() as conn:
             page = conn.execute(
                 sa.text(
-                    """SELECT finished_at, job_id::text FROM jobs
-                        WHERE finished_at < :cutoff
-                          AND (:rows OR pruned_at IS NULL OR pruned_at < finished_at)
-                          AND (CAST(:after_ts AS timestamptz) IS NULL
-                               OR (finished_at, job_id) > (CAST(:after_ts AS timestamptz), CAST(:after_id AS uuid)))
-                        ORDER BY finished_at, job_id LIMIT :limit"""
+                    f"""SELECT finished_at, job_id::text FROM jobs
+                         WHERE finished_at < :cutoff AND {which}
+                           AND (CAST(:after_ts AS timestamptz) IS NULL
+                                OR (finished_at, job_id) > (CAST(:after_ts AS timestamptz), CAST(:after_id AS uuid)))
+                         ORDER BY finished_at, job_id LIMIT :limit"""
                 ),
-                {"cutoff": cutoff, "rows": rows, "after_ts": after[0] if after else None,
+                {**params, "cutoff": cutoff, "after_ts": after[0] if after else None,
                  "after_id": after[1] if after else None, "limit": JOB_PAGE},
             ).all()
         for finished_at, job_id in page:
@@ -147,11 +217,13 @@ class _Busy(Exception):
     pass
 
 
-def _prune_job(engine: Engine, orchestrator: Orchestrator, root: Path, job_id: str, report: PruneReport) -> None:
+def _prune_job(engine: Engine, orchestrator: Orchestrator, root: Path, job_id: str, report: PruneReport,
+               cutoff: datetime, *, budget: bool = False) -> None:
+    """Prune one job in one transaction: with ``budget``, its partitions only."""
     with engine.connect() as conn:
         try:
             with conn.begin() as tx:
-                found = _lock_finished_job(conn, job_id, report.cutoff)
+                found = _lock_finished_job(conn, job_id, cutoff)
                 if found is None:
                     return  # reopened or gone since the page was read
                 status, finished_at, variant_keys = found
@@ -162,7 +234,7 @@ def _prune_job(engine: Engine, orchestrator: Orchestrator, root: Path, job_id: s
                     sa.text("SELECT path FROM image_assets WHERE job_id = CAST(:j AS uuid)"), {"j": job_id})]
                 variant_parts = orchestrator.existing_partitions("variant", variant_keys)
                 job_parts = orchestrator.existing_partitions("job", [job_id])
-                files = [f for f in (_stat(root, p) for p in paths) if f is not None]
+                files = [] if budget else [f for f in (_stat(root, p) for p in paths) if f is not None]
                 if report.dry_run:
                     tx.rollback()
                 else:
@@ -170,11 +242,13 @@ def _prune_job(engine: Engine, orchestrator: Orchestrator, root: Path, job_id: s
                     orchestrator.delete_partitions("job", job_parts)
                     for path, _size in files:
                         path.unlink(missing_ok=True)
-                    if report.rows:
+                    if report.rows and not budget:
                         conn.execute(sa.text("DELETE FROM jobs WHERE job_id = CAST(:j AS uuid)"), {"j": job_id})
                     else:
-                        conn.execute(sa.text("UPDATE jobs SET pruned_at = now() WHERE job_id = CAST(:j AS uuid)"),
-                                     {"j": job_id})
+                        conn.execute(sa.text(
+                            "UPDATE jobs SET partitions_removed_at = now()"
+                            + ("" if budget else ", pruned_at = now()") + " WHERE job_id = CAST(:j AS uuid)"),
+                            {"j": job_id})
         except _Busy:
             report.busy.append(job_id)
             return
@@ -184,7 +258,8 @@ def _prune_job(engine: Engine, orchestrator: Orchestrator, root: Path, job_id: s
                 return
             raise
     report.jobs.append(PrunedJob(job_id, status, finished_at, len(variant_parts), len(job_parts), len(files),
-                                 sum(size for _p, size in files), report.rows))
+                                 sum(size for _p, size in files), report.rows and not budget,
+                                 "budget" if budget else "age"))
 
 
 def _lock_finished_job(conn: Connection, job_id: str, cutoff: datetime) -> tuple[str, datetime, list[str]] | None:
