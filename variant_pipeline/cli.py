@@ -199,6 +199,7 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
 def _status(args: argparse.Namespace) -> int:
     from variant_pipeline.data.engine import get_engine
     from variant_pipeline.data.jobs import get_job_status
+    from variant_pipeline.data.results import retention_line
     from variant_pipeline.validation import parse_uuid
 
     job_id = parse_uuid(args.job_id, "job id")  # before connecting: a typo needs no database
@@ -217,11 +218,10 @@ def _status(args: argparse.Namespace) -> int:
           f"finished {_ts(job.finished_at)}  took {_took(job.started_at, job.finished_at)}")
     if job.error:
         print(f"  error: {job.error}")
-    if job.pruned_at:
-        print(f"  pruned {_ts(job.pruned_at)}: its Dagster partitions and images were removed (rows kept)")
-    elif job.partitions_removed_at:
-        print(f"  Dagster partitions removed {_ts(job.partitions_removed_at)} to keep the partition budget "
-              "(rows and images kept)")
+    pruned = retention_line(_ts(job.partitions_removed_at) if job.partitions_removed_at else None,
+                            _ts(job.pruned_at) if job.pruned_at else None)
+    if pruned:
+        print(f"  {pruned}")
     _print_attempts(attempts.get(str(job.job_id), []))
     for v in job.variants:
         line = (f"  variant {v.creation_order} {v.job_variants_id}  {v.step}/{v.status}  "
@@ -313,8 +313,9 @@ def _print_results(results) -> None:
           f"variants {len(results.variants)}/{results.expected_variants}")
     if results.error:
         print(f"  error: {results.error}")
-    if retention_line(results):
-        print(f"  {retention_line(results)}")
+    pruned = retention_line(results.partitions_removed_at, results.files_removed_at)
+    if pruned:
+        print(f"  {pruned}")
     for v in results.variants:
         print(f"  variant {v.creation_order} {v.job_variants_id}  {v.state} ({v.step}/{v.status})")
         if v.error:

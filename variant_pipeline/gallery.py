@@ -121,6 +121,7 @@ def html_gallery(results: JobResults, max_px: int = 640,
                  load: Callable[[str], Image.Image | str] = _load) -> str:
     """A self-contained HTML page (images embedded) of the job's results."""
     e = html.escape
+    pruned = retention_line(results.partitions_removed_at, results.files_removed_at)
     cards = []
     for v in results.variants:
         shown = load(v.image_path) if v.image_path else "no final image yet"
@@ -141,7 +142,7 @@ def html_gallery(results: JobResults, max_px: int = 640,
         f"<style>{_CSS}</style></head><body><h1>Job {e(results.job_id)}</h1>"
         f"<p>tenant {e(results.tenant_id)} · {e(results.state)} ({e(results.step)}/{e(results.status)})"
         f"{' · error: ' + e(results.error) if results.error else ''}</p>"
-        f"{'<p>' + e(retention_line(results)) + '</p>' if retention_line(results) else ''}"
+        f"{'<p>' + e(pruned) + '</p>' if pruned else ''}"
         f'<div class="variants">{"".join(cards)}</div><div class="copy">'
         f"<h2>Korean ad copy</h2><p>{e(_fmt(results.ad_copy_kor))}</p>"
         f"<h2>Instagram copy</h2><p>{e(_fmt(results.instagram_copy))}</p>"

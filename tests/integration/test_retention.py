@@ -387,11 +387,14 @@ def test_the_budget_removes_the_oldest_finished_jobs_partitions_only_and_never_a
     with pytest.raises(RetryError, match="partitions were removed at .* to keep the partition budget"):
         request_retry(engine, str(made["old_failed"].job_id))
 
-    # The age rule later removes such a job's files as for any other, and marks it pruned.
+    # The age rule later removes such a job's files as for any other, and marks it pruned
+    # (keeping the time the budget removed its partitions).
+    removed_by_budget = get_job_status(engine, made["old"].job_id).partitions_removed_at
     aged = prune(engine, DagsterOrchestrator(dagster_instance), store.root, timedelta(days=30), orphan_min_age_s=0)
     assert sorted((j.job_id, j.variant_partitions, j.files) for j in aged.jobs) == sorted(
         (str(made[n].job_id), 0, 3) for n in ("old_failed", "old"))
     assert _removed_and_pruned(engine, made["old"]) == (True, True)
+    assert get_job_status(engine, made["old"].job_id).partitions_removed_at == removed_by_budget
     assert not any(store.path_for(p).exists() for p in _files_of(engine, made["old"]))
 
 

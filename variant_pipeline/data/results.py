@@ -78,13 +78,14 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def retention_line(results: JobResults) -> str | None:
-    """What prune has removed of the job, in one line (None: nothing)."""
-    if results.files_removed_at:
-        return (f"pruned at {results.files_removed_at}: its Dagster partitions and images were removed "
-                "(rows kept)")
-    if results.partitions_removed_at:
-        return (f"Dagster partitions removed at {results.partitions_removed_at} to keep the partition budget "
+def retention_line(partitions_removed_at: str | None, files_removed_at: str | None) -> str | None:
+    """What prune has removed of a job, in one line (None: nothing), from when it removed the
+    job's partitions and its files, as the caller shows times; for ``status``, ``results`` and
+    the gallery alike."""
+    if files_removed_at:
+        return f"pruned at {files_removed_at}: its Dagster partitions and images were removed (rows kept)"
+    if partitions_removed_at:
+        return (f"Dagster partitions removed at {partitions_removed_at} to keep the partition budget "
                 "(rows and images kept; Dagster keeps its runs and history but lists its partitions no more)")
     return None
 

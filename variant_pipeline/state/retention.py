@@ -230,11 +230,11 @@ def _prune_job(engine: Engine, orchestrator: Orchestrator, root: Path, job_id: s
                 keys = [*variant_keys, job_id]
                 if orchestrator.partitions_in_flight(keys):
                     raise _Busy
-                paths = [p for (p,) in conn.execute(
+                paths = [] if budget else [p for (p,) in conn.execute(
                     sa.text("SELECT path FROM image_assets WHERE job_id = CAST(:j AS uuid)"), {"j": job_id})]
                 variant_parts = orchestrator.existing_partitions("variant", variant_keys)
                 job_parts = orchestrator.existing_partitions("job", [job_id])
-                files = [] if budget else [f for f in (_stat(root, p) for p in paths) if f is not None]
+                files = [f for f in (_stat(root, p) for p in paths) if f is not None]
                 if report.dry_run:
                     tx.rollback()
                 else:
@@ -245,10 +245,13 @@ def _prune_job(engine: Engine, orchestrator: Orchestrator, root: Path, job_id: s
                     if report.rows and not budget:
                         conn.execute(sa.text("DELETE FROM jobs WHERE job_id = CAST(:j AS uuid)"), {"j": job_id})
                     else:
+                        # The age rule keeps the time the budget removed the partitions, if it did.
                         conn.execute(sa.text(
-                            "UPDATE jobs SET partitions_removed_at = now()"
-                            + ("" if budget else ", pruned_at = now()") + " WHERE job_id = CAST(:j AS uuid)"),
-                            {"j": job_id})
+                            """UPDATE jobs SET pruned_at = CASE WHEN :budget THEN pruned_at ELSE now() END,
+                                      partitions_removed_at = CASE WHEN partitions_removed_at >= finished_at
+                                                                   THEN partitions_removed_at ELSE now() END
+                                WHERE job_id = CAST(:j AS uuid)"""),
+                            {"j": job_id, "budget": budget})
         except _Busy:
             report.busy.append(job_id)
             return
