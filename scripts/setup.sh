@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine: a virtual environment with the pinned package set,
 # and the system packages the pipeline needs (Tesseract OCR with Korean data, a Hangul font, an
-# emoji font).
+# emoji font, Prometheus, Chromium for the UI's test).
 # Re-running it is cheap: it only reinstalls when pyproject.toml or constraints.txt changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +29,8 @@ fi
 if ! (command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1); then
   need_system+=(prometheus)
 fi
+# Chromium, headless: the test of what the Dagster UI draws and the UI benchmark drive it.
+command -v chromium >/dev/null 2>&1 || need_system+=(chromium)
 if [ ${#need_system[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing system packages: ${need_system[*]}"
