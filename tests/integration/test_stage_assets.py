@@ -9,7 +9,12 @@ import sqlalchemy as sa
 from tests.fixtures.db import count_rows, create_job
 from tests.fixtures.pipeline import submit_sample
 from variant_pipeline.assets.dagster_internals import partition_loading_context
-from variant_pipeline.assets.partitions import JobVariantsPartitionMapping, job_partitions, variant_partitions
+from variant_pipeline.assets.partitions import (
+    FEW_KEYS,
+    JobVariantsPartitionMapping,
+    job_partitions,
+    variant_partitions,
+)
 from variant_pipeline.assets.stage_assets import JOB_ASSETS, VARIANT_ASSETS
 from variant_pipeline.data.engine import get_engine
 from variant_pipeline.data.jobs import get_job_status
@@ -164,6 +169,42 @@ def test_job_partition_depends_on_exactly_its_own_variants(pipeline_env, dagster
         job_partitions, dynamic_partitions_store=dagster_instance,
     )
     assert set(downstream.get_partition_keys()) == {str(second.job_id)}
+
+
+def test_the_mapping_answers_alike_for_few_and_many_keys_and_names_removed_partitions(
+    pipeline_env, dagster_instance
+) -> None:
+    """One job's variants are looked up key by key; more than FEW_KEYS variants by listing the
+    live keys once. Both give the same answer, and a variant whose partition is gone is named
+    as required but nonexistent."""
+    engine = get_engine(pipeline_env.app_url)
+    jobs = [create_job(engine, variants=3) for _ in range(FEW_KEYS // 3 + 2)]
+    variant_keys = [str(v) for job in jobs for v in job.variant_ids]
+    assert len(variant_keys) > FEW_KEYS
+    dagster_instance.add_dynamic_partitions(variant_partitions.name, variant_keys)
+    dagster_instance.add_dynamic_partitions(job_partitions.name, [str(j.job_id) for j in jobs])
+    removed = str(jobs[0].variant_ids[2])
+    dagster_instance.delete_dynamic_partition(variant_partitions.name, removed)
+    mapping = JobVariantsPartitionMapping()
+
+    def upstream(job_keys: list[str]):
+        return mapping.get_upstream_mapped_partitions_result_for_partitions(
+            job_partitions.subset_with_partition_keys(job_keys), job_partitions, variant_partitions,
+            dynamic_partitions_store=dagster_instance,
+        )
+
+    one = upstream([str(jobs[0].job_id)])
+    assert set(one.partitions_subset.get_partition_keys()) == {str(v) for v in jobs[0].variant_ids[:2]}
+    assert set(one.required_but_nonexistent_subset.get_partition_keys()) == {removed}
+    every = upstream([str(j.job_id) for j in jobs])
+    assert set(every.partitions_subset.get_partition_keys()) == set(variant_keys) - {removed}
+    assert set(every.required_but_nonexistent_subset.get_partition_keys()) == {removed}
+    dagster_instance.delete_dynamic_partition(job_partitions.name, str(jobs[1].job_id))
+    downstream = mapping.get_downstream_partitions_for_partitions(
+        variant_partitions.subset_with_partition_keys(variant_keys), variant_partitions, job_partitions,
+        dynamic_partitions_store=dagster_instance,
+    )
+    assert set(downstream.get_partition_keys()) == {str(j.job_id) for j in jobs} - {str(jobs[1].job_id)}
 
 
 @pytest.mark.parametrize("bad_key", ["not-a-uuid", "00000000-0000-0000-0000-000000000000"])
