@@ -521,11 +521,12 @@ def sample_keys(engine, template: Template) -> dict[str, str]:
 
 
 def measure_size(environment, instance, graph: Path, args, binary: str, keys: dict[str, str],
-                 screenshots: Path | None) -> dict[str, Any]:
+                 largest: bool) -> dict[str, Any]:
     """Every page, cold and warm, on ours and on bare Dagster side by side."""
     from browser_check import Chromium, save_png
 
     which = ["ours"] if args.no_bare else ["ours", "bare"]
+    screenshots = args.screenshots if largest else None
     servers = {}
     out: dict[str, Any] = {"keys": keys, "load_1m_before": os.getloadavg()[0]}
     try:
@@ -550,6 +551,10 @@ def measure_size(environment, instance, graph: Path, args, binary: str, keys: di
                     if screenshots is not None:
                         save_png(browsers[name].screenshot(),
                                  screenshots / f"{page.replace(' ', '-')}-{name}.png", 400 * 1024)
+            if args.profile and largest:
+                out["profile"] = {name: profile_page(servers[name], browsers[name], instance, args.profile, keys,
+                                                     args.timeout, environment.settings.home / f"profile-{name}.txt")
+                                  for name in which}
         finally:
             for browser in browsers.values():
                 browser.close()
@@ -558,6 +563,44 @@ def measure_size(environment, instance, graph: Path, args, binary: str, keys: di
             server.stop()
     out["load_1m_after"] = os.getloadavg()[0]
     return out
+
+
+def profile_page(server: WebServer, browser, instance, page: str, keys: dict[str, str], timeout_s: float,
+                 out: Path) -> dict[str, Any]:
+    """py-spy on a web server (and its code server) while ``page`` loads first-view and twice warm:
+    the share of busy samples in each of the heaviest frames."""
+    spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses", "--idle",
+                            "--format", "raw", "--rate", "100", "-o", str(out), "--pid", str(server.proc.pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2)
+    wipe_status_cache(instance)
+    times = [measure_page(browser, page, server.base, keys, timeout_s).get("s") for _ in range(3)]
+    spy.send_signal(signal.SIGINT)
+    spy.wait(timeout=120)
+    return {"page": page, "times_s": times, "raw": str(out), "heaviest": heaviest_frames(out)}
+
+
+_IDLE = ("wait (threading", "select (", "_recv", "recv (", "sleep", "poll (", "epoll", "accept (", "_worker (concurrent")
+
+
+def heaviest_frames(path: Path, top: int = 15) -> list[tuple[str, float]]:
+    """Frames of Dagster or ours by the share of busy samples whose stack holds them."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    busy = 0
+    if not path.exists():
+        return []
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = stack.split(";")
+        if any(idle in frames[-1] for idle in _IDLE):
+            continue
+        busy += int(count)
+        for frame in set(frames):
+            if "dagster" in frame or "variant_pipeline" in frame or "sqlalchemy" in frame:
+                inclusive[frame] += int(count)
+    return [(frame, round(n / busy, 3)) for frame, n in inclusive.most_common(top)] if busy else []
 
 
 # --- Main ----------------------------------------------------------------------------------------
@@ -572,6 +615,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds a page may take before it counts as not drawn")
     p.add_argument("--screenshots", type=Path, help="save each page at the largest size here")
     p.add_argument("--no-bare", action="store_true", help="measure only ours")
+    p.add_argument("--profile", choices=PAGE_NAMES, help="at the largest size, py-spy each web server on this page")
     p.add_argument("--serve", action="store_true",
                    help="after the first size, serve both UIs until interrupted (to look at them)")
     p.add_argument("--json", type=Path, help="write the figures here")
@@ -629,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
                     return 0
                 keys = sample_keys(engine, template)
                 entry["pages"] = measure_size(environment, instance, graph, args, binary, keys,
-                                              args.screenshots if size == sizes[-1] else None)
+                                              largest=size == sizes[-1])
                 if args.json:
                     args.json.write_text(json.dumps(figures, indent=2, default=str))
     finally:
