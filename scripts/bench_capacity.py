@@ -19,13 +19,15 @@ In a throw-away home (its own embedded PostgreSQL, schema, Dagster instance):
    ``--profile`` records the daemon and its code server with py-spy meanwhile and prints the
    functions where the time went.
 4. ``variant-pipeline status`` (and ``results`` when the CLI has it) on one job, wall time.
-5. With ``--ui``, the Dagster UI in headless Chromium (scripts/browser_check.py's driver): load
-   time of a partitioned asset's pages, until the page shows what it should.
-6. ``variant-pipeline prune --dry-run`` over the filled home, wall time.
-7. ``variant-pipeline metrics`` scrapes, timed in process, with the burst's runs queued.
+5. ``variant-pipeline prune --dry-run`` over the filled home, wall time.
+6. ``variant-pipeline metrics`` scrapes, timed in process, with the burst's runs queued.
+
+The Dagster UI at these sizes is measured by scripts/bench_ui.py (pages as a person sees them,
+beside bare Dagster, over a real deployment's history); ``--home`` of a home it filled measures
+the figures here with that history in place.
 
     .venv/bin/python scripts/bench_capacity.py --variants 0 --events 0 --burst-jobs 100   # burst only
-    .venv/bin/python scripts/bench_capacity.py --variants 100000 --events 1000000 --ui --json cap.json
+    .venv/bin/python scripts/bench_capacity.py --variants 100000 --events 1000000 --json cap.json
 """
 
 from __future__ import annotations
@@ -239,7 +241,9 @@ def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 0.2) -> f
 def burst_runs(instance, keys: set[str]) -> list:
     import dagster as dg
 
-    records = instance.get_run_records(dg.RunsFilter(tags={"variant_pipeline/launched_by": "outbox_sensor"}))
+    # Asked by the burst's partitions: a home with a history holds 100,000s of runs the sensor launched.
+    records = instance.get_run_records(dg.RunsFilter(tags={"variant_pipeline/launched_by": "outbox_sensor",
+                                                           "dagster/partition": sorted(keys)}))
     return [r for r in records if r.dagster_run.tags.get("dagster/partition") in keys]
 
 
@@ -384,51 +388,6 @@ def has_command(name: str) -> bool:
     return True
 
 
-UI_PAGES = {
-    "asset overview (img_gen)": ("/assets/img_gen", "img_gen"),
-    "asset partitions (img_gen)": ("/assets/img_gen?view=partitions", "Partitions"),
-    "asset graph": ("/asset-groups", "img_gen"),
-    "runs": ("/runs", "Runs"),
-}
-
-
-def ui_load_times(environment, port: int) -> dict[str, Any]:
-    from browser_check import Chromium, dismiss_dialogs
-
-    from variant_pipeline.services import start_services
-
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    if binary is None:
-        return {"error": "chromium not installed (apt-get install -y chromium)"}
-    t0 = time.perf_counter()
-    services = start_services(environment, webserver_port=port, log=log)
-    out: dict[str, Any] = {"webserver_start_s": time.perf_counter() - t0, "pages": {}}
-    browser = Chromium(binary, 1400, 900)
-    try:
-        for name, (path, marker) in UI_PAGES.items():
-            for attempt in ("cold", "warm"):
-                browser.navigate("about:blank")
-                t0 = time.monotonic()
-                browser.navigate(f"http://127.0.0.1:{port}{path}")
-                loaded = None
-                while time.monotonic() - t0 < 300:
-                    dismiss_dialogs(browser)
-                    ready = browser.evaluate(
-                        "(() => { const t = document.body ? document.body.innerText : '';"
-                        " const spinning = document.querySelectorAll('.bp5-spinner, [role=progressbar]').length;"
-                        f" return t.includes({json.dumps(marker)}) && spinning === 0; }})()")
-                    if ready:
-                        loaded = time.monotonic() - t0
-                        break
-                    time.sleep(0.1)
-                out["pages"][f"{name} {attempt}"] = loaded
-                log(f"ui: {name} ({attempt}): {'not ready after 300 s' if loaded is None else f'{loaded:.1f} s'}")
-    finally:
-        browser.close()
-        services.stop()
-    return out
-
-
 # --- Main ----------------------------------------------------------------------------------------
 
 
@@ -470,8 +429,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-pool", action="store_true",
                    help="Dagster's stock PostgreSQL storage (a connection per query) instead of the pooled one")
     p.add_argument("--profile", type=Path, help="py-spy the daemon during the burst into this file (raw stacks)")
-    p.add_argument("--ui", action="store_true", help="measure the Dagster UI in headless Chromium")
-    p.add_argument("--port", type=int, default=3247, help="web server port for --ui")
     p.add_argument("--models", type=Path, help="an existing tiny model bundle (default: build one in the home)")
     p.add_argument("--home", type=Path, help="the home to fill (default: a temporary one, removed afterwards)")
     p.add_argument("--filled", action="store_true", help="--home was filled by an earlier run: measure only")
@@ -543,8 +500,6 @@ def main(argv: list[str] | None = None) -> int:
         figures["commands"] = [timed_cli(c, environment.env) for c in commands]
         for c in figures["commands"]:
             log(f"{c['command'][:60]}: {c['s']:.2f} s (rc {c['rc']})")
-        if args.ui:
-            figures["ui"] = ui_load_times(environment, args.port)
     finally:
         dispose_engines()
         stop_embedded_server(home / "pgdata")
