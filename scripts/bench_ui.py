@@ -290,6 +290,21 @@ def grow(engine, instance, template: Template, target: int, batch_jobs: int = 50
     return figures
 
 
+def keep_budget(environment, instance, budget: int) -> dict[str, Any]:
+    """``variant-pipeline prune --budget N`` on the filled home, as the prune schedule runs it."""
+    from variant_pipeline.assets.partitions import variant_partitions
+
+    before = len(instance.get_dynamic_partitions(variant_partitions.name))
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "variant_pipeline.cli", "prune", "--budget", str(budget)],
+                          env=environment.env, cwd=REPO, capture_output=True, text=True)
+    figures = {"budget": budget, "live_before": before, "prune_s": round(time.perf_counter() - started, 1),
+               "rc": proc.returncode, "report": (proc.stdout + proc.stderr).strip().splitlines()[-3:],
+               "live_after": len(instance.get_dynamic_partitions(variant_partitions.name))}
+    log(f"prune --budget {budget}: {figures}")
+    return figures
+
+
 def read_back(instance) -> dict[str, int]:
     """What Dagster's own APIs read from the history: it is a history Dagster understands."""
     import dagster as dg
@@ -508,13 +523,16 @@ PAGE_NAMES = ["lineage", "asset overview", "asset partitions", "materialize dial
 
 
 def sample_keys(engine, template: Template) -> dict[str, str]:
-    """A variant and its job from the middle of the history (not the template job)."""
+    """A variant and its job from the middle of the live ones (not the template job)."""
     import sqlalchemy as sa
 
     with engine.connect() as conn:
         total = conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one()
-        job = conn.execute(sa.text("SELECT job_id::text FROM jobs WHERE job_id <> :t ORDER BY job_id "
-                                   "OFFSET :o LIMIT 1"), {"t": template.job_id, "o": total // 2}).scalar_one()
+        live = conn.execute(sa.text("SELECT count(*) FROM jobs WHERE partitions_removed_at IS NULL "
+                                    "AND pruned_at IS NULL")).scalar_one()
+        job = conn.execute(sa.text("SELECT job_id::text FROM jobs WHERE job_id <> :t AND partitions_removed_at IS NULL "
+                                   "AND pruned_at IS NULL ORDER BY job_id OFFSET :o LIMIT 1"),
+                           {"t": template.job_id, "o": min(total, live) // 2}).scalar_one()
         variant = conn.execute(sa.text("SELECT job_variants_id::text FROM jobs_variants WHERE job_id = :j "
                                        "ORDER BY creation_order LIMIT 1"), {"j": job}).scalar_one()
     return {"job": job, "variant": variant}
@@ -615,6 +633,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds a page may take before it counts as not drawn")
     p.add_argument("--screenshots", type=Path, help="save each page at the largest size here")
     p.add_argument("--no-bare", action="store_true", help="measure only ours")
+    p.add_argument("--budget", type=int, help="after the sizes, prune to this partition budget and measure again")
     p.add_argument("--profile", choices=PAGE_NAMES, help="at the largest size, py-spy each web server on this page")
     p.add_argument("--serve", action="store_true",
                    help="after the first size, serve both UIs until interrupted (to look at them)")
@@ -674,6 +693,13 @@ def main(argv: list[str] | None = None) -> int:
                 keys = sample_keys(engine, template)
                 entry["pages"] = measure_size(environment, instance, graph, args, binary, keys,
                                               largest=size == sizes[-1])
+                if args.json:
+                    args.json.write_text(json.dumps(figures, indent=2, default=str))
+            if args.budget is not None:
+                figures["budget"] = keep_budget(environment, instance, args.budget)
+                keys = sample_keys(engine, template)
+                figures["budget"]["pages"] = measure_size(environment, instance, graph, args, binary, keys,
+                                                          largest=False)
                 if args.json:
                     args.json.write_text(json.dumps(figures, indent=2, default=str))
     finally:
