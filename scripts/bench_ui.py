@@ -116,7 +116,7 @@ def capture_template(instance, engine, job_id: str) -> Template:
     """The latest successful run of each of the job's partitions, and its history events."""
     import dagster as dg
     import sqlalchemy as sa
-    from dagster._serdes import serialize_value
+    from dagster import serialize_value
 
     with engine.connect() as conn:
         variants = [r[0] for r in conn.execute(sa.text(
@@ -169,13 +169,15 @@ def write_history(instance, template: Template, jobs: list[tuple[str, list[str]]
     """The runs and events the pipeline would have left for ``jobs`` (job id, variant ids), one job
     every ``spacing_s`` seconds from ``first_ts``: rows built as Dagster's storage builds them,
     inserted in bulk."""
-    from dagster._core.events import DagsterEventType
-    from dagster._core.storage.event_log.schema import (
+    from dagster import DagsterEventType
+
+    from variant_pipeline.assets.dagster_internals import (
         AssetCheckExecutionsTable,
         AssetEventTagsTable,
+        RunsTable,
+        RunTagsTable,
         SqlEventLogStorageTable,
     )
-    from dagster._core.storage.runs.schema import RunsTable, RunTagsTable
 
     events_storage = instance.event_log_storage
     run_storage = instance.run_storage
@@ -238,7 +240,7 @@ def write_history(instance, template: Template, jobs: list[tuple[str, list[str]]
         if check_rows:
             conn.execute(AssetCheckExecutionsTable.insert(), check_rows)
         # The asset table keeps each asset's latest materialization: Dagster's own update, once.
-        from dagster._serdes import deserialize_value
+        from dagster import deserialize_value
 
         for _row, event_id, new_row in last_event_per_asset.values():
             events_storage._store_asset_event(conn, deserialize_value(new_row["event"]), event_id)

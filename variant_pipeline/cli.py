@@ -376,12 +376,12 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     prune = sub.add_parser(
         "prune", help="remove what jobs finished long ago leave behind, and keep the partition budget",
         description="With --older-than DURATION, for jobs finished (done or failed) before now - DURATION: "
-        "delete their dynamic partitions in Dagster (their runs and materialization history stay in "
-        "Dagster), their asset files, and with --rows their rows; also delete outbox events older than "
+        "delete their dynamic partitions in Dagster and the Dagster runs of those partitions (with their "
+        "event records), their asset files, and with --rows their rows; also delete outbox events older than "
         "the cutoff that the outbox sensor has read, and orphan files no row names (older than the "
         "cutoff and VP_ORPHAN_MIN_AGE_S). Then, while more variant partitions than the partition budget "
-        "(--budget, else VP_PARTITION_BUDGET, default 100000) are live, delete the Dagster partitions "
-        "(only those: rows and files stay) of the jobs that finished longest ago. Never touches a queued "
+        "(--budget, else VP_PARTITION_BUDGET, default 10000) are live, delete the Dagster partitions "
+        "and runs (our rows and files stay) of the jobs that finished longest ago. Never touches a queued "
         "or running job; running it again is harmless.",
     )
     prune.add_argument("--older-than", metavar="DURATION", help="e.g. 30d, 12h, 1d12h (units s, m, h, d, w)")

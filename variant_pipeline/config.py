@@ -28,9 +28,11 @@ DEFAULT_FORBIDDEN_CLASSES: tuple[str, ...] = (
     "orange", "broccoli", "carrot", "bowl", "cup", "wine glass", "bottle",
 )
 
-# Live variant partitions the prune schedule keeps in Dagster: the most per asset that Dagster's
-# maintainers advise (they raised it to 100,000 in 2025: "a little slower, but manageable").
-DEFAULT_PARTITION_BUDGET = 100_000
+# Live variant partitions the prune schedule keeps in Dagster. Dagster rebuilds an asset's partition
+# status whenever a partition is added, so in a running deployment most page views pay for it: at
+# 10,000 every page measured drew within 10 s on two cores, at 50,000 the lineage took 26 s
+# (docs/capacity.md, scripts/bench_ui.py).
+DEFAULT_PARTITION_BUDGET = 10_000
 
 
 class SettingsError(ValueError):

@@ -50,8 +50,9 @@ def _free_port() -> int:
 def materializing_home(tmp_path: Path):
     """A Dagster home in which stage_a is materialized and stage_b is materializing: a run is going."""
     import dagster as dg
-    from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent, DagsterEventType
-    from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+    from dagster import DagsterEvent, DagsterEventType, DagsterRun, DagsterRunStatus
+
+    from variant_pipeline.assets.dagster_internals import AssetMaterializationPlannedData
 
     home = tmp_path / "dagster"
     home.mkdir()

@@ -92,7 +92,7 @@ def test_each_check_fails_once_with_what_to_do(deployment, pg_admin_url, monkeyp
 def test_live_partitions_over_the_budget_fail_their_check(deployment, monkeypatch) -> None:
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions("job_variants", ["a", "b", "c"])
-    assert "3 live variant partitions, within the budget of 100000" in _checks()["dagster partitions"].detail
+    assert "3 live variant partitions, within the budget of 10000" in _checks()["dagster partitions"].detail
     monkeypatch.setenv("VP_PARTITION_BUDGET", "2")
     assert "3 live variant partitions, 1 over the budget of 2: run `variant-pipeline prune`" in _failing(
         "dagster partitions")

@@ -315,7 +315,7 @@ def test_the_daily_schedule_exists_only_when_set_and_its_run_prunes(jobs, dagste
     assert retention_schedules() == []  # neither an age nor a budget: off
     monkeypatch.delenv("VP_PARTITION_BUDGET")
     [schedule] = retention_schedules()  # the partition budget is on by default, and so the schedule
-    assert load_settings().partition_budget == 100_000
+    assert load_settings().partition_budget == 10_000
     monkeypatch.setenv("VP_PRUNE_OLDER_THAN", "30d")
     [schedule] = retention_schedules()
     assert (schedule.name, schedule.cron_schedule) == ("prune_schedule", "0 3 * * *")
@@ -333,6 +333,23 @@ def test_the_daily_schedule_exists_only_when_set_and_its_run_prunes(jobs, dagste
 # --- The partition budget -----------------------------------------------------------------------
 
 
+def _add_runs(instance, job) -> dict[str, str]:
+    """A finished Dagster run, with an event, for each of the job's partitions: partition -> run id."""
+    import uuid
+
+    runs = {}
+    for key in [*_keys(job), str(job.job_id)]:
+        run = instance.add_run(dg.DagsterRun(job_name="variant_pipeline", run_id=str(uuid.uuid4()),
+                                          status=dg.DagsterRunStatus.SUCCESS, tags={"dagster/partition": key}))
+        instance.report_engine_event("stage done", run)
+        runs[key] = run.run_id
+    return runs
+
+
+def _runs_of(instance, job) -> list[str]:
+    return list(instance.get_run_ids(dg.RunsFilter(tags={"dagster/partition": [*_keys(job), str(job.job_id)]})))
+
+
 def _removed_and_pruned(engine, job) -> tuple[bool, bool]:
     status = get_job_status(engine, job.job_id)
     return status.partitions_removed_at is not None, status.pruned_at is not None
@@ -348,11 +365,14 @@ def test_the_budget_removes_the_oldest_finished_jobs_partitions_only_and_never_a
     before = _partitions(dagster_instance)
     assert len(before[0]) == 8  # 4 jobs of 2 variants
 
+    runs = {name: _add_runs(dagster_instance, job) for name, job in made.items()}
+
     dry = prune(engine, orchestrator, store.root, None, dry_run=True, partition_budget=6)
-    assert [(j.job_id, j.reason, j.variant_partitions, j.job_partitions, j.files) for j in dry.jobs] == [
-        (str(made["old_failed"].job_id), "budget", 2, 1, 0)]
+    assert [(j.job_id, j.reason, j.variant_partitions, j.job_partitions, j.files, j.runs) for j in dry.jobs] == [
+        (str(made["old_failed"].job_id), "budget", 2, 1, 0, 3)]
     lines = "\n".join(dry.lines())
-    assert "would remove 2 variant and 1 job partitions to keep the partition budget" in lines
+    assert "would remove 2 variant and 1 job partitions and 3 Dagster runs to keep the partition budget" in lines
+    assert len(_runs_of(dagster_instance, made["old_failed"])) == 3
     assert "partition budget 6: 8 live variant partitions; would remove 2" in lines
     assert _partitions(dagster_instance) == before  # a dry run changes nothing
     assert _removed_and_pruned(engine, made["old_failed"]) == (False, False)
@@ -364,9 +384,15 @@ def test_the_budget_removes_the_oldest_finished_jobs_partitions_only_and_never_a
     assert variants == _keys(made["recent"]) | _keys(made["running"])
     assert job_keys == {str(made[n].job_id) for n in ("recent", "running")}
     for name in ("old_failed", "old"):
-        # Only the partitions: rows and files stay, and the job is marked as such (not pruned).
+        # What Dagster keeps goes: the partitions, and their runs with their event records.
+        assert _runs_of(dagster_instance, made[name]) == []
+        assert all(dagster_instance.all_logs(run_id) == [] for run_id in runs[name].values())
+        # Our rows and files stay, and the job is marked as such (not pruned).
         assert _removed_and_pruned(engine, made[name]) == (True, False)
         assert all(store.path_for(p).exists() for p in _files_of(engine, made[name]))
+    for name in ("recent", "running"):
+        assert sorted(_runs_of(dagster_instance, made[name])) == sorted(runs[name].values())
+        assert all(dagster_instance.all_logs(run_id) for run_id in runs[name].values())
 
     # Asked to go down to 1, it removes the finished job's partitions but never the running one's.
     tight = prune(engine, DagsterOrchestrator(dagster_instance), store.root, None, partition_budget=1)

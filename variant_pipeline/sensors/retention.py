@@ -59,6 +59,13 @@ class DagsterOrchestrator:
             self.instance.delete_dynamic_partition(name, key)
             known.discard(key)
 
+    def runs_of(self, keys: Sequence[str]) -> list[str]:
+        return list(self.instance.get_run_ids(dg.RunsFilter(tags={"dagster/partition": list(keys)})))
+
+    def delete_runs(self, run_ids: Sequence[str]) -> None:
+        for run_id in run_ids:  # the run, its tags and its event records
+            self.instance.delete_run(run_id)
+
     def partitions_in_flight(self, keys: Sequence[str]) -> set[str]:
         now = time.monotonic()
         if self._in_flight is None or now - self._in_flight[0] > self._runs_max_age_s:

@@ -3,8 +3,10 @@
 ``prune`` (``variant-pipeline prune --older-than DURATION``, and the optional daily schedule)
 removes, for every job finished (done or failed) before the cutoff:
 
-- its dynamic partitions in Dagster (the job's and its variants'); Dagster keeps their runs and
-  materialization history (OSS storage cannot wipe a partition's history);
+- its dynamic partitions in Dagster (the job's and its variants') and the Dagster runs of those
+  partitions, with their event records (materializations, check evaluations, logs): Dagster
+  rebuilds an asset's partition status from every run's events each time a partition is added,
+  so history kept for partitions that are gone made every page slower with age;
 - its asset files (product photo, generated, mask, planner, overlay images);
 - with ``rows=True``, its rows: the job row, and through its foreign keys (ON DELETE CASCADE)
   its inputs, variants, image rows, stage outputs, traces and attempts.
@@ -13,11 +15,11 @@ It also removes outbox events older than the cutoff that the outbox sensor's sav
 passed (in batches), and orphan files: files under the asset root that no ``image_assets`` row
 names (an image of an attempt that was superseded or timed out, an image a re-run replaced).
 
-The partition budget (``partition_budget``, ``VP_PARTITION_BUDGET``): Dagster's UI and its
-partition mappings slow down as an asset's partitions grow, and Dagster advises at most 100,000
-per asset. When more variant partitions than the budget are live after the age rule, prune
-removes the Dagster partitions (only those: rows and files stay, and so do Dagster's runs and
-history) of the jobs that finished longest ago until the count is within it, by the same
+The partition budget (``partition_budget``, ``VP_PARTITION_BUDGET``): Dagster's UI slows down
+as an asset's partitions and their history grow (docs/capacity.md measures by how much). When
+more variant partitions than the budget are live after the age rule, prune removes what Dagster
+keeps of the jobs that finished longest ago (their partitions and runs; our rows and files stay)
+until the count is within it, by the same
 per-job transaction as the age rule, so a job with work in flight is never touched. ``status``,
 ``results`` and the gallery go on answering for such a job from its rows and say so; a later
 age-rule prune removes its files as for any other job.
@@ -59,6 +61,8 @@ class Orchestrator(Protocol):
     def existing_partitions(self, level: str, keys: Sequence[str]) -> list[str]: ...
     def partition_count(self, level: str) -> int: ...
     def delete_partitions(self, level: str, keys: Sequence[str]) -> None: ...
+    def runs_of(self, keys: Sequence[str]) -> list[str]: ...
+    def delete_runs(self, run_ids: Sequence[str]) -> None: ...
     def partitions_in_flight(self, keys: Sequence[str]) -> set[str]: ...
     def outbox_cursor(self) -> str | None: ...
 
@@ -74,6 +78,7 @@ class PrunedJob:
     bytes: int
     rows_deleted: bool
     reason: str = "age"  # "age": finished before the cutoff; "budget": to keep the partition budget
+    runs: int = 0  # Dagster runs of its partitions removed, with their event records
 
 
 @dataclass
@@ -105,11 +110,13 @@ class PruneReport:
             finished = f"job {job.job_id} ({job.status}, finished {job.finished_at.isoformat(timespec='seconds')}): "
             if job.reason == "budget":
                 out.append(f"{finished}{verb} {job.variant_partitions} variant and {job.job_partitions} job "
-                           "partitions to keep the partition budget (its rows and files stay)")
+                           f"partitions and {job.runs} Dagster runs to keep the partition budget "
+                           "(its rows and files stay)")
                 continue
             out.append(
                 f"{finished}{verb} {job.variant_partitions} variant and {job.job_partitions} job partitions, "
-                f"{job.files} files ({job.bytes} bytes)" + (", its rows" if job.rows_deleted else "")
+                f"{job.runs} Dagster runs, {job.files} files ({job.bytes} bytes)"
+                + (", its rows" if job.rows_deleted else "")
             )
         for job_id in self.busy:
             out.append(f"job {job_id}: skipped, in use (a run, a claim or a retry holds it); the next prune takes it")
@@ -130,7 +137,7 @@ class PruneReport:
         out.append(
             f"total: {verb} {len(self.jobs)} jobs' partitions "
             f"({sum(j.variant_partitions for j in self.jobs)} variant, {sum(j.job_partitions for j in self.jobs)} job), "
-            f"{files} job files, {len(self.orphans)} orphan files ({self.orphan_bytes} bytes), "
+            f"{sum(j.runs for j in self.jobs)} Dagster runs, {files} job files, {len(self.orphans)} orphan files ({self.orphan_bytes} bytes), "
             f"{sum(1 for j in self.jobs if j.rows_deleted)} jobs' rows, {self.events} events"
         )
         return out
@@ -234,12 +241,17 @@ def _prune_job(engine: Engine, orchestrator: Orchestrator, root: Path, job_id: s
                     sa.text("SELECT path FROM image_assets WHERE job_id = CAST(:j AS uuid)"), {"j": job_id})]
                 variant_parts = orchestrator.existing_partitions("variant", variant_keys)
                 job_parts = orchestrator.existing_partitions("job", [job_id])
+                # The job's runs go with its partitions: Dagster rebuilds an asset's partition
+                # status from every run's events whenever a partition is added, so runs kept for
+                # partitions that are gone would keep every page's cost growing with age.
+                runs = orchestrator.runs_of(keys)
                 files = [f for f in (_stat(root, p) for p in paths) if f is not None]
                 if report.dry_run:
                     tx.rollback()
                 else:
                     orchestrator.delete_partitions("variant", variant_parts)
                     orchestrator.delete_partitions("job", job_parts)
+                    orchestrator.delete_runs(runs)
                     for path, _size in files:
                         path.unlink(missing_ok=True)
                     if report.rows and not budget:
@@ -262,7 +274,7 @@ def _prune_job(engine: Engine, orchestrator: Orchestrator, root: Path, job_id: s
             raise
     report.jobs.append(PrunedJob(job_id, status, finished_at, len(variant_parts), len(job_parts), len(files),
                                  sum(size for _p, size in files), report.rows and not budget,
-                                 "budget" if budget else "age"))
+                                 "budget" if budget else "age", len(runs)))
 
 
 def _lock_finished_job(conn: Connection, job_id: str, cutoff: datetime) -> tuple[str, datetime, list[str]] | None:
