@@ -449,13 +449,17 @@ READY = {
 
 def wait_ready(browser, js: str, timeout_s: float, since: float | None = None) -> float | None:
     """Seconds from ``since`` (default now) until ``js`` is true; None if not within the timeout."""
-    from browser_check import dismiss_dialogs
+    from browser_check import CheckFailed, dismiss_dialogs
 
     since = time.monotonic() if since is None else since
+    guarded = f"(() => {{ try {{ return !!({js}); }} catch (e) {{ return false; }} }})()"  # no body mid-navigation
     while time.monotonic() - since < timeout_s:
-        dismiss_dialogs(browser)
-        if browser.evaluate(js):
-            return time.monotonic() - since
+        try:
+            dismiss_dialogs(browser)
+            if browser.evaluate(guarded):
+                return time.monotonic() - since
+        except CheckFailed:  # the page's context went away under the script: a navigation
+            pass
         time.sleep(0.05)
     return None
 
@@ -486,7 +490,6 @@ def materialize_dialog(browser, base: str, variant: str, timeout_s: float) -> di
     figures["selected"] = wait_ready(browser, READY["selected"], timeout_s)
     waits = [figures[k] for k in ("dialog", "found", "selected")]
     figures["s"] = None if None in waits else sum(w for w in waits if w is not None)
-    browser.press("Escape", "Escape", 27)
     return figures
 
 
@@ -503,7 +506,6 @@ def gallery(browser, base: str, job: str, timeout_s: float) -> dict[str, float |
                   "e => e.innerText.trim() === '[Show Markdown]'); })()")
     figures["opened"] = wait_ready(browser, READY["gallery"], timeout_s)
     figures["s"] = None if figures["opened"] is None else figures["row"] + figures["opened"]
-    browser.press("Escape", "Escape", 27)
     return figures
 
 
@@ -531,9 +533,9 @@ def sample_keys(engine, template: Template) -> dict[str, str]:
     with engine.connect() as conn:
         total = conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one()
         live = conn.execute(sa.text("SELECT count(*) FROM jobs WHERE partitions_removed_at IS NULL "
-                                    "AND pruned_at IS NULL")).scalar_one()
+                                    "AND pruned_at IS NULL AND status = 'done'")).scalar_one()
         job = conn.execute(sa.text("SELECT job_id::text FROM jobs WHERE job_id <> :t AND partitions_removed_at IS NULL "
-                                   "AND pruned_at IS NULL ORDER BY job_id OFFSET :o LIMIT 1"),
+                                   "AND pruned_at IS NULL AND status = 'done' ORDER BY job_id OFFSET :o LIMIT 1"),
                            {"t": template.job_id, "o": min(total, live) // 2}).scalar_one()
         variant = conn.execute(sa.text("SELECT job_variants_id::text FROM jobs_variants WHERE job_id = :j "
                                        "ORDER BY creation_order LIMIT 1"), {"j": job}).scalar_one()
