@@ -221,6 +221,11 @@ class Soak:
         self.producer_jobs: dict[int, tuple[str, int, int]] = {}  # action id -> (job id, first, expected)
         self.expectations: dict[str, str] = {}  # planted variant -> bad | good
         self.bad_paths: set[str] = set()
+        # Every partition run seen so far, by run id: prune deletes the Dagster runs of the jobs it
+        # removes, and the checks need the runs of those jobs too (who launched a round, which
+        # runs were going at a fault).
+        self.seen_runs: dict[str, RunSpan] = {}
+        self.seen_run_infos: dict[str, checks.RunInfo] = {}
         self.services: list[Any] = []  # every Services started (daemons, web server)
         self.daemon = None  # the current primary daemon's Popen
         self.daemon_exits: list[dict[str, Any]] = []  # times the daemon exited by itself (supervisor_loop)
@@ -1056,6 +1061,16 @@ class Soak:
 
     # --- checks ---
 
+    def remember_runs(self) -> None:
+        import dagster as dg
+
+        with dg.DagsterInstance.get() as instance:
+            spans = run_spans(instance)
+            infos = checks.run_infos(instance, [span.run_id for span in spans])
+        with self.lock:
+            self.seen_runs.update({span.run_id: span for span in spans})
+            self.seen_run_infos.update(infos)
+
     def always_checks(self, source: str) -> list[str]:
         import dagster as dg
 
@@ -1065,7 +1080,7 @@ class Soak:
             conn = raw.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 attempts = checks.load_attempts(conn)
-                runs = checks.run_infos(instance, [a.run_id for a in attempts if a.run_id])
+                runs = {**self.seen_run_infos, **checks.run_infos(instance, [a.run_id for a in attempts if a.run_id])}
                 found += checks.round_violations(attempts, runs)
                 found += checks.check_images(conn, settings.assets_dir, self.bad_paths,
                                              recheck=checks.still_named_unpruned(self.engine.connect),
@@ -1093,6 +1108,7 @@ class Soak:
             if any(f.get("end") is None for f in self.faults.values() if f["kind"] == "pg_restart"):
                 continue
             try:
+                self.remember_runs()
                 found = self.always_checks("always")
                 for message in found:
                     self.violation("always", message)
@@ -1250,7 +1266,8 @@ class Soak:
             attempts, terminal = attempt_times(conn)
             failed = failure_times(conn)
         with dg.DagsterInstance.get() as instance:
-            self.runs = run_spans(instance)
+            current = {span.run_id: span for span in run_spans(instance)}
+        self.runs = list({**self.seen_runs, **current}.values())
         for fault in self.faults.values():
             fault.pop("in_flight", None)
         moving_again(list(self.faults.values()), attempts, terminal, self.runs, failed)

@@ -47,11 +47,16 @@ def test_prune_while_the_daemon_runs_new_jobs_loses_no_event_and_stops_no_run(pi
         new = [submit_sample(env.app_url, variants=1) for _ in range(2)]
         prunes = 0
         deadline = time.monotonic() + 900
-        while not all(_finished(engine, job.job_id) for job in new):
-            assert time.monotonic() < deadline, "the new jobs did not finish"
-            assert main(["prune", "--older-than", "1s"]) == 0
-            prunes += 1
-            time.sleep(0.5)
+        # prune deletes the Dagster runs of the jobs it prunes (a new job finished while the other
+        # still runs is pruned too): every run is noted before each prune, to count them all.
+        seen: dict[str, str | None] = {}
+        with dg.DagsterInstance.get() as instance:
+            while not all(_finished(engine, job.job_id) for job in new):
+                assert time.monotonic() < deadline, "the new jobs did not finish"
+                seen.update({r.run_id: r.tags.get("dagster/partition") for r in instance.get_runs()})
+                assert main(["prune", "--older-than", "1s"]) == 0
+                prunes += 1
+                time.sleep(0.5)
         assert wait_for_runs_to_settle(timeout_s=120) == 0
         output = capsys.readouterr().out
         # Everything read: the sensor's cursor is past every event still in the outbox.
@@ -69,12 +74,15 @@ def test_prune_while_the_daemon_runs_new_jobs_loses_no_event_and_stops_no_run(pi
     daemon_log = services.logs["daemon"].read_text(errors="replace")[-3000:]
 
     assert prunes >= 3, output
-    # No run stopped: every run succeeded, one per variant and one per job (no event ran twice,
-    # none was dropped: each new variant's and job's run exists).
+    # No run stopped: every run left succeeded (prune deletes a job's runs only when none is in
+    # flight), and there was one run per variant and one per job (no event ran twice, none was
+    # dropped: each new variant's and job's run existed).
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), [(r.run_id, r.status) for r in runs]
+    seen.update({r.run_id: r.tags.get("dagster/partition") for r in runs})
     expected = {str(v) for job in [old, *new] for v in job.variant_ids} | {str(j.job_id) for j in [old, *new]}
-    partitions = [r.tags.get("dagster/partition") for r in runs]
-    assert sorted(partitions) == sorted(expected), daemon_log
+    assert sorted(seen.values()) == sorted(expected), daemon_log
+    # The old job's runs went with its partitions.
+    assert not {str(old.variant_ids[0]), str(old.job_id)} & {r.tags.get("dagster/partition") for r in runs}
     for job in new:
         status = get_job_status(engine, job.job_id)
         assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), daemon_log
