@@ -9,12 +9,7 @@ import sqlalchemy as sa
 from tests.fixtures.db import count_rows, create_job
 from tests.fixtures.pipeline import submit_sample
 from variant_pipeline.assets.dagster_internals import partition_loading_context
-from variant_pipeline.assets.partitions import (
-    FEW_KEYS,
-    JobVariantsPartitionMapping,
-    job_partitions,
-    variant_partitions,
-)
+from variant_pipeline.assets.partitions import JobVariantsPartitionMapping, job_partitions, variant_partitions
 from variant_pipeline.assets.stage_assets import JOB_ASSETS, VARIANT_ASSETS
 from variant_pipeline.data.engine import get_engine
 from variant_pipeline.data.jobs import get_job_status
@@ -174,13 +169,12 @@ def test_job_partition_depends_on_exactly_its_own_variants(pipeline_env, dagster
 def test_the_mapping_answers_alike_for_few_and_many_keys_and_names_removed_partitions(
     pipeline_env, dagster_instance
 ) -> None:
-    """One job's variants are looked up key by key; more than FEW_KEYS variants by listing the
-    live keys once. Both give the same answer, and a variant whose partition is gone is named
-    as required but nonexistent."""
+    """One job's few variants and many jobs' variants (a backfill) give the same answer, and a
+    variant whose partition is gone is named as required but nonexistent."""
     engine = get_engine(pipeline_env.app_url)
-    jobs = [create_job(engine, variants=3) for _ in range(FEW_KEYS // 3 + 2)]
+    jobs = [create_job(engine, variants=3) for _ in range(23)]
     variant_keys = [str(v) for job in jobs for v in job.variant_ids]
-    assert len(variant_keys) > FEW_KEYS
+    assert len(variant_keys) == 69
     dagster_instance.add_dynamic_partitions(variant_partitions.name, variant_keys)
     dagster_instance.add_dynamic_partitions(job_partitions.name, [str(j.job_id) for j in jobs])
     removed = str(jobs[0].variant_ids[2])

@@ -54,19 +54,6 @@ def job_ids_of_variants(variant_ids: Sequence[str]) -> list[str]:
     )
 
 
-# Up to this many keys (a partition page, one run, a job's variants) each is looked up alone;
-# more (a backfill over thousands) and the live keys are listed once. Listing every variant
-# partition for a page about one job made the page's cost grow with the partition count.
-FEW_KEYS = 64
-
-
-def existing_keys(partitions_def: dg.PartitionsDefinition, keys: Sequence[str]) -> set[str]:
-    """Which of ``keys`` are live partitions of ``partitions_def`` (inside a partition_loading_context)."""
-    if len(keys) <= FEW_KEYS:
-        return {k for k in keys if partitions_def.has_partition_key(k)}
-    return set(partitions_def.get_partition_keys()).intersection(keys)
-
-
 class JobVariantsPartitionMapping(
     dg.PartitionMapping, NamedTuple("_JobVariantsPartitionMapping", [])
 ):
@@ -93,7 +80,9 @@ class JobVariantsPartitionMapping(
         with partition_loading_context(current_time, dynamic_partitions_store):
             job_ids = list(downstream_partitions_subset.get_partition_keys()) if downstream_partitions_subset else []
             wanted = variant_ids_of_jobs(job_ids)
-            existing = existing_keys(upstream_partitions_def, wanted)
+            # Only the wanted keys, in one query: listing every live variant partition per call made
+            # a page about one job cost more as partitions grew.
+            existing = upstream_partitions_def.filter_valid_partition_keys(set(wanted))
             return UpstreamPartitionsResult(
                 partitions_subset=upstream_partitions_def.subset_with_partition_keys(
                     [k for k in wanted if k in existing]
@@ -113,7 +102,7 @@ class JobVariantsPartitionMapping(
     ) -> dg.PartitionsSubset:
         with partition_loading_context(current_time, dynamic_partitions_store):
             job_ids = job_ids_of_variants(list(upstream_partitions_subset.get_partition_keys()))
-            existing = existing_keys(downstream_partitions_def, job_ids)
+            existing = downstream_partitions_def.filter_valid_partition_keys(set(job_ids))
             return downstream_partitions_def.subset_with_partition_keys([j for j in job_ids if j in existing])
 
     @property
