@@ -419,6 +419,24 @@ def machine() -> dict[str, Any]:
             "load_1m_at_start": os.getloadavg()[0], "python": platform.python_version()}
 
 
+def close_home(home: Path, keep: bool) -> None:
+    """Stop the home's embedded PostgreSQL; remove the home unless it is kept."""
+    from variant_pipeline.data.embedded_pg import stop_embedded_server
+    from variant_pipeline.data.engine import dispose_engines
+
+    dispose_engines()
+    stop_embedded_server(home / "pgdata")
+    if not keep:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def report(figures: dict[str, Any], path: Path | None) -> None:
+    text = json.dumps(figures, indent=2, default=str)
+    if path:
+        path.write_text(text)
+    print(text)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", type=int, default=100_000, help="variant partitions to fill (0: none)")
@@ -444,8 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop(name, None)
     if args.models:
         os.environ["VP_MODELS_DIR"] = str(args.models.resolve())
-    from variant_pipeline.data.embedded_pg import stop_embedded_server
-    from variant_pipeline.data.engine import dispose_engines, get_engine
+    from variant_pipeline.data.engine import get_engine
     from variant_pipeline.data.jobs import add_tenant
     from variant_pipeline.services import DAGSTER_YAML, prepare_environment
 
@@ -501,14 +518,8 @@ def main(argv: list[str] | None = None) -> int:
         for c in figures["commands"]:
             log(f"{c['command'][:60]}: {c['s']:.2f} s (rc {c['rc']})")
     finally:
-        dispose_engines()
-        stop_embedded_server(home / "pgdata")
-        if args.home is None:
-            shutil.rmtree(home, ignore_errors=True)
-    text = json.dumps(figures, indent=2, default=str)
-    if args.json:
-        args.json.write_text(text)
-    print(text)
+        close_home(home, keep=args.home is not None)
+    report(figures, args.json)
     return 0
 
 

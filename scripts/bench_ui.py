@@ -659,10 +659,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["VARIANT_PIPELINE_HOME"] = str(home)
     for name in ("DATABASE_URL", "DAGSTER_DATABASE_URL", "VP_DAGSTER_STORAGE_URL", "DAGSTER_HOME"):
         os.environ.pop(name, None)
-    from bench_capacity import machine
+    from bench_capacity import close_home, machine, report
 
-    from variant_pipeline.data.embedded_pg import stop_embedded_server
-    from variant_pipeline.data.engine import dispose_engines, get_engine
+    from variant_pipeline.data.engine import get_engine
     from variant_pipeline.services import prepare_environment
 
     figures: dict[str, Any] = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
@@ -707,14 +706,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.json:
                     args.json.write_text(json.dumps(figures, indent=2, default=str))
     finally:
-        dispose_engines()
-        stop_embedded_server(home / "pgdata")
-        if args.home is None:
-            shutil.rmtree(home, ignore_errors=True)
-    text = json.dumps(figures, indent=2, default=str)
-    if args.json:
-        args.json.write_text(text)
-    print(text)
+        close_home(home, keep=args.home is not None)
+    report(figures, args.json)
     return 0
 
 

@@ -2,7 +2,8 @@
 
 A custom ``PartitionMapping`` (``assets/partitions.py``) needs three names Dagster does not export
 publicly; the UI benchmark (``scripts/bench_ui.py``) writes a deployment's history in bulk into
-Dagster's own tables and needs their definitions and one event payload class. Private modules move between releases; importing them here, through ``_private``, turns
+Dagster's own tables and needs their definitions and one event payload class. Private modules
+move between releases; importing them here, through ``_private``, turns
 a moved name into one error that names the symbol and the installed Dagster version, and
 ``tests/unit/test_dagster_internals.py`` fails the same way before anything else runs into it.
 Import these names from this module only (that test also checks no other module reaches into
