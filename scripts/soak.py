@@ -550,7 +550,7 @@ class Soak:
     def _store(self):
         from variant_pipeline.data.storage import AssetStore
 
-        return AssetStore(self.environment.settings.assets_dir)
+        return AssetStore.from_settings(self.environment.settings)
 
     def do_producer_img_done(self, action: Action) -> None:
         import sqlalchemy as sa
@@ -668,7 +668,7 @@ class Soak:
             jobs = conn.execute(sa.text("SELECT count(*) FROM jobs WHERE tenant_id = :t"), {"t": tenant}).scalar_one()
             images = conn.execute(sa.text("SELECT count(*) FROM image_assets WHERE tenant_id = :t"),
                                   {"t": tenant}).scalar_one()
-        folder = self.environment.settings.assets_dir / "tenants" / tenant
+        folder = Path(self.environment.settings.asset_root) / "tenants" / tenant
         files = sum(1 for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
         return jobs, images, files
 
@@ -1082,11 +1082,11 @@ class Soak:
                 attempts = checks.load_attempts(conn)
                 runs = {**self.seen_run_infos, **checks.run_infos(instance, [a.run_id for a in attempts if a.run_id])}
                 found += checks.round_violations(attempts, runs)
-                found += checks.check_images(conn, settings.assets_dir, self.bad_paths,
+                found += checks.check_images(conn, Path(settings.asset_root), self.bad_paths,
                                              recheck=checks.still_named_unpruned(self.engine.connect),
                                              verified=self.verified_images if source == "always" else None)
-                found += checks.check_bad_cli_tenant(conn, settings.assets_dir, BAD_CLI_TENANT)
-                found += checks.check_bad_cli_tenant(conn, settings.assets_dir, UNKNOWN_TENANT)
+                found += checks.check_bad_cli_tenant(conn, Path(settings.asset_root), BAD_CLI_TENANT)
+                found += checks.check_bad_cli_tenant(conn, Path(settings.asset_root), UNKNOWN_TENANT)
                 found += checks.check_event_chains(conn)
             if source == "always":
                 with raw.begin():
@@ -1206,7 +1206,7 @@ class Soak:
                                              instance.get_dynamic_partitions("jobs"))
             if self.last_prune_started is not None:
                 bound = self.last_prune_started - max(120.0, settings.orphan_min_age_s) - 5
-                found += checks.check_orphan_files(conn, settings.assets_dir, bound)
+                found += checks.check_orphan_files(conn, Path(settings.asset_root), bound)
             # `results JOB --json` for every finished job, through the CLI's own entry point.
             import sqlalchemy as sa
 
@@ -1219,7 +1219,7 @@ class Soak:
                 if rc != 0:
                     found.append(f"results {job_id} --json: exit {rc}")
                     continue
-                found += checks.compare_results(conn, job_id, json.loads(buffer.getvalue()), settings.assets_dir)
+                found += checks.compare_results(conn, job_id, json.loads(buffer.getvalue()), Path(settings.asset_root))
         for message in found:
             self.violation("final", message)
 

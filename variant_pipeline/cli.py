@@ -176,8 +176,10 @@ def _submit(args: argparse.Namespace) -> int:
         image_path=args.image,
         variants=args.variants,
     )
-    store = AssetStore(load_settings().assets_dir) if request.image_path else None
-    job = submit_job(get_engine(), request, store)
+    # Every host that submits must reach the asset store: checked before anything is written.
+    store = AssetStore.from_settings(load_settings())
+    store.check()
+    job = submit_job(get_engine(), request, store if request.image_path else None)
     if args.json:
         print(json.dumps({"job_id": str(job.job_id), "variant_ids": [str(v) for v in job.variant_ids]}))
     else:
@@ -284,17 +286,20 @@ def _results(args: argparse.Namespace) -> int:
     from variant_pipeline.config import load_settings
     from variant_pipeline.data.engine import get_engine
     from variant_pipeline.data.results import job_results
+    from variant_pipeline.data.storage import AssetStore
     from variant_pipeline.validation import parse_uuid
 
     job_id = parse_uuid(args.job_id, "job id")
     if args.html is not None and (args.html.is_dir() or not args.html.parent.is_dir()):
         raise CliError(f"cannot write the HTML gallery to {args.html}: not a file in an existing folder")
-    results = job_results(get_engine(), job_id, load_settings())
+    settings = load_settings()
+    store = AssetStore.from_settings(settings)
+    results = job_results(get_engine(), job_id, settings, store)
     if args.html is not None:
         from variant_pipeline.gallery import html_gallery
 
         try:
-            args.html.write_text(html_gallery(results), encoding="utf-8")
+            args.html.write_text(html_gallery(results, store), encoding="utf-8")
         except OSError as exc:
             raise CliError(f"cannot write the HTML gallery to {args.html}: {exc.strerror or exc}") from None
     if args.json:
@@ -415,10 +420,11 @@ def _prune(args: argparse.Namespace) -> int:
     if older_than is None and not budget:
         raise CliError("nothing to prune by: give --older-than DURATION, or a partition budget "
                        "(--budget N or VP_PARTITION_BUDGET above 0)")
+    from variant_pipeline.data.storage import AssetStore
     from variant_pipeline.sensors.retention import DagsterOrchestrator, open_instance
 
     with open_instance() as instance:
-        report = prune(get_engine(), DagsterOrchestrator(instance), settings.assets_dir, older_than,
+        report = prune(get_engine(), DagsterOrchestrator(instance), AssetStore.from_settings(settings), older_than,
                        rows=args.rows, dry_run=args.dry_run, orphan_min_age_s=settings.orphan_min_age_s,
                        partition_budget=budget or None)
     for line in report.lines():
@@ -699,6 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from variant_pipeline.data.embedded_pg import EmbeddedServerError
     from variant_pipeline.data.engine import normalize_database_url, redact
     from variant_pipeline.data.migrations import MigrationError
+    from variant_pipeline.data.storage import StorageError
     from variant_pipeline.validation import InputError
 
     parser = build_parser()
@@ -712,7 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`status ... | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except (InputError, CliError, MigrationError, EmbeddedServerError, SettingsError) as exc:
+    except (InputError, CliError, MigrationError, EmbeddedServerError, SettingsError, StorageError) as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:

@@ -80,12 +80,67 @@ def home_dir() -> Path:
     return Path(_env("VARIANT_PIPELINE_HOME", str(PROJECT_ROOT / "var"))).resolve()
 
 
+# S3 bucket names: 3-63 lower-case letters, digits, dots and hyphens, starting and ending with a
+# letter or digit.
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+@dataclass(frozen=True)
+class AssetRoot:
+    """A parsed asset root: ``local`` (``directory``) or ``s3`` (``bucket`` and ``prefix``)."""
+
+    kind: str
+    directory: Path | None = None
+    bucket: str = ""
+    prefix: str = ""
+
+    @property
+    def uri(self) -> str:
+        if self.kind == "local":
+            return str(self.directory)
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+def parse_asset_root(value: str) -> AssetRoot:
+    """``/some/dir`` (relative: from the working directory) or ``s3://bucket[/prefix]``."""
+    value = value.strip()
+    if not value:
+        raise SettingsError("the asset root is empty: give a directory or s3://bucket[/prefix]")
+    if "://" not in value:
+        return AssetRoot("local", directory=Path(value).expanduser().resolve())
+    scheme, _, rest = value.partition("://")
+    if scheme.lower() != "s3":
+        raise SettingsError(f"asset root {value!r}: only a local directory or s3://bucket[/prefix] is supported")
+    bucket, _, prefix = rest.partition("/")
+    if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
+        raise SettingsError(f"asset root {value!r}: {bucket!r} is not a valid bucket name "
+                         "(3-63 lower-case letters, digits, '.' or '-')")
+    parts = [p for p in prefix.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise SettingsError(f"asset root {value!r}: the prefix may not contain '.' or '..'")
+    return AssetRoot("s3", bucket=bucket, prefix="/".join(parts))
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach an S3 endpoint. ``None`` fields are left to the standard AWS_* variables."""
+
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    region: str | None = None
+    request_timeout_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    # How long one request keeps retrying connection and server errors before it fails: short, so
+    # a stage attempt fails (and is retried by the pipeline's own policy) instead of hanging.
+    retry_timeout_s: float = 15.0
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
     # None: use the embedded PostgreSQL under home/pgdata.
     database_url: str | None
-    assets_dir: Path
+    # A local directory or s3://bucket[/prefix] (data/storage.py); local paths are absolute.
+    asset_root: str
     models_dir: Path
     # Model locations: a local directory/file, or a hub id (needs VP_ALLOW_NETWORK=1 or a warm cache).
     vlm_model: str
@@ -155,6 +210,7 @@ class Settings:
     alert_webhook_url: str | None = None
     ui_url: str = "http://127.0.0.1:3000"
     alert_min_interval_s: float = 30.0
+    s3: S3Options = field(default_factory=S3Options)  # used when asset_root is s3://...
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -166,7 +222,7 @@ def load_settings() -> Settings:
     return Settings(
         home=home,
         database_url=_env("DATABASE_URL"),
-        assets_dir=Path(_env("VP_ASSETS_DIR", str(home / "assets"))).resolve(),
+        asset_root=_asset_root(home),
         models_dir=models_dir,
         vlm_model=_env("VP_VLM_MODEL", tiny["vlm_model"]),
         detector_model=_env("VP_DETECTOR_MODEL", tiny["detector_model"]),
@@ -221,7 +277,25 @@ def load_settings() -> Settings:
         alert_webhook_url=_http_url("VP_ALERT_WEBHOOK_URL", _env("VP_ALERT_WEBHOOK_URL")),
         ui_url=_http_url("VP_UI_URL", _env("VP_UI_URL", "http://127.0.0.1:3000")) or "http://127.0.0.1:3000",
         alert_min_interval_s=_seconds("VP_ALERT_MIN_INTERVAL_S", 30.0, allow_zero=True),
+        s3=S3Options(
+            endpoint_url=_http_url("VP_S3_ENDPOINT_URL", _env("VP_S3_ENDPOINT_URL") or _env("AWS_ENDPOINT_URL")),
+            access_key_id=_env("VP_S3_ACCESS_KEY_ID") or _env("AWS_ACCESS_KEY_ID"),
+            secret_access_key=_env("VP_S3_SECRET_ACCESS_KEY") or _env("AWS_SECRET_ACCESS_KEY"),
+            region=_env("VP_S3_REGION") or _env("AWS_REGION") or _env("AWS_DEFAULT_REGION"),
+            request_timeout_s=_seconds("VP_S3_TIMEOUT_S", 30.0),
+            retry_timeout_s=_seconds("VP_S3_RETRY_TIMEOUT_S", 15.0, allow_zero=True),
+        ),
     )
+
+
+def _asset_root(home: Path) -> str:
+    """VP_ASSET_ROOT: a directory (default home/assets) or s3://bucket[/prefix], checked here."""
+    if _env("VP_ASSETS_DIR") is not None:
+        raise SettingsError("VP_ASSETS_DIR was renamed VP_ASSET_ROOT (a directory or s3://bucket/prefix)")
+    try:
+        return parse_asset_root(_env("VP_ASSET_ROOT", str(home / "assets")) or "").uri
+    except SettingsError as exc:
+        raise SettingsError(f"VP_ASSET_ROOT: {exc}") from None
 
 
 def _http_url(name: str, value: str | None) -> str | None:

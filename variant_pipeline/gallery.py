@@ -10,11 +10,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Callable
 
 from PIL import Image
 
 from variant_pipeline.data.results import JobResults, VariantResult, retention_line
+from variant_pipeline.data.storage import AssetStore, StorageError
 from variant_pipeline.quality import CHECKS, CheckOutcome
 
 MARK = {"passed": "✅", "failed": "⚠️", "not_evaluated": "❔", "pending": "…"}
@@ -29,14 +29,17 @@ def data_uri(image: Image.Image, max_px: int, quality: int = 80) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _load(path: str) -> Image.Image | str:
-    """The image at ``path``, or why it cannot be shown."""
+def _load(store: AssetStore, uri: str) -> Image.Image | str:
+    """The image at ``uri`` (one of ``store``'s), or why it cannot be shown."""
+    key = store.relative_of(uri)
+    if key is None:
+        return f"image not in the asset store {store.uri}: {uri}"
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()
+        return store.open_image(key)
+    except StorageError as exc:
+        return f"image unreadable: {exc}"
     except (OSError, ValueError) as exc:
-        return f"image unreadable ({type(exc).__name__}): {path}"
+        return f"image unreadable ({type(exc).__name__}): {uri}"
 
 
 def _fmt(value: object) -> str:
@@ -75,8 +78,7 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def markdown_gallery(results: JobResults, max_px: int = 192,
-                     load: Callable[[str], Image.Image | str] = _load) -> str:
+def markdown_gallery(results: JobResults, store: AssetStore, max_px: int = 192) -> str:
     """The gallery as one markdown table (a column per variant) followed by the job's copy."""
     variants = results.variants
     header = "| | " + " | ".join(f"variant {v.creation_order}" for v in variants) + " |"
@@ -85,7 +87,7 @@ def markdown_gallery(results: JobResults, max_px: int = 192,
     def images() -> list[str]:
         cells = []
         for v in variants:
-            shown = load(v.image_path) if v.image_path else "no final image"
+            shown = _load(store, v.image_path) if v.image_path else "no final image"
             cells.append(f"![variant {v.creation_order}]({data_uri(shown, max_px)})"
                          if isinstance(shown, Image.Image) else _cell(shown))
         return cells
@@ -117,14 +119,13 @@ table{border-collapse:collapse;width:100%;font-size:14px}td{padding:2px 4px;vert
 .copy{margin-top:24px;max-width:1060px;white-space:pre-wrap}"""
 
 
-def html_gallery(results: JobResults, max_px: int = 640,
-                 load: Callable[[str], Image.Image | str] = _load) -> str:
+def html_gallery(results: JobResults, store: AssetStore, max_px: int = 640) -> str:
     """A self-contained HTML page (images embedded) of the job's results."""
     e = html.escape
     pruned = retention_line(results.partitions_removed_at, results.files_removed_at)
     cards = []
     for v in results.variants:
-        shown = load(v.image_path) if v.image_path else "no final image yet"
+        shown = _load(store, v.image_path) if v.image_path else "no final image yet"
         image = (f'<img alt="variant {v.creation_order}" src="{data_uri(shown, max_px, 88)}">'
                  if isinstance(shown, Image.Image) else f"<p>{e(shown)}</p>")
         scores = "".join(f"<tr><td>{e(k)}</td><td>{e(val)}</td></tr>" for k, val in _score_rows(v))

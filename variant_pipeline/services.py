@@ -129,11 +129,14 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def start_services(environment: Environment, *, webserver_port: int | None = 3000, log=print) -> Services:
+def start_services(environment: Environment, *, webserver_port: int | None = 3000, daemon: bool = True,
+                   log=print) -> Services:
+    """The daemon (unless ``daemon`` is False: another host runs it) and the web server (unless
+    ``webserver_port`` is None), each in its own process group, logging under the home."""
     services = Services()
     log_dir = environment.settings.home / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    commands = {"daemon": [_bin("dagster-daemon"), "run", "-w", str(WORKSPACE_YAML)]}
+    commands = {"daemon": [_bin("dagster-daemon"), "run", "-w", str(WORKSPACE_YAML)]} if daemon else {}
     if webserver_port is not None:
         commands["webserver"] = [_bin("dagster-webserver"), "-h", "127.0.0.1", "-p", str(webserver_port),
                                   "-w", str(WORKSPACE_YAML)]
@@ -191,7 +194,7 @@ def submit_sample_job(app_url: str, variants: int = 3):
         ad_copy_eng=SAMPLE_JOB["ad_copy_eng"], ad_copy_kor=SAMPLE_JOB["ad_copy_kor"],
         prompt=SAMPLE_JOB["prompt"], image_path=SAMPLE_PRODUCT, variants=variants,
     )
-    return submit_job(engine, request, store=AssetStore(load_settings().assets_dir), origin="demo:submit")
+    return submit_job(engine, request, store=AssetStore.from_settings(load_settings()), origin="demo:submit")
 
 
 def wait_for_job(app_url: str, job_id, *, timeout_s: float = 1800, log=print, poll_s: float = 1.0):

@@ -116,6 +116,16 @@ def load_image_file(path: Path) -> tuple[CheckedImage, Image.Image]:
     if not path.is_file():
         raise InputError(f"image path is not a file: {path}")
     size = path.stat().st_size
+    if size > MAX_IMAGE_BYTES:  # before reading it into memory
+        raise InputError(f"image file is {size} bytes; the limit is {MAX_IMAGE_BYTES}: {path}")
+    checked, image = load_image_bytes(path.read_bytes(), str(path))
+    return CheckedImage(path=path, width=checked.width, height=checked.height, format=checked.format), image
+
+
+def load_image_bytes(data: bytes, name: str) -> tuple[CheckedImage, Image.Image]:
+    """``load_image_file``'s checks and decoding for an image already read (``name`` says from where)."""
+    path = name
+    size = len(data)
     if size == 0:
         raise InputError(f"image file is empty: {path}")
     if size > MAX_IMAGE_BYTES:
@@ -124,20 +134,20 @@ def load_image_file(path: Path) -> tuple[CheckedImage, Image.Image]:
         with warnings.catch_warnings():
             # PIL warns above ~89 Mpx; our own limit is lower and checked below, with a clear message.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(data)) as img:
                 width, height, fmt = img.width, img.height, img.format or "unknown"
                 check_image_dimensions(width, height, path)
                 img.verify()  # structure check without decoding everything
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(data)) as img:
                 img.load()  # decode: truncated or corrupt pixel data fails here
                 image = normalize_image(img, path)
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
         # PIL refuses to open it at all (over ~179 Mpx), before we could check the header's size.
-        size = _header_size(path)
-        if size is not None:
-            check_image_dimensions(*size, path)
+        header = _header_size(data, path)
+        if header is not None:
+            check_image_dimensions(*header, path)
         raise InputError(
             f"image is far too large ({exc}); the limit is {MAX_IMAGE_SIDE} px a side and "
             f"{MAX_IMAGE_PIXELS} pixels: {path}"
@@ -148,7 +158,7 @@ def load_image_file(path: Path) -> tuple[CheckedImage, Image.Image]:
         # Once ultralytics is imported, Image.open answers a file PIL cannot identify by loading a
         # HEIF plugin that is not installed: the same unreadable file, another exception.
         raise InputError(f"not a readable image: {path} (UnidentifiedImageError: cannot identify image file)") from None
-    return CheckedImage(path=path, width=width, height=height, format=fmt), image
+    return CheckedImage(path=Path(path), width=width, height=height, format=fmt), image
 
 
 # Modes whose pixels carry transparency: the product's cut-out, kept as RGBA for img_gen.
@@ -198,11 +208,11 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.nan_to_num(scaled), 0, 255).astype(np.uint8), mode="L")
 
 
-def _header_size(path: Path) -> tuple[int, int] | None:
+def _header_size(data: bytes, path: str) -> tuple[int, int] | None:
     """Width and height from the file's header, as Image.open reads them but without its
     decompression-bomb refusal (used only to name the size of an image PIL refused)."""
     Image.init()
-    with path.open("rb") as fp:
+    with io.BytesIO(data) as fp:
         prefix = fp.read(16)
         for fmt in Image.ID:
             factory, accept = Image.OPEN[fmt]

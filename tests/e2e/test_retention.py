@@ -38,7 +38,7 @@ def test_prune_while_the_daemon_runs_new_jobs_loses_no_event_and_stops_no_run(pi
         old = submit_sample(env.app_url, variants=1)
         wait_for_job(env.app_url, old.job_id, timeout_s=600, log=lambda _m: None)
         assert wait_for_runs_to_settle(timeout_s=120) == 0
-        store = AssetStore(env.settings.assets_dir)
+        store = AssetStore.from_settings(env.settings)
         with engine.connect() as conn:
             old_files = [store.path_for(p) for (p,) in conn.execute(
                 sa.text("SELECT path FROM image_assets WHERE job_id = :j"), {"j": str(old.job_id)})]

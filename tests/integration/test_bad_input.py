@@ -96,7 +96,7 @@ BAD_PHOTOS: dict[str, tuple[str, bytes, str]] = {
 
 
 def _store() -> AssetStore:
-    return AssetStore(load_settings().assets_dir)
+    return AssetStore.from_settings(load_settings())
 
 
 def _put_file(relative: str, data: bytes) -> Path:

@@ -27,7 +27,7 @@ class _TextOnlyModels:
 
 def _context(engine, job_id: str) -> HandlerContext:
     settings = load_settings()
-    return HandlerContext(engine=engine, store=AssetStore(settings.assets_dir), settings=settings,
+    return HandlerContext(engine=engine, store=AssetStore.from_settings(settings), settings=settings,
                           models=_TextOnlyModels(), origin="test:brief", partition_key=job_id)
 
 

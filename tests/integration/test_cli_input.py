@@ -198,7 +198,7 @@ def test_unusual_valid_photos_are_stored_upright_as_rgb(engine: Engine, db_env: 
         with engine.connect() as conn:
             path = conn.execute(sa.text("SELECT path FROM image_assets WHERE job_id = :j AND image_type = 'product'"),
                                 {"j": job_id}).scalar_one()
-        stored = Image.open(AssetStore(load_settings().assets_dir).path_for(path))
+        stored = Image.open(AssetStore.from_settings(load_settings()).path_for(path))
         assert (stored.mode, stored.size) == (mode, size), photo.name
         if photo is cmyk:
             assert max(abs(a - b) for a, b in zip(stored.getpixel((60, 40)), cmyk_rgb, strict=True)) <= 2

@@ -37,7 +37,7 @@ def _file_of(engine, variant_id: str, column: str) -> str:
         path = conn.execute(sa.text(f"SELECT a.path FROM jobs_variants v JOIN image_assets a "
                                     f"ON a.image_asset_id = v.{column} WHERE v.job_variants_id = :v"),
                             {"v": variant_id}).scalar_one()
-    return str(AssetStore(load_settings().assets_dir).path_for(path))
+    return str(AssetStore.from_settings(load_settings()).path_for(path))
 
 
 def _layout(engine, variant_id: str) -> dict:

@@ -57,7 +57,7 @@ def test_results_of_a_queued_a_running_and_a_partly_failed_job(pipeline_env, dag
     # Variant 2's generated image disappears: its next stage fails at once, with the reason.
     assert _materialize(dagster_instance, VARIANT_ASSETS, good).success
     assert _materialize(dagster_instance, VARIANT_ASSETS, bad, ["img_gen"]).success
-    store = AssetStore(load_settings().assets_dir)
+    store = AssetStore.from_settings(load_settings())
     with engine.connect() as conn:
         lost = conn.exec_driver_sql(
             f"SELECT a.path FROM jobs_variants v JOIN image_assets a ON a.image_asset_id = v.img_asset_id "

@@ -80,7 +80,7 @@ def _add_images(engine, store: AssetStore, job) -> list[Path]:
         with transaction(engine) as conn:
             replace_image_asset(conn, stored, tenant_id="demo-cafe", job_id=str(job.job_id),
                                 job_variants_id=str(key), image_type="generated")
-        paths.append(stored.path)
+        paths.append(Path(stored.uri))
     return paths
 
 
@@ -102,7 +102,7 @@ def _keys(job) -> set[str]:
 def jobs(pipeline_env, dagster_instance):
     """old: done 40 days ago; old_failed: failed 40 days ago; recent: done now; running: mid-pipeline."""
     engine = get_engine(pipeline_env.app_url)
-    store = AssetStore(load_settings().assets_dir)
+    store = AssetStore.from_settings(load_settings())
     made = {}
     for name in ("old", "old_failed", "recent", "running"):
         job = submit_sample(pipeline_env.app_url, variants=2)
@@ -128,12 +128,12 @@ def test_prune_removes_old_partitions_and_files_keeps_rows_and_is_harmless_twice
     orchestrator = DagsterOrchestrator(dagster_instance)
     before = _partitions(dagster_instance)
 
-    dry = prune(engine, orchestrator, store.root, timedelta(days=30), dry_run=True, orphan_min_age_s=0)
+    dry = prune(engine, orchestrator, store, timedelta(days=30), dry_run=True, orphan_min_age_s=0)
     assert {j.job_id for j in dry.jobs} == {str(made["old"].job_id), str(made["old_failed"].job_id)}
     assert _partitions(dagster_instance) == before  # a dry run changes nothing
     assert all(store.path_for(p).exists() for name in made for p in _files_of(engine, made[name]))
 
-    report = prune(engine, orchestrator, store.root, timedelta(days=30), orphan_min_age_s=0)
+    report = prune(engine, orchestrator, store, timedelta(days=30), orphan_min_age_s=0)
     old = ("old", "old_failed")
     assert {j.job_id for j in report.jobs} == {str(made[n].job_id) for n in old}
     # Each old job: 2 variant partitions, 1 job partition, 3 files (2 generated, the product photo).
@@ -149,7 +149,7 @@ def test_prune_removes_old_partitions_and_files_keeps_rows_and_is_harmless_twice
         assert all(store.path_for(p).exists() for p in _files_of(engine, made[name]))
     assert report.orphans == []  # every file left is named by a row
 
-    again = prune(engine, orchestrator, store.root, timedelta(days=30), orphan_min_age_s=0)
+    again = prune(engine, orchestrator, store, timedelta(days=30), orphan_min_age_s=0)
     assert again.jobs == [] and again.busy == [] and again.orphans == []
 
 
@@ -163,7 +163,7 @@ def test_prune_rows_deletes_the_job_and_everything_hanging_off_it(jobs, dagster_
                      {"j": old, "v": str(made["old"].variant_ids[0])})
         conn.execute(sa.text("""INSERT INTO evaluations (job_id, job_variants_id, evaluation_type, metrics)
                                 VALUES (:j, :v, 'iou', '{}')"""), {"j": old, "v": str(made["old"].variant_ids[0])})
-    report = prune(engine, DagsterOrchestrator(dagster_instance), store.root, timedelta(days=30), rows=True)
+    report = prune(engine, DagsterOrchestrator(dagster_instance), store, timedelta(days=30), rows=True)
     assert {j.job_id for j in report.jobs if j.rows_deleted} == {old, str(made["old_failed"].job_id)}
     with engine.connect() as conn:
         for table in ("jobs", "job_inputs", "jobs_variants", "image_assets", "stage_attempts", "evaluations"):
@@ -173,7 +173,7 @@ def test_prune_rows_deletes_the_job_and_everything_hanging_off_it(jobs, dagster_
                             {"j": [str(made[n].job_id) for n in ("recent", "running")]}).scalar_one()
     assert kept == 4
     # A job pruned earlier without --rows keeps its rows until a prune with --rows.
-    assert prune(engine, DagsterOrchestrator(dagster_instance), store.root, timedelta(days=30), rows=True).jobs == []
+    assert prune(engine, DagsterOrchestrator(dagster_instance), store, timedelta(days=30), rows=True).jobs == []
 
 
 def test_a_job_held_by_a_worker_or_a_retry_is_skipped_then_pruned_later(jobs, dagster_instance) -> None:
@@ -186,12 +186,12 @@ def test_a_job_held_by_a_worker_or_a_retry_is_skipped_then_pruned_later(jobs, da
         # A retry's transaction holding the failed job's variant row (as request_retry does).
         retry_conn.execute(sa.text("SELECT 1 FROM jobs_variants WHERE job_variants_id = :k FOR UPDATE"),
                            {"k": str(old_failed.variant_ids[0])})
-        report = prune(engine, orchestrator, store.root, timedelta(days=30))
+        report = prune(engine, orchestrator, store, timedelta(days=30))
     lock.release()
     assert report.jobs == [] and sorted(report.busy) == sorted([str(old.job_id), str(old_failed.job_id)])
     assert _keys(old) | _keys(old_failed) <= _partitions(dagster_instance)[0]
 
-    later = prune(engine, orchestrator, store.root, timedelta(days=30))
+    later = prune(engine, orchestrator, store, timedelta(days=30))
     assert sorted(j.job_id for j in later.jobs) == sorted([str(old.job_id), str(old_failed.job_id)])
 
 
@@ -203,7 +203,7 @@ def test_a_reopened_job_is_not_pruned_and_a_run_in_flight_spares_its_job(jobs, d
     dagster_instance.add_run(dg.DagsterRun(  # a run still going for one of the failed job's variants
         job_name="variant_pipeline", run_id="started-run-1", status=dg.DagsterRunStatus.STARTED,
         tags={"dagster/partition": str(old_failed.variant_ids[0])}))
-    report = prune(engine, orchestrator, store.root, timedelta(days=30))
+    report = prune(engine, orchestrator, store, timedelta(days=30))
     assert report.jobs == [] and report.busy == [str(old_failed.job_id)]
     assert _keys(old) | _keys(old_failed) <= _partitions(dagster_instance)[0]
     assert get_job_status(engine, old.job_id).finished_at is None  # reopened, not finished
@@ -216,7 +216,7 @@ def test_a_pruned_job_is_refused_by_retry_so_no_variant_comes_back_without_its_p
     partition, so its failed sibling was live again without one (and the job's files were gone,
     so no stage could have run anyway). A pruned job is now refused, rows and partitions as they were."""
     engine = get_engine(pipeline_env.app_url)
-    store = AssetStore(load_settings().assets_dir)
+    store = AssetStore.from_settings(load_settings())
     job = submit_sample(pipeline_env.app_url, variants=2)
     _register(dagster_instance, job)
     _add_images(engine, store, job)
@@ -226,7 +226,7 @@ def test_a_pruned_job_is_refused_by_retry_so_no_variant_comes_back_without_its_p
         conn.execute(sa.text("UPDATE jobs SET finished_at = now() - interval '40 days' WHERE job_id = :j"),
                      {"j": str(job.job_id)})
     assert get_job_status(engine, job.job_id).status == "failed"
-    report = prune(engine, DagsterOrchestrator(dagster_instance), store.root, timedelta(days=30))
+    report = prune(engine, DagsterOrchestrator(dagster_instance), store, timedelta(days=30))
     assert [j.job_id for j in report.jobs] == [str(job.job_id)]
 
     def states() -> list[tuple]:
@@ -256,11 +256,11 @@ def test_orphan_file_of_a_timed_out_attempt_is_removed_and_live_files_stay(pipel
     abandoned thread still generates and saves its image, which no row will ever name. The retry
     writes its own image. prune removes the first and keeps the second (and the product photo)."""
     engine = get_engine(pipeline_env.app_url)
-    store = AssetStore(load_settings().assets_dir)
+    store = AssetStore.from_settings(load_settings())
     job = submit_sample(pipeline_env.app_url, variants=1)
     key = str(job.variant_ids[0])
     _register(dagster_instance, job)
-    generated = store.root / "tenants" / "demo-cafe" / "generated"
+    generated = store.path_for("tenants/demo-cafe/generated")
 
     monkeypatch.setenv("VP_FAULTS", "img_gen:sleep=3:attempt=1")
     monkeypatch.setenv("VP_STAGE_TIMEOUTS", "img_gen=1")
@@ -288,7 +288,7 @@ def test_orphan_file_of_a_timed_out_attempt_is_removed_and_live_files_stay(pipel
     while time.time() - orphan.stat().st_mtime < 1.5:
         time.sleep(0.1)
     # Younger than the age guard: kept.
-    assert prune(engine, orchestrator, store.root, timedelta(seconds=1), orphan_min_age_s=3600).orphans == []
+    assert prune(engine, orchestrator, store, timedelta(seconds=1), orphan_min_age_s=3600).orphans == []
     assert orphan.exists()
     # An attempt running on another variant that started before the file was written: kept too.
     other = submit_sample(pipeline_env.app_url, variants=1)
@@ -297,11 +297,11 @@ def test_orphan_file_of_a_timed_out_attempt_is_removed_and_live_files_stay(pipel
                                                             started_at)
                                 VALUES ('variant', :j, :v, 'img_gen', 1, 'test', now() - interval '1 hour')"""),
                      {"j": str(other.job_id), "v": str(other.variant_ids[0])})
-    assert prune(engine, orchestrator, store.root, timedelta(seconds=1), orphan_min_age_s=0).orphans == []
+    assert prune(engine, orchestrator, store, timedelta(seconds=1), orphan_min_age_s=0).orphans == []
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE stage_attempts SET outcome = 'lost', finished_at = now() WHERE origin = 'test'"))
 
-    report = prune(engine, orchestrator, store.root, timedelta(seconds=1), orphan_min_age_s=0)
+    report = prune(engine, orchestrator, store, timedelta(seconds=1), orphan_min_age_s=0)
     assert [store.path_for(p) for p in report.orphans] == [orphan]
     assert not orphan.exists() and all(p.exists() for p in live)
     assert report.jobs == []  # the job itself is not finished: its partition and files stay
@@ -367,7 +367,7 @@ def test_the_budget_removes_the_oldest_finished_jobs_partitions_only_and_never_a
 
     runs = {name: _add_runs(dagster_instance, job) for name, job in made.items()}
 
-    dry = prune(engine, orchestrator, store.root, None, dry_run=True, partition_budget=6)
+    dry = prune(engine, orchestrator, store, None, dry_run=True, partition_budget=6)
     assert [(j.job_id, j.reason, j.variant_partitions, j.job_partitions, j.files, j.runs) for j in dry.jobs] == [
         (str(made["old_failed"].job_id), "budget", 2, 1, 0, 3)]
     lines = "\n".join(dry.lines())
@@ -377,7 +377,7 @@ def test_the_budget_removes_the_oldest_finished_jobs_partitions_only_and_never_a
     assert _partitions(dagster_instance) == before  # a dry run changes nothing
     assert _removed_and_pruned(engine, made["old_failed"]) == (False, False)
 
-    report = prune(engine, DagsterOrchestrator(dagster_instance), store.root, None, partition_budget=5)
+    report = prune(engine, DagsterOrchestrator(dagster_instance), store, None, partition_budget=5)
     assert [j.job_id for j in report.jobs] == [str(made[n].job_id) for n in ("old_failed", "old")]
     assert report.budget.over == 0 and report.events == 0 and report.orphans == []
     variants, job_keys = _partitions(dagster_instance)
@@ -395,7 +395,7 @@ def test_the_budget_removes_the_oldest_finished_jobs_partitions_only_and_never_a
         assert all(dagster_instance.all_logs(run_id) for run_id in runs[name].values())
 
     # Asked to go down to 1, it removes the finished job's partitions but never the running one's.
-    tight = prune(engine, DagsterOrchestrator(dagster_instance), store.root, None, partition_budget=1)
+    tight = prune(engine, DagsterOrchestrator(dagster_instance), store, None, partition_budget=1)
     assert [j.job_id for j in tight.jobs] == [str(made["recent"].job_id)] and tight.budget.over == 1
     assert "partition budget: still 1 over" in "\n".join(tight.lines())
     assert _partitions(dagster_instance)[0] == _keys(made["running"])
@@ -416,7 +416,7 @@ def test_the_budget_removes_the_oldest_finished_jobs_partitions_only_and_never_a
     # The age rule later removes such a job's files as for any other, and marks it pruned
     # (keeping the time the budget removed its partitions).
     removed_by_budget = get_job_status(engine, made["old"].job_id).partitions_removed_at
-    aged = prune(engine, DagsterOrchestrator(dagster_instance), store.root, timedelta(days=30), orphan_min_age_s=0)
+    aged = prune(engine, DagsterOrchestrator(dagster_instance), store, timedelta(days=30), orphan_min_age_s=0)
     assert sorted((j.job_id, j.variant_partitions, j.files) for j in aged.jobs) == sorted(
         (str(made[n].job_id), 0, 3) for n in ("old_failed", "old"))
     assert _removed_and_pruned(engine, made["old"]) == (True, True)
@@ -429,7 +429,7 @@ def test_a_finished_job_in_use_is_skipped_by_the_budget(jobs, dagster_instance) 
     dagster_instance.add_run(dg.DagsterRun(  # a hand run still going for one of the old job's variants
         job_name="variant_pipeline", run_id="started-run-2", status=dg.DagsterRunStatus.STARTED,
         tags={"dagster/partition": str(made["old"].variant_ids[0])}))
-    report = prune(engine, DagsterOrchestrator(dagster_instance), store.root, None, partition_budget=4)
+    report = prune(engine, DagsterOrchestrator(dagster_instance), store, None, partition_budget=4)
     assert report.busy == [str(made["old"].job_id)]
     assert [j.job_id for j in report.jobs] == [str(made["old_failed"].job_id), str(made["recent"].job_id)]
     assert _keys(made["old"]) <= _partitions(dagster_instance)[0] and report.budget.over == 0

@@ -67,7 +67,7 @@ def test_a_missing_or_undecodable_image_is_reported_and_a_pruned_jobs_is_not(eng
     store = AssetStore(tmp_path)
     good = store.save_image("tenant-a", "generated", Image.new("RGB", (32, 32), (1, 2, 3)))
     broken = store.save_image("tenant-a", "generated", Image.new("RGB", (32, 32), (1, 2, 3)))
-    broken.path.write_bytes(b"not a png")
+    store.put_bytes(broken.relative_path, b"not a png")
     with engine.begin() as conn:
         for path in (good.relative_path, broken.relative_path, "tenants/tenant-a/generated/gone.png"):
             conn.execute(sa.text("INSERT INTO image_assets (tenant_id, job_id, image_type, path) "

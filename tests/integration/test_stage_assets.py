@@ -120,7 +120,7 @@ def test_broken_product_photo_fails_img_gen_with_the_reason_stored(pipeline_env,
     with engine.connect() as conn:
         path = conn.execute(sa.text("SELECT path FROM image_assets WHERE image_asset_id = :a"),
                             {"a": str(job.product_image_asset_id)}).scalar_one()
-    AssetStore(load_settings().assets_dir).path_for(path).write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    AssetStore.from_settings(load_settings()).path_for(path).write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     dagster_instance.add_dynamic_partitions(variant_partitions.name, [key])
 
     result = _materialize(dagster_instance, VARIANT_ASSETS, key)

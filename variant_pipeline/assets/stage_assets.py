@@ -80,7 +80,7 @@ def job_gallery(ctx: HandlerContext) -> str:
     from variant_pipeline.data.results import job_results
     from variant_pipeline.gallery import markdown_gallery
 
-    return markdown_gallery(job_results(ctx.engine, ctx.partition_key, ctx.settings))
+    return markdown_gallery(job_results(ctx.engine, ctx.partition_key, ctx.settings, ctx.store), ctx.store)
 
 
 def _cancel_requested(context: AssetExecutionContext) -> bool:

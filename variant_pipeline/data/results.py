@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.config import Settings
 from variant_pipeline.data.jobs import JobStatus, get_job_status
+from variant_pipeline.data.storage import AssetStore
 from variant_pipeline.quality import CHECK_STAGES, CheckOutcome, evaluate_all
 
 # evaluations.evaluation_type of each evaluation stage (the judge's verdict lives in vlm_traces).
@@ -46,7 +46,9 @@ class VariantResult:
     step: str
     status: str
     error: str | None
-    image_path: str | None  # the final (overlaid) image, absolute; None before overlay
+    # The final (overlaid) image: an absolute path, or an s3:// URI when the asset root is a
+    # bucket; None before overlay.
+    image_path: str | None
     overlay_text: str | None
     scores: dict[str, Any]
     checks: list[CheckOutcome]
@@ -123,8 +125,10 @@ def variant_checks(engine: Engine, job_variants_id: str, settings: Settings,
     return evaluate_all(records, settings, stages)
 
 
-def job_results(engine: Engine, job_id: uuid.UUID | str, settings: Settings) -> JobResults:
-    """The results contract of ``job_id`` (``JobNotFoundError`` for an unknown job)."""
+def job_results(engine: Engine, job_id: uuid.UUID | str, settings: Settings,
+                store: AssetStore | None = None) -> JobResults:
+    """The results contract of ``job_id`` (``JobNotFoundError`` for an unknown job); image URIs are
+    ``store``'s (default: the configured asset root)."""
     with engine.connect() as conn:
         status: JobStatus = get_job_status(conn, job_id)
         jid = str(status.job_id)
@@ -140,6 +144,7 @@ def job_results(engine: Engine, job_id: uuid.UUID | str, settings: Settings) -> 
                                {"j": jid}).scalar()
         feed = conn.execute(sa.text("SELECT instagram_ad_copy, hashtags FROM instagram_feeds WHERE job_id = :j"),
                             {"j": jid}).first()
+    store = store or AssetStore.from_settings(settings)
     variants = []
     for v in status.variants:
         vid = str(v.job_variants_id)
@@ -148,7 +153,7 @@ def job_results(engine: Engine, job_id: uuid.UUID | str, settings: Settings) -> 
         variants.append(VariantResult(
             job_variants_id=vid, creation_order=v.creation_order,
             state=_state(v.step, v.status, stage_graph.LAST_VARIANT_STAGE), step=v.step, status=v.status,
-            error=v.error, image_path=str(Path(settings.assets_dir) / path) if path else None, overlay_text=text,
+            error=v.error, image_path=store.uri_for(path) if path else None, overlay_text=text,
             scores={name: (stored.get(stage) or {}).get(key) for name, (stage, key) in SCORES.items()},
             checks=evaluate_all(stored, settings),
         ))

@@ -51,7 +51,7 @@ class Thumbnail:
 
     label: str
     image: Image.Image
-    path: str | None = None  # the full-size file, for a path link
+    path: str | None = None  # the full-size file (a path or an s3:// URI), for a link
 
 
 @dataclass

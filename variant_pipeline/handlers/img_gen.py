@@ -45,6 +45,6 @@ def run(ctx: HandlerContext) -> StageOutcome:
         write=write,
         metadata={"mode": generated.mode, "seed": generated.seed, "prompt": generated.prompt,
                   "width": generated.image.width, "height": generated.image.height, "latency_ms": latency},
-        thumbnails=[Thumbnail("generated", generated.image, str(stored.path))],
+        thumbnails=[Thumbnail("generated", generated.image, stored.uri)],
         model=ctx.models.describe("image_generator"),
     )

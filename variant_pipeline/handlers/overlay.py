@@ -59,5 +59,5 @@ def run(ctx: HandlerContext) -> StageOutcome:
                   "color": result.color_hex, "color_source": result.color_source, "fits": result.fits,
                   "fit_reason": result.fit_reason, "box": result.box.as_list(),
                   "text_box": result.text_box.as_list(), "selection": result.selection, "latency_ms": latency},
-        thumbnails=[Thumbnail("overlaid", result.image, str(overlaid.path))],
+        thumbnails=[Thumbnail("overlaid", result.image, overlaid.uri)],
     )

@@ -34,5 +34,5 @@ def run(ctx: HandlerContext) -> StageOutcome:
         metadata={"proposals": len(result.proposals), "feasible": result.feasible, "reason": result.reason,
                   "best_source": best.source if best else None, "best_box": best.box.as_list() if best else None,
                   "forbidden_regions": len(result.forbidden_boxes), "latency_ms": latency},
-        thumbnails=[Thumbnail("plan", viz, str(stored.path))],
+        thumbnails=[Thumbnail("plan", viz, stored.uri)],
     )

@@ -16,7 +16,7 @@ from PIL import Image
 from sqlalchemy.engine import Connection
 
 from variant_pipeline import stages as stage_graph
-from variant_pipeline.data.storage import AssetStore
+from variant_pipeline.data.storage import AssetMissing, AssetStore
 from variant_pipeline.handlers.base import HandlerContext
 from variant_pipeline.state.attempts import StageInputError
 from variant_pipeline.validation import (
@@ -25,7 +25,7 @@ from variant_pipeline.validation import (
     MAX_PROMPT_CHARS,
     InputError,
     check_text,
-    load_image_file,
+    load_image_bytes,
 )
 from variant_pipeline.work.types import Detection, FontRecommendation, NormBox
 
@@ -142,18 +142,20 @@ def asset_path(conn: Connection, image_asset_id: str | None, what: str) -> str:
 def open_image(store: AssetStore, relative_path: str, what: str) -> Image.Image:
     """Load a stored image fully, turning every way it can be broken into one clear error.
 
-    The checks are those of a submitted photo (validation.load_image_file): size limits from the
+    The checks are those of a submitted photo (validation.load_image_bytes): size limits from the
     header before any pixel is decoded, then a full decode. Rows written by other systems reach
     the stages without the CLI's checks, so every image a stage reads goes through them here.
+    A missing file or a broken image is the input's fault (no retry); a store that cannot be
+    reached raises ``StorageError`` (transient: the attempt is retried).
     """
     try:
-        path = store.path_for(relative_path)
+        data = store.read_bytes(relative_path)
     except InputError as exc:
         raise StageInputError(f"{what}: {exc}") from None
-    if not path.exists():
-        raise StageInputError(f"{what} is missing: file {path} not found")
+    except AssetMissing:
+        raise StageInputError(f"{what} is missing: file {store.uri_for(relative_path)} not found") from None
     try:
-        _checked, image = load_image_file(path)
+        _checked, image = load_image_bytes(data, store.uri_for(relative_path))
     except InputError as exc:
         raise StageInputError(f"{what}: {exc}") from None
     except Exception as exc:  # PIL raises many types for broken files (ultralytics' patch adds ImportError)

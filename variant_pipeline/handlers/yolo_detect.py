@@ -35,6 +35,6 @@ def run(ctx: HandlerContext) -> StageOutcome:
         metadata={"detections": len(result.detections), "forbidden": len(result.forbidden),
                   "labels": sorted({d.label for d in result.detections}), "conf": s.detector_conf,
                   "latency_ms": latency},
-        thumbnails=[Thumbnail("forbidden mask", result.forbidden_mask.convert("RGB"), str(mask.path))],
+        thumbnails=[Thumbnail("forbidden mask", result.forbidden_mask.convert("RGB"), mask.uri)],
         model=model,
     )

@@ -257,13 +257,19 @@ def _ray(settings: Settings) -> Check:
 
 def _disk(settings: Settings, min_free_gb: float) -> Check:
     def check() -> Check:
-        where = Path(settings.assets_dir)
+        from variant_pipeline.data.storage import AssetStore
+
+        store = AssetStore.from_settings(settings)
+        if not store.is_local:  # an object store: reachable, allowed and there is what counts
+            store.check()
+            return Check("disk", True, f"asset store {store.uri} answers (a listing of tenants/ works)")
+        where = Path(store.uri)
         while not where.exists() and where != where.parent:
             where = where.parent
         free_gb = shutil.disk_usage(where).free / 2**30
         if free_gb < min_free_gb:
-            return Check("disk", False, f"{free_gb:.1f} GiB free under {settings.assets_dir} (want at least "
+            return Check("disk", False, f"{free_gb:.1f} GiB free under {store.uri} (want at least "
                          f"{min_free_gb:g}): free some, or prune old jobs (`variant-pipeline prune --older-than 30d`)")
-        return Check("disk", True, f"{free_gb:.1f} GiB free under {settings.assets_dir}")
+        return Check("disk", True, f"{free_gb:.1f} GiB free under {store.uri}")
 
     return _guard("disk", check)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -42,9 +41,11 @@ class DatabaseResource(dg.ConfigurableResource):
 
 
 class AssetStorageResource(dg.ConfigurableResource):
-    """Image files, per tenant, under one root. Empty ``root``: the configured assets dir."""
+    """Image files, per tenant, under one root (a directory or s3://bucket/prefix). Empty ``root``:
+    VP_ASSET_ROOT; the S3 endpoint and credentials always come from the settings."""
 
     root: str = ""
 
     def store(self) -> AssetStore:
-        return AssetStore(Path(self.root) if self.root else load_settings().assets_dir)
+        settings = load_settings()
+        return AssetStore(self.root, settings.s3) if self.root else AssetStore.from_settings(settings)

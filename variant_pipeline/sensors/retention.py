@@ -103,7 +103,7 @@ def prune_op(context: OpExecutionContext) -> None:
     settings = load_settings()
     report = prune(
         context.resources.database.engine(), DagsterOrchestrator(context.instance),
-        context.resources.asset_storage.store().root,
+        context.resources.asset_storage.store(),
         parse_duration(settings.prune_older_than) if settings.prune_older_than else None,
         rows=settings.prune_rows, orphan_min_age_s=settings.orphan_min_age_s,
         partition_budget=settings.partition_budget or None,

@@ -37,18 +37,18 @@ is written after its claim and named by a row when its stage commits).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from variant_pipeline.data.outbox import decode_cursor
+from variant_pipeline.data.storage import AssetStore
 from variant_pipeline.state.locks import lock_key
+from variant_pipeline.validation import InputError
 
 EVENT_BATCH = 10_000
 JOB_PAGE = 500
@@ -143,7 +143,7 @@ class PruneReport:
         return out
 
 
-def prune(engine: Engine, orchestrator: Orchestrator, assets_root: Path, older_than: timedelta | None, *,
+def prune(engine: Engine, orchestrator: Orchestrator, store: AssetStore, older_than: timedelta | None, *,
           rows: bool = False, dry_run: bool = False, orphan_min_age_s: float = 3600.0,
           partition_budget: int | None = None) -> PruneReport:
     """Remove what jobs finished before ``now - older_than`` left behind (``None``: no age rule),
@@ -156,19 +156,18 @@ def prune(engine: Engine, orchestrator: Orchestrator, assets_root: Path, older_t
     report = PruneReport(cutoff=None if older_than is None else now - older_than, dry_run=dry_run, rows=rows)
     if partition_budget is not None:
         report.budget = BudgetReport(partition_budget, orchestrator.partition_count("variant"))
-    root = Path(assets_root).resolve()
     if report.cutoff is not None:
         for candidate in _finished_jobs(engine, report.cutoff, rows):
-            _prune_job(engine, orchestrator, root, candidate, report, report.cutoff)
+            _prune_job(engine, orchestrator, store, candidate, report, report.cutoff)
     if report.budget is not None:
-        _keep_budget(engine, orchestrator, root, report, now)
+        _keep_budget(engine, orchestrator, store, report, now)
     if report.cutoff is not None:
         _trim_outbox(engine, orchestrator, report)
-        _remove_orphans(engine, root, report, now - timedelta(seconds=orphan_min_age_s))
+        _remove_orphans(engine, store, report, now - timedelta(seconds=orphan_min_age_s))
     return report
 
 
-def _keep_budget(engine: Engine, orchestrator: Orchestrator, root: Path, report: PruneReport, now: datetime) -> None:
+def _keep_budget(engine: Engine, orchestrator: Orchestrator, store: AssetStore, report: PruneReport, now: datetime) -> None:
     """Remove the partitions of the jobs that finished longest ago until the live variant
     partitions are within the budget (counting what the age rule removed, or would in a dry run)."""
     assert report.budget is not None
@@ -179,7 +178,7 @@ def _keep_budget(engine: Engine, orchestrator: Orchestrator, root: Path, report:
             if candidate in seen:
                 continue
             before = len(report.jobs)
-            _prune_job(engine, orchestrator, root, candidate, report, now, budget=True)
+            _prune_job(engine, orchestrator, store, candidate, report, now, budget=True)
             over -= sum(j.variant_partitions for j in report.jobs[before:])
             if over <= 0:
                 break
@@ -224,7 +223,7 @@ class _Busy(Exception):
     pass
 
 
-def _prune_job(engine: Engine, orchestrator: Orchestrator, root: Path, job_id: str, report: PruneReport,
+def _prune_job(engine: Engine, orchestrator: Orchestrator, store: AssetStore, job_id: str, report: PruneReport,
                cutoff: datetime, *, budget: bool = False) -> None:
     """Prune one job in one transaction: with ``budget``, its partitions only."""
     with engine.connect() as conn:
@@ -245,7 +244,7 @@ def _prune_job(engine: Engine, orchestrator: Orchestrator, root: Path, job_id: s
                 # status from every run's events whenever a partition is added, so runs kept for
                 # partitions that are gone would keep every page's cost growing with age.
                 runs = orchestrator.runs_of(keys)
-                files = [f for f in (_stat(root, p) for p in paths) if f is not None]
+                files = [f for f in (_stat(store, p) for p in paths) if f is not None]
                 if report.dry_run:
                     tx.rollback()
                 else:
@@ -253,7 +252,7 @@ def _prune_job(engine: Engine, orchestrator: Orchestrator, root: Path, job_id: s
                     orchestrator.delete_partitions("job", job_parts)
                     orchestrator.delete_runs(runs)
                     for path, _size in files:
-                        path.unlink(missing_ok=True)
+                        store.delete(path)
                     if report.rows and not budget:
                         conn.execute(sa.text("DELETE FROM jobs WHERE job_id = CAST(:j AS uuid)"), {"j": job_id})
                     else:
@@ -303,14 +302,13 @@ def _lock_finished_job(conn: Connection, job_id: str, cutoff: datetime) -> tuple
     return job.status, job.finished_at, keys
 
 
-def _stat(root: Path, relative: str) -> tuple[Path, int] | None:
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root):
-        return None  # the schema forbids such paths; never follow one out of the root
+def _stat(store: AssetStore, relative: str) -> tuple[str, int] | None:
+    """(key, size) of a job's file, None when it is gone or the key would leave the root."""
     try:
-        return path, path.stat().st_size
-    except FileNotFoundError:
-        return None
+        size = store.size_of(relative)
+    except InputError:
+        return None  # the schema forbids such paths; never follow one out of the root
+    return None if size is None else (relative, size)
 
 
 def _trim_outbox(engine: Engine, orchestrator: Orchestrator, report: PruneReport) -> None:
@@ -340,11 +338,12 @@ def _trim_outbox(engine: Engine, orchestrator: Orchestrator, report: PruneReport
             return
 
 
-def _remove_orphans(engine: Engine, root: Path, report: PruneReport, min_age_cutoff: datetime) -> None:
+def _remove_orphans(engine: Engine, store: AssetStore, report: PruneReport, min_age_cutoff: datetime) -> None:
     # List first, then ask the database: a file whose row commits between the two is seen as
-    # named; one whose attempt is still running is younger than that attempt's start.
-    limit = min(report.cutoff, min_age_cutoff).timestamp()
-    candidates = {rel: (path, size) for rel, path, size, mtime in _files(root) if mtime < limit}
+    # named; one whose attempt is still running is younger than that attempt's start. The listing
+    # is paged (an object store answers a thousand keys a request).
+    limit = min(report.cutoff, min_age_cutoff)
+    candidates = {f.relative_path: f for f in store.files("tenants") if f.modified < limit}
     if not candidates:
         return
     with engine.connect() as conn:
@@ -356,29 +355,11 @@ def _remove_orphans(engine: Engine, root: Path, report: PruneReport, min_age_cut
             chunk = names[start:start + _PATH_CHUNK]
             named.update(p for (p,) in conn.execute(
                 sa.text("SELECT path FROM image_assets WHERE path = ANY(:paths)"), {"paths": chunk}))
-    bound = oldest_running.timestamp() if oldest_running is not None else None
     for rel in sorted(set(candidates) - named):
-        path, size = candidates[rel]
-        if bound is not None and path.stat().st_mtime >= bound:
+        found = candidates[rel]
+        if oldest_running is not None and found.modified >= oldest_running:
             continue
         if not report.dry_run:
-            path.unlink(missing_ok=True)
+            store.delete(rel)
         report.orphans.append(rel)
-        report.orphan_bytes += size
-
-
-def _files(root: Path) -> Iterator[tuple[str, Path, int, float]]:
-    """(relative path, path, size, mtime) of every file under ``root/tenants`` (where AssetStore writes)."""
-    stack = [root / "tenants"]
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except FileNotFoundError:
-            continue
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(Path(entry.path))
-            elif entry.is_file(follow_symlinks=False):
-                info = entry.stat(follow_symlinks=False)
-                path = Path(entry.path)
-                yield path.relative_to(root).as_posix(), path, info.st_size, info.st_mtime
+        report.orphan_bytes += found.size
