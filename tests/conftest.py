@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.pipeline",
     "tests.fixtures.ray",
+    "tests.fixtures.s3",
 ]
 
 TIERS = ("unit", "integration", "e2e")
