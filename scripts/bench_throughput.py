@@ -26,6 +26,7 @@ the GIL) into ``PREFIX.<backend>.txt``; ``--max-concurrent-runs N`` overrides ``
     .venv/bin/python scripts/bench_throughput.py                 # 4 jobs x 3 variants
     .venv/bin/python scripts/bench_throughput.py --jobs 2 --backends ray --json out.json
     .venv/bin/python scripts/bench_throughput.py --backends ray --profile /tmp/prof
+    .venv/bin/python scripts/bench_throughput.py --backends local --asset-roots disk,s3   # disk vs SeaweedFS
 """
 
 from __future__ import annotations
@@ -241,8 +242,16 @@ def _stage_means(app_url: str, job_ids: list[str]) -> dict[str, float]:
     return {stage: round(float(mean), 2) for stage, mean in rows}
 
 
-def _local_loads(job_keys: list[str]) -> int:
-    """Model loads in the run workers: each run's last materialization holds its process's loads."""
+def _run_ids() -> set[str]:
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        return {r.run_id for r in instance.get_runs()}
+
+
+def _local_loads(earlier_runs: set[str]) -> int:
+    """Model loads in the run workers: each run's last materialization holds its process's loads
+    (runs of an earlier batch in the same home are left out)."""
     import dagster as dg
 
     from variant_pipeline.stages import STAGES
@@ -250,6 +259,8 @@ def _local_loads(job_keys: list[str]) -> int:
     loads = 0
     with dg.DagsterInstance.get() as instance:
         for run in instance.get_runs():
+            if run.run_id in earlier_runs:
+                continue
             last: dict[str, int] | None = None
             for stage in STAGES:
                 records = instance.fetch_materializations(
@@ -262,7 +273,7 @@ def _local_loads(job_keys: list[str]) -> int:
 
 
 def run_backend(backend: str, n_jobs: int, ray_port: int, timeout_s: float,
-                max_runs: int | None = None, profile: Path | None = None) -> BackendResult:
+                max_runs: int | None = None, profile: Path | None = None, label: str | None = None) -> BackendResult:
     from variant_pipeline.services import prepare_environment, start_services
 
     saved = {k: os.environ.get(k) for k in _INHERITED}
@@ -289,6 +300,7 @@ def run_backend(backend: str, n_jobs: int, ray_port: int, timeout_s: float,
             idle.start()
             time.sleep(10)
             idle.stop()
+            earlier_runs = _run_ids()
             ledger = CpuLedger()
             ledger.start()
             spy = None if profile is None else subprocess.Popen(
@@ -321,7 +333,7 @@ def run_backend(backend: str, n_jobs: int, ray_port: int, timeout_s: float,
                 mean_batch = items / calls if calls else 0.0
                 replica_rss = {s["family"]: round(s["peak_rss_bytes"] / 2**20, 1) for s in after.values()}
             else:
-                loads = _local_loads([str(j.job_id) for j in jobs])
+                loads = _local_loads(earlier_runs)
         finally:
             services.stop()
     finally:
@@ -338,7 +350,7 @@ def run_backend(backend: str, n_jobs: int, ray_port: int, timeout_s: float,
             else:
                 os.environ[k] = v
     return BackendResult(
-        backend=backend, jobs=n_jobs, variants=3 * n_jobs, wall_s=round(wall, 1),
+        backend=label or backend, jobs=n_jobs, variants=3 * n_jobs, wall_s=round(wall, 1),
         jobs_per_min=round(n_jobs / wall * 60, 2), job_wall_p50_s=round(statistics.median(job_walls), 1),
         job_wall_p95_s=round(_percentile(job_walls, 0.95), 1), stage_seconds=round(stage_s, 1),
         compute_seconds=None if compute is None else round(compute, 2), loads_per_job=round(loads / n_jobs, 2),
@@ -384,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=4, help="jobs of 3 variants submitted at once (default 4)")
     parser.add_argument("--backends", default="local,ray", help="comma-separated, in order (default local,ray)")
     parser.add_argument("--ray-port", type=int, default=6393, help="GCS port of the local Ray head (default 6393)")
+    parser.add_argument("--asset-roots", default="disk",
+                        help="comma-separated: disk (the home's directory) and/or s3 (a bucket of a SeaweedFS "
+                        "server this script starts on 127.0.0.1); each backend runs once per root (default disk)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for a batch")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--max-concurrent-runs", type=int, help="override dagster.yaml's max_concurrent_runs")
@@ -395,15 +410,39 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["VARIANT_PIPELINE_HOME"] = str(home)
     for name in ("DATABASE_URL", "DAGSTER_DATABASE_URL", "VP_DAGSTER_STORAGE_URL", "DAGSTER_HOME", "RAY_ADDRESS"):
         os.environ.pop(name, None)  # a fresh embedded home, nothing of the caller's
+    roots = [r.strip() for r in args.asset_roots.split(",") if r.strip()]
+    if set(roots) - {"disk", "s3"}:
+        parser.error(f"--asset-roots takes disk and/or s3, got {args.asset_roots!r}")
     results = []
+    s3 = None
     try:
+        if "s3" in roots:
+            from tests.fixtures.s3 import SeaweedServer
+
+            s3 = SeaweedServer(home / "seaweedfs")
+            s3.start()
         for backend in args.backends.split(","):
-            print(f"running {args.jobs} jobs x 3 variants with the {backend} backend ...", flush=True)
-            results.append(run_backend(backend.strip(), args.jobs, args.ray_port, args.timeout,
-                                       args.max_concurrent_runs, args.profile))
+            for root in roots:
+                label = backend.strip() if roots == ["disk"] else f"{backend.strip()}, {root}"
+                print(f"running {args.jobs} jobs x 3 variants with the {backend} backend, assets on {root} ...",
+                      flush=True)
+                extra = {}
+                if root == "s3":
+                    bucket = f"vp-bench-{len(results)}"
+                    s3.create_bucket(bucket)
+                    extra = s3.env(bucket)
+                os.environ.update(extra)
+                try:
+                    results.append(run_backend(backend.strip(), args.jobs, args.ray_port, args.timeout,
+                                               args.max_concurrent_runs, args.profile, label))
+                finally:
+                    for name in extra:
+                        os.environ.pop(name, None)
     finally:
         from variant_pipeline.data.embedded_pg import stop_embedded_server
 
+        if s3 is not None:
+            s3.stop()
         stop_embedded_server()
         shutil.rmtree(home, ignore_errors=True)
     print(_table(results))
