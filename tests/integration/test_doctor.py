@@ -106,3 +106,12 @@ def test_a_daemon_that_stopped_beating_fails_its_check(deployment) -> None:
     assert "no heartbeat ever written" in _failing("dagster daemon")
     beat(time.time() - 600)
     assert re.search(r"last heartbeat 60\d s ago: the daemon is not running", _failing("dagster daemon"))
+
+
+def test_the_disk_check_lists_an_object_store_root_and_names_a_missing_bucket(deployment, s3_env,
+                                                                               monkeypatch) -> None:
+    checks = _checks()
+    assert checks["disk"].ok and s3_env["VP_ASSET_ROOT"] in checks["disk"].detail, checks["disk"]
+    assert not (deployment.home / "assets").exists()
+    monkeypatch.setenv("VP_ASSET_ROOT", "s3://vp-no-such-bucket/x")
+    assert "bucket 'vp-no-such-bucket' does not exist" in _failing("disk")

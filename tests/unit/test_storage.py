@@ -107,3 +107,13 @@ def test_asset_roots_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root
 def test_malformed_asset_roots_are_refused(root: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         parse_asset_root(root)
+
+
+def test_a_symbolic_link_out_of_the_root_is_not_followed(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (16, 16)).save(secret)
+    root = tmp_path / "assets"
+    (root / "tenants" / "t1").mkdir(parents=True)
+    (root / "tenants" / "t1" / "link.png").symlink_to(secret)
+    with pytest.raises(InputError, match="leaves the asset root"):
+        AssetStore(root).read_bytes("tenants/t1/link.png")

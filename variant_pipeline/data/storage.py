@@ -185,6 +185,8 @@ class AssetStore:
         import obstore
 
         key = self._key(relative_path)
+        if self.root.directory is not None:
+            self.path_for(key)  # a symbolic link placed under the root must not lead out of it
         return self._call("read", key, lambda: bytes(obstore.get(self._backend(), key).bytes()))
 
     def open_image(self, relative_path: str) -> Image.Image:
