@@ -40,6 +40,25 @@ LAUNCH = """mutation LaunchPipelineExecution($executionParams: ExecutionParams!)
 }"""
 
 
+def materialize_through_web_server(port: int, asset: str, partition: str) -> str:
+    """Launch ``asset`` for ``partition`` as the UI's Materialize button does; the run's id."""
+    params = {
+        "mode": "default",
+        "runConfigData": "{}",
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+        "selector": {"repositoryLocationName": "variant_pipeline", "repositoryName": "__repository__",
+                     "pipelineName": "__ASSET_JOB", "assetSelection": [{"path": [asset]}],
+                     "assetCheckSelection": []},
+    }
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql", method="POST", headers={"Content-Type": "application/json"},
+        data=json.dumps({"query": LAUNCH, "variables": {"executionParams": params}}).encode())
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.loads(response.read())["data"]["launchPipelineExecution"]
+    assert answer["__typename"] == "LaunchRunSuccess", answer
+    return answer["run"]["runId"]
+
+
 @pytest.fixture
 def finished_variant(pipeline_env, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Environment, Services, str, int]]:
     """Daemon and web server up, and a one-variant job run to its feed: (env, services, variant, port)."""
@@ -117,18 +136,4 @@ def test_overlay_materialized_from_the_command_line_continues_downstream(finishe
 @pytest.mark.timeout(1200)
 def test_overlay_materialized_through_the_web_server_continues_downstream(finished_variant) -> None:
     env, services, variant, port = finished_variant
-    params = {
-        "mode": "default",
-        "runConfigData": "{}",
-        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": variant}]},
-        "selector": {"repositoryLocationName": "variant_pipeline", "repositoryName": "__repository__",
-                     "pipelineName": "__ASSET_JOB", "assetSelection": [{"path": ["overlay"]}],
-                     "assetCheckSelection": []},
-    }
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql", method="POST", headers={"Content-Type": "application/json"},
-        data=json.dumps({"query": LAUNCH, "variables": {"executionParams": params}}).encode())
-    with urllib.request.urlopen(request, timeout=60) as response:
-        answer = json.loads(response.read())["data"]["launchPipelineExecution"]
-    assert answer["__typename"] == "LaunchRunSuccess", answer
-    _assert_continued(env, services, answer["run"]["runId"], variant)
+    _assert_continued(env, services, materialize_through_web_server(port, "overlay", variant), variant)

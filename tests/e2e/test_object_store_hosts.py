@@ -19,13 +19,12 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from tests.e2e.test_hand_materialization import LAUNCH, _continuation_of
+from tests.e2e.test_hand_materialization import _continuation_of, materialize_through_web_server
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.config import PROJECT_ROOT, load_settings
 from variant_pipeline.data.engine import get_engine
@@ -56,23 +55,6 @@ def _cli(host: dict[str, str], *args: str) -> str:
     proc = subprocess.run([CLI, *args], env=host, capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
     assert proc.returncode == 0, (args, proc.stderr[-2000:])
     return proc.stdout
-
-
-def _launch_overlay(port: int, variant: str) -> str:
-    params = {
-        "mode": "default", "runConfigData": "{}",
-        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": variant}]},
-        "selector": {"repositoryLocationName": "variant_pipeline", "repositoryName": "__repository__",
-                     "pipelineName": "__ASSET_JOB", "assetSelection": [{"path": ["overlay"]}],
-                     "assetCheckSelection": []},
-    }
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql", method="POST", headers={"Content-Type": "application/json"},
-        data=json.dumps({"query": LAUNCH, "variables": {"executionParams": params}}).encode())
-    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 (loopback)
-        answer = json.loads(response.read())["data"]["launchPipelineExecution"]
-    assert answer["__typename"] == "LaunchRunSuccess", answer
-    return answer["run"]["runId"]
 
 
 def _finished(run_id: str, timeout_s: float) -> dg.DagsterRun:
@@ -117,7 +99,7 @@ def test_daemon_web_server_and_cli_on_three_homes_share_only_the_database_and_th
             # Re-rendered by hand through the web server: that host's run worker reads the bucket.
             store = AssetStore.from_settings(load_settings())
             before = {f.relative_path for f in store.files()}
-            hand = _finished(_launch_overlay(port, variant), timeout_s=300)
+            hand = _finished(materialize_through_web_server(port, "overlay", variant), timeout_s=300)
             assert hand.status == dg.DagsterRunStatus.SUCCESS
             assert len({f.relative_path for f in store.files()} - before) == 2  # the new overlay and glyph mask
             continuation = _continuation_of(hand.run_id, timeout_s=300)  # launched by the daemon's sensor
