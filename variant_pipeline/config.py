@@ -83,6 +83,8 @@ def home_dir() -> Path:
 # S3 bucket names: 3-63 lower-case letters, digits, dots and hyphens, starting and ending with a
 # letter or digit.
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
 @dataclass(frozen=True)
 class AssetRoot:
     """A parsed asset root: ``local`` (``directory``) or ``s3`` (``bucket`` and ``prefix``)."""
@@ -112,7 +114,7 @@ def parse_asset_root(value: str) -> AssetRoot:
     bucket, _, prefix = rest.partition("/")
     if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
         raise SettingsError(f"asset root {value!r}: {bucket!r} is not a valid bucket name "
-                         "(3-63 lower-case letters, digits, '.' or '-')")
+                            "(3-63 lower-case letters, digits, '.' or '-')")
     parts = [p for p in prefix.split("/") if p]
     if any(p in (".", "..") for p in parts):
         raise SettingsError(f"asset root {value!r}: the prefix may not contain '.' or '..'")
@@ -125,7 +127,7 @@ class S3Options:
 
     endpoint_url: str | None = None
     access_key_id: str | None = None
-    secret_access_key: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)  # never in a log line
     region: str | None = None
     request_timeout_s: float = 30.0
     connect_timeout_s: float = 5.0

@@ -249,8 +249,9 @@ def test_bad_object_store_configuration_is_one_line_at_submit_and_writes_nothing
     assert _keys(good) == set()  # no photo reached the bucket either
 
 
-def test_the_same_refusals_reach_a_stage_as_a_failed_attempt_with_the_reason(s3_env) -> None:
-    """A stage's store errors are one line too; refusals are StorageRefused (the operator's to fix)."""
+def test_a_write_with_wrong_credentials_is_refused_in_one_line(s3_env) -> None:
+    """What a stage meets with a wrong secret: ``StorageRefused`` (the operator's to fix), one line
+    that says what to check."""
     s3 = load_settings().s3
     wrong = AssetStore(s3_env["VP_ASSET_ROOT"], type(s3)(**{**s3.__dict__, "secret_access_key": "nope"}))
     with pytest.raises(StorageRefused, match="check the access key") as refused:
