@@ -232,6 +232,7 @@ class Soak:
         self.daemon_up_since = time.time()
         self.stopped_pids: set[int] = set()
         self.ray_started = False
+        self.s3 = None  # the SeaweedFS server of --asset-root s3
         self.last_prune_started: float | None = None
         self.t0 = 0.0
         self.stop_event = threading.Event()
@@ -287,6 +288,15 @@ class Soak:
             os.environ[key] = value
         if self.args.backend == "ray":
             os.environ["VP_MODEL_BACKEND"] = "ray"
+        if self.args.asset_root == "s3":  # every process keeps its images in a bucket of a local SeaweedFS
+            sys.path.insert(0, str(ROOT))
+            from tests.fixtures.s3 import SeaweedServer
+
+            self.s3 = SeaweedServer(self.out / "seaweedfs")
+            self.s3.start()
+            self.s3.create_bucket("vp-soak")
+            os.environ.update(self.s3.env("vp-soak"))
+            self.log(f"asset root {os.environ['VP_ASSET_ROOT']} on {self.s3.endpoint} (pid {self.s3.process.pid})")
         from variant_pipeline.data.engine import get_engine
         from variant_pipeline.services import prepare_environment
 
@@ -355,6 +365,9 @@ class Soak:
                 self.log("embedded PostgreSQL stopped")
             except Exception as exc:
                 self.log(f"stopping PostgreSQL: {exc}")
+        if self.s3 is not None:
+            self.s3.stop()
+            self.log("SeaweedFS stopped")
 
     # --- processes ---
 
@@ -604,9 +617,7 @@ class Soak:
 
         def put(name: str, data: bytes) -> str:
             relative = f"{folder}/{name}"
-            path = store.path_for(relative)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            store.put_bytes(relative, data)
             return relative
 
         photo = None
@@ -668,8 +679,7 @@ class Soak:
             jobs = conn.execute(sa.text("SELECT count(*) FROM jobs WHERE tenant_id = :t"), {"t": tenant}).scalar_one()
             images = conn.execute(sa.text("SELECT count(*) FROM image_assets WHERE tenant_id = :t"),
                                   {"t": tenant}).scalar_one()
-        folder = Path(self.environment.settings.asset_root) / "tenants" / tenant
-        files = sum(1 for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
+        files = sum(1 for _ in self._store().files(f"tenants/{tenant}"))
         return jobs, images, files
 
     def do_bad_cli(self, action: Action) -> None:
@@ -1075,18 +1085,17 @@ class Soak:
         import dagster as dg
 
         found: list[str] = []
-        settings = self.environment.settings
         with dg.DagsterInstance.get() as instance, self.engine.connect() as raw:
             conn = raw.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 attempts = checks.load_attempts(conn)
                 runs = {**self.seen_run_infos, **checks.run_infos(instance, [a.run_id for a in attempts if a.run_id])}
                 found += checks.round_violations(attempts, runs)
-                found += checks.check_images(conn, Path(settings.asset_root), self.bad_paths,
+                found += checks.check_images(conn, self._store(), self.bad_paths,
                                              recheck=checks.still_named_unpruned(self.engine.connect),
                                              verified=self.verified_images if source == "always" else None)
-                found += checks.check_bad_cli_tenant(conn, Path(settings.asset_root), BAD_CLI_TENANT)
-                found += checks.check_bad_cli_tenant(conn, Path(settings.asset_root), UNKNOWN_TENANT)
+                found += checks.check_bad_cli_tenant(conn, self._store(), BAD_CLI_TENANT)
+                found += checks.check_bad_cli_tenant(conn, self._store(), UNKNOWN_TENANT)
                 found += checks.check_event_chains(conn)
             if source == "always":
                 with raw.begin():
@@ -1206,7 +1215,7 @@ class Soak:
                                              instance.get_dynamic_partitions("jobs"))
             if self.last_prune_started is not None:
                 bound = self.last_prune_started - max(120.0, settings.orphan_min_age_s) - 5
-                found += checks.check_orphan_files(conn, Path(settings.asset_root), bound)
+                found += checks.check_orphan_files(conn, self._store(), bound)
             # `results JOB --json` for every finished job, through the CLI's own entry point.
             import sqlalchemy as sa
 
@@ -1219,7 +1228,7 @@ class Soak:
                 if rc != 0:
                     found.append(f"results {job_id} --json: exit {rc}")
                     continue
-                found += checks.compare_results(conn, job_id, json.loads(buffer.getvalue()), Path(settings.asset_root))
+                found += checks.compare_results(conn, job_id, json.loads(buffer.getvalue()), self._store())
         for message in found:
             self.violation("final", message)
 
@@ -1281,7 +1290,7 @@ class Soak:
         recovery = recovery_by_kind(faults)
         report: dict[str, Any] = {
             "seed": self.args.seed, "command": " ".join(shlex.quote(c) for c in self.command),
-            "backend": self.args.backend, "duration_s": self.duration_s, "jobs_per_min": self.args.jobs_per_min,
+            "backend": self.args.backend, "asset_root": self.args.asset_root, "duration_s": self.duration_s, "jobs_per_min": self.args.jobs_per_min,
             "faults_per_min": self.args.faults_per_min, "env_overrides": self.args.env,
             "started": datetime.fromtimestamp(self.t0, UTC).isoformat() if self.t0 else None,
             "host": {"cpus": os.cpu_count(), "hostname": socket.gethostname()},
@@ -1642,7 +1651,8 @@ def recompute(out: Path) -> dict[str, Any]:
 
 def markdown(report: dict[str, Any]) -> str:
     """The run's summary, to paste into docs/soak.md."""
-    lines = [f"### Soak: seed {report['seed']}, {report['duration_s'] / 60:g} min, {report['backend']} backend",
+    lines = [f"### Soak: seed {report['seed']}, {report['duration_s'] / 60:g} min, {report['backend']} backend"
+             + (", images in an S3 bucket (SeaweedFS)" if report.get("asset_root") == "s3" else ""),
              "", f"`{report['command']}`", "",
              f"Started {report.get('started')}, {report['host']['cpus']} CPUs; {report['jobs_per_min']} jobs/min, "
              f"{report['faults_per_min']} faults/min; overrides: {', '.join(report['env_overrides']) or 'none (defaults)'}; "
@@ -1697,6 +1707,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs-per-min", type=float, default=1.0,
                         help="job arrivals per minute (Poisson); a 2-core machine finishes about one a minute")
     parser.add_argument("--faults-per-min", type=float, default=1.0, help="fault rate (one fault at a time)")
+    parser.add_argument("--asset-root", choices=("disk", "s3"), default="disk",
+                        help="where the images live: the home's disk, or a bucket of a SeaweedFS server the soak "
+                        "starts on 127.0.0.1 (default disk)")
     parser.add_argument("--out", default=None, help="output folder (default var/soak/seed<N>-<time>)")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting for every process (e.g. VP_RECOVERY_INTERVAL_S=2); repeatable")

@@ -57,11 +57,13 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+
+if TYPE_CHECKING:
+    from variant_pipeline.data.storage import AssetStore
 
 LAUNCHED_BY_TAG = "variant_pipeline/launched_by"
 RUN_KEY_TAG = "dagster/run_key"
@@ -181,14 +183,16 @@ def check_committed_rounds(conn: Connection, runs: Mapping[str, RunInfo]) -> lis
 # --- Images ------------------------------------------------------------------------------------
 
 
-def _decodes(path: Path) -> str | None:
+def _decodes(store: AssetStore, path: str) -> str | None:
     from PIL import Image
 
+    from variant_pipeline.data.storage import AssetMissing, StorageError
+
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+        data = store.read_bytes(path)
+    except AssetMissing:
         return "missing"
-    except OSError as exc:
+    except (StorageError, OSError) as exc:
         return f"unreadable ({exc})"
     try:
         with Image.open(io.BytesIO(data)) as img:
@@ -198,7 +202,7 @@ def _decodes(path: Path) -> str | None:
     return None
 
 
-def check_images(conn: Connection, assets_root: Path, exclude_paths: Iterable[str] = (),
+def check_images(conn: Connection, store: AssetStore, exclude_paths: Iterable[str] = (),
                  recheck: Callable[[str], bool] | None = None, verified: set[str] | None = None) -> list[str]:
     """Every image_assets file exists and decodes, except those of rows older than their job's
     last prune (prune deletes a finished job's files on purpose and keeps its rows).
@@ -219,9 +223,9 @@ def check_images(conn: Connection, assets_root: Path, exclude_paths: Iterable[st
         if path in skip:
             continue
         if verified is not None and path in verified:
-            problem = None if (Path(assets_root) / path).exists() else "missing"
+            problem = None if store.size_of(path) is not None else "missing"
         else:
-            problem = _decodes(Path(assets_root) / path)
+            problem = _decodes(store, path)
             if problem is None and verified is not None:
                 verified.add(path)
         if problem == "missing" and recheck is not None and not recheck(path):
@@ -246,16 +250,15 @@ def still_named_unpruned(conn_factory: Callable[[], Any]) -> Callable[[str], boo
 # --- Bad CLI input wrote nothing ---------------------------------------------------------------
 
 
-def check_bad_cli_tenant(conn: Connection, assets_root: Path, tenant: str) -> list[str]:
+def check_bad_cli_tenant(conn: Connection, store: AssetStore, tenant: str) -> list[str]:
     out = []
     jobs = conn.execute(sa.text("SELECT count(*) FROM jobs WHERE tenant_id = :t"), {"t": tenant}).scalar_one()
     images = conn.execute(sa.text("SELECT count(*) FROM image_assets WHERE tenant_id = :t"), {"t": tenant}).scalar_one()
     if jobs or images:
         out.append(f"refused CLI input wrote rows: tenant {tenant} has {jobs} jobs and {images} image rows")
-    folder = Path(assets_root) / "tenants" / tenant
-    files = [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+    files = [f.relative_path for f in store.files(f"tenants/{tenant}")]
     if files:
-        out.append(f"refused CLI input wrote files: {len(files)} under {folder}, e.g. {files[0]}")
+        out.append(f"refused CLI input wrote files: {len(files)} under {store.uri}/tenants/{tenant}, e.g. {files[0]}")
     return out
 
 
@@ -481,23 +484,19 @@ def check_partitions(conn: Connection, variant_keys: Iterable[str], job_keys: It
     return out
 
 
-def check_orphan_files(conn: Connection, assets_root: Path, older_than: float) -> list[str]:
+def check_orphan_files(conn: Connection, store: AssetStore, older_than: float) -> list[str]:
     """No file that no row names is older than ``older_than`` (a timestamp: the orphan rule's bound
     at the last prune, which removes such files)."""
-    root = Path(assets_root) / "tenants"
-    if not root.exists():
-        return []
-    candidates = {p.relative_to(assets_root).as_posix(): p for p in root.rglob("*")
-                  if p.is_file() and p.stat().st_mtime < older_than}
+    candidates = {f.relative_path: f.modified for f in store.files("tenants") if f.modified.timestamp() < older_than}
     if not candidates:
         return []
     named = {p for (p,) in conn.execute(sa.text("SELECT path FROM image_assets WHERE path = ANY(:p)"),
                                         {"p": list(candidates)})}
-    return [f"orphan file outlived the orphan rule: {rel} (modified {datetime.fromtimestamp(candidates[rel].stat().st_mtime).isoformat(timespec='seconds')})"
+    return [f"orphan file outlived the orphan rule: {rel} (modified {candidates[rel].isoformat(timespec='seconds')})"
             for rel in sorted(set(candidates) - named)]
 
 
-def compare_results(conn: Connection, job_id: str, answer: Mapping[str, Any], assets_root: Path) -> list[str]:
+def compare_results(conn: Connection, job_id: str, answer: Mapping[str, Any], store: AssetStore) -> list[str]:
     """``variant-pipeline results JOB --json`` against the rows."""
     out = []
     job = conn.execute(sa.text("""SELECT current_step, status, error, expected_variants,
@@ -521,7 +520,7 @@ def compare_results(conn: Connection, job_id: str, answer: Mapping[str, Any], as
             continue
         if (v.get("step"), v.get("status")) != (step, status):
             out.append(f"results {job_id}: variant {vid} {v.get('step')}/{v.get('status')} vs rows {step}/{status}")
-        expected = str(Path(assets_root) / path) if path else None
+        expected = store.uri_for(path) if path else None
         if v.get("image_path") != expected:
             out.append(f"results {job_id}: variant {vid} image {v.get('image_path')} vs rows {expected}")
     feed = conn.execute(sa.text("SELECT instagram_ad_copy, hashtags FROM instagram_feeds WHERE job_id = :j"),

@@ -73,17 +73,17 @@ def test_a_missing_or_undecodable_image_is_reported_and_a_pruned_jobs_is_not(eng
             conn.execute(sa.text("INSERT INTO image_assets (tenant_id, job_id, image_type, path) "
                                  "VALUES ('tenant-a', :j, 'generated', :p)"), {"j": str(job.job_id), "p": path})
     with engine.connect() as conn:
-        found = checks.check_images(conn, tmp_path)
+        found = checks.check_images(conn, store)
         assert len(found) == 2, found
         assert any(m.startswith("image missing") and "gone.png" in m for m in found)
         assert any(m.startswith("image does not decode") and broken.relative_path in m for m in found)
         # Files deliberately bad (the soak's planted input) are left out when named.
-        assert len(checks.check_images(conn, tmp_path, exclude_paths=[broken.relative_path])) == 1
+        assert len(checks.check_images(conn, store, exclude_paths=[broken.relative_path])) == 1
     with engine.begin() as conn:  # prune removed the job's files: its older rows are not checked
         conn.execute(sa.text("UPDATE jobs SET pruned_at = now() + interval '1 second' WHERE job_id = :j"),
                      {"j": str(job.job_id)})
     with engine.connect() as conn:
-        assert checks.check_images(conn, tmp_path) == []
+        assert checks.check_images(conn, store) == []
 
 
 def test_a_running_attempt_left_over_is_reported_and_one_whose_lock_is_held_is_not(engine) -> None:
@@ -144,10 +144,10 @@ def test_a_failure_needs_its_recorded_reason(engine, error, attempts, ok) -> Non
 
 def test_bad_cli_input_that_wrote_something_is_reported(engine, tmp_path) -> None:
     with engine.connect() as conn:
-        assert checks.check_bad_cli_tenant(conn, tmp_path, "soak-bad") == []
+        assert checks.check_bad_cli_tenant(conn, AssetStore(tmp_path), "soak-bad") == []
     create_job(engine, tenant_id="soak-bad", variants=1)
     with engine.connect() as conn:
-        [message] = checks.check_bad_cli_tenant(conn, tmp_path, "soak-bad")
+        [message] = checks.check_bad_cli_tenant(conn, AssetStore(tmp_path), "soak-bad")
     assert message.startswith("refused CLI input wrote rows")
 
 
