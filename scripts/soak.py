@@ -209,7 +209,8 @@ class Soak:
         self.home = self.out / "home"
         self.duration_s = parse_duration(args.duration)
         self.schedule = build_schedule(seed=args.seed, duration_s=self.duration_s, backend=args.backend,
-                                       jobs_per_min=args.jobs_per_min, faults_per_min=args.faults_per_min)
+                                       jobs_per_min=args.jobs_per_min, faults_per_min=args.faults_per_min,
+                                       asset_root=args.asset_root)
         self.lock = threading.RLock()
         self.log_file = (self.out / "soak.log").open("a", encoding="utf-8")
         self.violations: list[dict[str, Any]] = []
@@ -475,14 +476,17 @@ class Soak:
 
     # --- workload: jobs ---
 
-    def _retrying(self, what, attempts: int = 6, pause_s: float = 5.0):
-        """Direct SQL writes by an upstream system retry while the database is restarting."""
+    def _retrying(self, what, attempts: int = 10, pause_s: float = 5.0):
+        """Direct writes by an upstream system (SQL, files) retry while the database or the object
+        store is restarting."""
         import sqlalchemy as sa
+
+        from variant_pipeline.data.storage import StorageUnavailable
 
         for i in range(attempts):
             try:
                 return what()
-            except (sa.exc.OperationalError, sa.exc.InterfaceError):
+            except (sa.exc.OperationalError, sa.exc.InterfaceError, StorageUnavailable):
                 if i == attempts - 1:
                     raise
                 time.sleep(pause_s)
@@ -570,7 +574,7 @@ class Soak:
 
         p = action.params
         store = self._store()
-        images = [store.save_image(UPSTREAM, "generated", _photo(p["photo_seed"] + i, 256, 256))
+        images = [self._retrying(lambda i=i: store.save_image(UPSTREAM, "generated", _photo(p["photo_seed"] + i, 256, 256)))
                   for i in range(p["variants"])]
 
         def write() -> tuple[str, list[str]]:
@@ -617,7 +621,7 @@ class Soak:
 
         def put(name: str, data: bytes) -> str:
             relative = f"{folder}/{name}"
-            store.put_bytes(relative, data)
+            self._retrying(lambda: store.put_bytes(relative, data))
             return relative
 
         photo = None
@@ -1002,6 +1006,17 @@ class Soak:
         self.fault_done(fault, {"pgdata": str(self.pgdata)}, end=time.time(), stop_rc=stop.returncode,
                         down_for_s=action.params["duration_s"])
 
+    def do_s3_restart(self, action: Action) -> None:
+        """The object store dies (SIGKILL) and is started again on the same data after the pause:
+        stages that read or write meanwhile fail as transient and are retried."""
+        fault = self.fault_start(action)
+        self.s3.kill()
+        time.sleep(action.params["duration_s"])
+        started = time.time()
+        self.s3.start()
+        self.fault_done(fault, {"endpoint": self.s3.endpoint}, end=time.time(),
+                        down_for_s=action.params["duration_s"], restart_s=round(time.time() - started, 1))
+
     def do_second_daemon(self, action: Action) -> None:
         fault = self.fault_start(action)
         services = self.start_daemon()
@@ -1114,8 +1129,8 @@ class Soak:
 
     def checker_loop(self) -> None:
         while not self.stop_event.wait(self.args.check_interval):
-            if any(f.get("end") is None for f in self.faults.values() if f["kind"] == "pg_restart"):
-                continue
+            if any(f.get("end") is None for f in self.faults.values() if f["kind"] in ("pg_restart", "s3_restart")):
+                continue  # the checks read the database and the images
             try:
                 self.remember_runs()
                 found = self.always_checks("always")
@@ -1750,6 +1765,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.schedule_only:
         schedule = build_schedule(seed=args.seed, duration_s=parse_duration(args.duration), backend=args.backend,
+                                  asset_root=args.asset_root,
                                   jobs_per_min=args.jobs_per_min, faults_per_min=args.faults_per_min)
         print(json.dumps([a.to_dict() for a in schedule], indent=1, ensure_ascii=False))
         return 0

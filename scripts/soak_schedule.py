@@ -15,9 +15,10 @@ from typing import Any
 
 FAULT_KINDS_LOCAL = ("kill_worker", "kill_daemon", "kill_code_server", "pg_restart", "stop_worker", "second_daemon")
 FAULT_KINDS_RAY = (*FAULT_KINDS_LOCAL, "kill_replica", "serve_restart")
+FAULT_KINDS_S3 = ("s3_restart",)  # with --asset-root s3: the object store dies and comes back
 # How long each fault lasts (s): the daemon stays down, the worker stopped, the second daemon up...
 FAULT_DURATIONS = {"kill_daemon": (5, 40), "stop_worker": (20, 90), "second_daemon": (30, 120),
-                   "pg_restart": (1, 5), "serve_restart": (0, 0)}
+                   "pg_restart": (1, 5), "serve_restart": (0, 0), "s3_restart": (1, 10)}
 
 # Arrivals that create a job (Poisson at --jobs-per-min), by weight.
 JOB_KINDS = {"submit": 6.0, "producer_job": 1.5, "producer_img_done": 1.0, "bad_rows": 1.5}
@@ -46,7 +47,7 @@ class Action:
 
     @property
     def is_fault(self) -> bool:
-        return self.kind in FAULT_KINDS_RAY
+        return self.kind in FAULT_KINDS_RAY or self.kind in FAULT_KINDS_S3
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "t": round(self.t, 2)}
@@ -105,7 +106,7 @@ def _op_params(rng: random.Random, kind: str) -> dict[str, Any]:
 
 
 def build_schedule(*, seed: int, duration_s: float, backend: str, jobs_per_min: float,
-                   faults_per_min: float, warmup_s: float = 20.0) -> list[Action]:
+                   faults_per_min: float, warmup_s: float = 20.0, asset_root: str = "disk") -> list[Action]:
     """Every action of the soak, in time order; a fault kind never overlaps itself, and every fault
     ends before ``duration_s``."""
     rng = random.Random(seed)
@@ -140,6 +141,8 @@ def build_schedule(*, seed: int, duration_s: float, backend: str, jobs_per_min: 
     # overlaps itself (one second daemon, one stopped worker at a time).
     if faults_per_min > 0:
         fault_kinds = list(FAULT_KINDS_RAY if backend == "ray" else FAULT_KINDS_LOCAL)
+        if asset_root == "s3":
+            fault_kinds += FAULT_KINDS_S3
         rng.shuffle(fault_kinds)
         busy_until = dict.fromkeys(fault_kinds, 0.0)
         t = warmup_s + rng.expovariate(faults_per_min / 60.0) * 0.5

@@ -60,6 +60,19 @@ def test_local_backend_has_no_ray_faults() -> None:
     assert {a.kind for a in actions if a.is_fault} == set(soak_schedule.FAULT_KINDS_LOCAL)
 
 
+def test_an_object_store_soak_adds_its_restarts_and_leaves_the_disk_schedule_as_it_was() -> None:
+    def build(root: str) -> list:
+        return soak_schedule.build_schedule(seed=5, duration_s=3600, backend="local", jobs_per_min=1,
+                                            faults_per_min=3, asset_root=root)
+
+    on_disk, in_bucket = build("disk"), build("s3")
+    assert {a.kind for a in in_bucket if a.is_fault} == {*soak_schedule.FAULT_KINDS_LOCAL, "s3_restart"}
+    assert [a.to_dict() for a in on_disk] == [a.to_dict() for a in soak_schedule.build_schedule(
+        seed=5, duration_s=3600, backend="local", jobs_per_min=1, faults_per_min=3)]
+    low, high = soak_schedule.FAULT_DURATIONS["s3_restart"]
+    assert all(low <= a.params["duration_s"] <= high for a in in_bucket if a.kind == "s3_restart")
+
+
 @pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("3m", 180), ("60m", 3600), ("1h30m", 5400), ("45", 45)])
 def test_durations(text: str, seconds: float) -> None:
     assert soak_schedule.parse_duration(text) == seconds
