@@ -258,3 +258,59 @@ def test_a_write_with_wrong_credentials_is_refused_in_one_line(s3_env) -> None:
     with pytest.raises(StorageRefused, match="check the access key") as refused:
         wrong.put_bytes("tenants/acme/x.png", b"x")
     assert "\n" not in str(refused.value)
+
+
+def test_prune_with_the_store_down_changes_nothing_and_files_left_by_a_failed_delete_go_next_time(
+        s3_server: SeaweedServer, pipeline_env, dagster_instance, s3_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before its commit, prune needs the store (it sizes the job's files): down, the prune fails
+    in one line and the job keeps its partitions. After the commit a failed delete leaves the job
+    pruned with its files counted as left, and the next prune's orphan scan removes them (a row of
+    a pruned job written before its prune no longer keeps a file)."""
+    monkeypatch.setenv("VP_S3_RETRY_TIMEOUT_S", "1")
+    engine = get_engine(pipeline_env.app_url)
+    store = AssetStore.from_settings(load_settings())
+    job = submit_sample(pipeline_env.app_url, variants=1)
+    key = str(job.variant_ids[0])
+    dagster_instance.add_dynamic_partitions(variant_partitions.name, [key])
+    assert _materialize(dagster_instance, VARIANT_ASSETS, key, selection=["img_gen"]).success
+    with engine.begin() as conn:  # finished long ago (as a failed job), so the age rule takes it
+        conn.execute(sa.text("UPDATE jobs_variants SET status = 'failed', finished_at = now() - interval '1 day' "
+                             "WHERE job_id = :j"), {"j": str(job.job_id)})
+        conn.execute(sa.text("UPDATE jobs SET status = 'failed', finished_at = now() - interval '1 day' "
+                             "WHERE job_id = :j"), {"j": str(job.job_id)})
+    files = _named(engine, job.job_id)
+    assert len(files) == 2  # the photo and the generated image
+    orchestrator = DagsterOrchestrator(dagster_instance)
+
+    s3_server.kill()
+    try:
+        with pytest.raises(StorageUnavailable, match="cannot reach asset store") as down:
+            prune(engine, orchestrator, AssetStore(s3_env["VP_ASSET_ROOT"], load_settings().s3), timedelta(hours=1))
+        assert "\n" not in str(down.value)
+    finally:
+        s3_server.start()
+    assert key in dagster_instance.get_dynamic_partitions(variant_partitions.name)
+    assert get_job_status(engine, job.job_id).pruned_at is None
+
+    store = AssetStore(s3_env["VP_ASSET_ROOT"], load_settings().s3)
+    report = prune(engine, orchestrator, store, timedelta(hours=1), orphan_min_age_s=0)
+    assert [j.job_id for j in report.jobs] == [str(job.job_id)] and report.files_left == 0
+    assert _keys(store) == set()
+    # As if one delete had failed: the file is back, named only by the pruned job's row.
+    kept = sorted(files)[0]
+    store.put_bytes(kept, b"left behind")
+    time.sleep(1.1)
+    again = prune(engine, orchestrator, store, timedelta(seconds=1), orphan_min_age_s=0)
+    assert again.orphans == [kept] and _keys(store) == set()
+
+
+def test_a_delete_the_store_fails_is_counted_as_left_not_raised(s3_env) -> None:
+    from variant_pipeline.state.retention import PruneReport, _delete_files
+
+    s3 = load_settings().s3
+    dead = AssetStore(s3_env["VP_ASSET_ROOT"], type(s3)(**{**s3.__dict__, "endpoint_url": "http://127.0.0.1:9",
+                                                            "retry_timeout_s": 0.5}))
+    report = PruneReport(cutoff=None, dry_run=False, rows=False)
+    _delete_files(dead, ["tenants/acme/a.png", "tenants/acme/b.png"], report)
+    assert report.files_left == 2 and "cannot reach asset store" in report.store_errors[0]
+    assert any("2 files of pruned jobs not deleted" in line for line in report.lines())

@@ -12,8 +12,14 @@ removes, for every job finished (done or failed) before the cutoff:
   its inputs, variants, image rows, stage outputs, traces and attempts.
 
 It also removes outbox events older than the cutoff that the outbox sensor's saved cursor has
-passed (in batches), and orphan files: files under the asset root that no ``image_assets`` row
-names (an image of an attempt that was superseded or timed out, an image a re-run replaced).
+passed (in batches), and orphan files: files under the asset root that no live ``image_assets``
+row names (an image of an attempt that was superseded or timed out, an image a re-run replaced;
+a row of a pruned job written before its prune is not live: its file was meant to go with it).
+
+A job's files are deleted after its transaction commits. If the asset store fails then (an
+object store restarting), the job stays pruned, the report says how many files are left, and
+the next prune's orphan scan removes them; a store that cannot be reached before the commit
+fails the prune with one line and changes nothing.
 
 The partition budget (``partition_budget``, ``VP_PARTITION_BUDGET``): Dagster's UI slows down
 as an asset's partitions and their history grow (docs/capacity.md measures by how much). When
@@ -46,7 +52,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from variant_pipeline.data.outbox import decode_cursor
-from variant_pipeline.data.storage import AssetStore
+from variant_pipeline.data.storage import AssetStore, StorageError
 from variant_pipeline.state.locks import lock_key
 from variant_pipeline.validation import InputError
 
@@ -100,6 +106,9 @@ class PruneReport:
     orphans: list[str] = field(default_factory=list)
     orphan_bytes: int = 0
     budget: BudgetReport | None = None
+    # The asset store failed while deleting: files left for the next orphan scan, and why.
+    files_left: int = 0
+    store_errors: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         verb = "would remove" if self.dry_run else "removed"
@@ -133,6 +142,11 @@ class PruneReport:
             out.append(f"outbox: {verb} {self.events} events older than the cutoff and behind the sensor's cursor")
         for path in self.orphans:
             out.append(f"orphan file {path}")
+        if self.files_left:
+            out.append(f"asset store: {self.files_left} files of pruned jobs not deleted ({self.store_errors[0]}); "
+                       "the next prune's orphan scan removes them")
+        elif self.store_errors:
+            out.append(f"asset store: orphan scan not finished: {self.store_errors[0]}")
         files = sum(j.files for j in self.jobs)
         out.append(
             f"total: {verb} {len(self.jobs)} jobs' partitions "
@@ -163,7 +177,10 @@ def prune(engine: Engine, orchestrator: Orchestrator, store: AssetStore, older_t
         _keep_budget(engine, orchestrator, store, report, now)
     if report.cutoff is not None:
         _trim_outbox(engine, orchestrator, report)
-        _remove_orphans(engine, store, report, now - timedelta(seconds=orphan_min_age_s))
+        try:
+            _remove_orphans(engine, store, report, now - timedelta(seconds=orphan_min_age_s))
+        except StorageError as exc:  # the store went away: what was done stands; the next prune goes on
+            report.store_errors.append(str(exc))
     return report
 
 
@@ -251,8 +268,6 @@ def _prune_job(engine: Engine, orchestrator: Orchestrator, store: AssetStore, jo
                     orchestrator.delete_partitions("variant", variant_parts)
                     orchestrator.delete_partitions("job", job_parts)
                     orchestrator.delete_runs(runs)
-                    for path, _size in files:
-                        store.delete(path)
                     if report.rows and not budget:
                         conn.execute(sa.text("DELETE FROM jobs WHERE job_id = CAST(:j AS uuid)"), {"j": job_id})
                     else:
@@ -271,6 +286,8 @@ def _prune_job(engine: Engine, orchestrator: Orchestrator, store: AssetStore, jo
                 report.busy.append(job_id)
                 return
             raise
+    if not report.dry_run:
+        _delete_files(store, [path for path, _size in files], report)
     report.jobs.append(PrunedJob(job_id, status, finished_at, len(variant_parts), len(job_parts), len(files),
                                  sum(size for _p, size in files), report.rows and not budget,
                                  "budget" if budget else "age", len(runs)))
@@ -300,6 +317,18 @@ def _lock_finished_job(conn: Connection, job_id: str, cutoff: datetime) -> tuple
     if not finished or running:
         return None
     return job.status, job.finished_at, keys
+
+
+def _delete_files(store: AssetStore, paths: list[str], report: PruneReport) -> None:
+    """Delete a pruned job's files, after its commit: one the store fails on is left to the next
+    orphan scan (its row is no longer live), and counted."""
+    for index, path in enumerate(paths):
+        try:
+            store.delete(path)
+        except StorageError as exc:
+            report.files_left += len(paths) - index
+            report.store_errors.append(str(exc))
+            return
 
 
 def _stat(store: AssetStore, relative: str) -> tuple[str, int] | None:
@@ -353,8 +382,10 @@ def _remove_orphans(engine: Engine, store: AssetStore, report: PruneReport, min_
         named: set[str] = set()
         for start in range(0, len(names), _PATH_CHUNK):
             chunk = names[start:start + _PATH_CHUNK]
-            named.update(p for (p,) in conn.execute(
-                sa.text("SELECT path FROM image_assets WHERE path = ANY(:paths)"), {"paths": chunk}))
+            named.update(p for (p,) in conn.execute(sa.text(
+                """SELECT a.path FROM image_assets a LEFT JOIN jobs j ON j.job_id = a.job_id
+                    WHERE a.path = ANY(:paths) AND (j.pruned_at IS NULL OR a.created_at > j.pruned_at)"""),
+                {"paths": chunk}))
     for rel in sorted(set(candidates) - named):
         found = candidates[rel]
         if oldest_running is not None and found.modified >= oldest_running:
