@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import soak_checks as checks  # noqa: E402
-from soak_schedule import FAULT_KINDS_RAY, Action, build_schedule, parse_duration, summarize  # noqa: E402
+from soak_schedule import FAULT_KINDS_RAY, FAULT_KINDS_S3, Action, build_schedule, parse_duration, summarize  # noqa: E402
 
 import variant_pipeline  # noqa: E402,F401  (offline switches before any model library import)
 from variant_pipeline.stages import LAST_JOB_STAGE, LAST_VARIANT_STAGE  # noqa: E402
@@ -1013,7 +1013,10 @@ class Soak:
         self.s3.kill()
         time.sleep(action.params["duration_s"])
         started = time.time()
-        self.s3.start()
+        try:
+            self.s3.start()
+        except Exception as exc:  # the store did not come back: the soak's own failure, said once
+            self.violation("s3_restart", f"the object store did not come back: {exc}")
         self.fault_done(fault, {"endpoint": self.s3.endpoint}, end=time.time(),
                         down_for_s=action.params["duration_s"], restart_s=round(time.time() - started, 1))
 
@@ -1060,6 +1063,8 @@ class Soak:
         fault = self.faults.get(action.params["of"])
         if fault is None or fault.get("end") is not None:
             return
+        if fault["kind"] == "s3_restart":
+            return  # it ends when the store serves again, which its own action records
         self.end_fault(fault)
 
     def end_fault(self, fault: dict[str, Any]) -> None:
@@ -1357,8 +1362,9 @@ class Soak:
         minutes = report["completions_per_minute"]
         ax.bar([int(k) + 0.5 for k in minutes], list(minutes.values()), width=0.8, alpha=0.3, color="tab:green",
                label="jobs finished per minute")
-        colors = dict(zip(FAULT_KINDS_RAY, ["tab:red", "black", "tab:purple", "tab:orange", "tab:brown",
-                                            "tab:pink", "tab:olive", "tab:cyan"], strict=True))
+        colors = dict(zip((*FAULT_KINDS_RAY, *FAULT_KINDS_S3),
+                          ["tab:red", "black", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive",
+                           "tab:cyan", "tab:gray"], strict=True))
         seen = set()
         for f in report["faults"]:
             if f.get("skipped") or f.get("start_t") is None:
