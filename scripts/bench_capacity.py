@@ -111,17 +111,14 @@ def event_count(engine) -> int:
         return conn.execute(sa.text("SELECT count(*) FROM pipeline_events")).scalar_one()
 
 
-def move(engine, table: str, column: str, keys: list[str], step: str, status: str, chunk: int) -> None:
+def move(engine, level: str, keys: list[str], step: str, status: str, chunk: int) -> None:
     """State writes as a run makes them, ``chunk`` rows per transaction (each fires the triggers)."""
-    import sqlalchemy as sa
-
     from variant_pipeline.data.engine import transaction
+    from variant_pipeline.data.partition_state import set_states
 
     for start in range(0, len(keys), chunk):
         with transaction(engine, "dagster-run:bench-fill") as conn:
-            conn.execute(sa.text(f"UPDATE {table} SET current_step = :s, status = :st "
-                                 f"WHERE {column} = ANY(CAST(:k AS uuid[]))"),
-                         {"s": step, "st": status, "k": keys[start:start + chunk]})
+            set_states(conn, level, keys[start:start + chunk], step, status)
 
 
 def fill(engine, instance, n_variants: int, n_events: int, batch: int) -> dict[str, Any]:
@@ -146,13 +143,13 @@ def fill(engine, instance, n_variants: int, n_events: int, batch: int) -> dict[s
         if event_count(engine) + final_events >= n_events:
             break
         for status in ("running", "done"):
-            move(engine, "jobs_variants", "job_variants_id", variants, stage.name, status, 5000)
+            move(engine, "variant", variants, stage.name, status, 5000)
         walked += 1
         log(f"fill: variants through {stage.name}, {event_count(engine)} events")
-    move(engine, "jobs_variants", "job_variants_id", variants, stage_graph.LAST_VARIANT_STAGE, "done", 5000)
+    move(engine, "variant", variants, stage_graph.LAST_VARIANT_STAGE, "done", 5000)
     for stage in stage_graph.JOB_STAGES:
         for status in ("running", "done"):
-            move(engine, "jobs", "job_id", jobs, stage.name, status, 5000)
+            move(engine, "job", jobs, stage.name, status, 5000)
     states_s = time.perf_counter() - started - submitted_s
     t0 = time.perf_counter()
     for start in range(0, len(variants), 10_000):

@@ -104,12 +104,9 @@ def build_models(base: Path, log) -> Path:
 
 def set_variant_state(conn, variant_id: str, step: str, status: str) -> None:
     """Move one variant as an outside system would: a plain UPDATE (the triggers write the event)."""
-    import sqlalchemy as sa
+    from variant_pipeline.data.partition_state import set_state
 
-    conn.execute(
-        sa.text("UPDATE jobs_variants SET current_step = :step, status = :status, error = NULL WHERE job_variants_id = :id"),
-        {"id": str(variant_id), "step": step, "status": status},
-    )
+    set_state(conn, "variant", variant_id, step, status)
 
 
 def create_bench_job(engine, variants: int) -> list[str]:

@@ -313,7 +313,7 @@ class LostClaimWatch:
     first_free: dict[int, float] = field(default_factory=dict)
 
     def check(self, conn: Connection, now: float, up_since: float) -> list[str]:
-        from variant_pipeline.state.locks import lock_key
+        from variant_pipeline.data.locks import lock_key
 
         held = _held_advisory_keys(conn)
         running = conn.execute(sa.text(
@@ -343,7 +343,7 @@ class DuplicateRunWatch:
     def check(self, conn: Connection, instance: Any) -> list[str]:
         import dagster as dg
 
-        from variant_pipeline.state.locks import run_lock_key
+        from variant_pipeline.data.locks import run_lock_key
 
         runs = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
         held = _held_advisory_keys(conn)

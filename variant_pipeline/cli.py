@@ -236,7 +236,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _attempts_by_partition(engine, job) -> dict[str, list[dict]]:
-    from variant_pipeline.state.claims import attempts_of
+    from variant_pipeline.data.partition_state import attempts_of
 
     # For the job id, attempts_of gives the job's own (job-level) attempts only.
     keys = [str(job.job_id)] + [str(v.job_variants_id) for v in job.variants]
@@ -699,11 +699,9 @@ def _one_line(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import sqlalchemy as sa
-
     from variant_pipeline.config import SettingsError
     from variant_pipeline.data.embedded_pg import EmbeddedServerError
-    from variant_pipeline.data.engine import normalize_database_url, redact
+    from variant_pipeline.data.engine import ConnectionLost, SchemaMissing, normalize_database_url, redact
     from variant_pipeline.data.migrations import MigrationError
     from variant_pipeline.data.storage import StorageError
     from variant_pipeline.validation import InputError
@@ -722,13 +720,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, CliError, MigrationError, EmbeddedServerError, SettingsError, StorageError) as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+    except ConnectionLost as exc:
         detail = _one_line(str(exc.orig) if getattr(exc, "orig", None) else str(exc))
         url = os.environ.get("DATABASE_URL", "").strip()
         where = f"the database at {redact(normalize_database_url(url))}" if url else "the embedded database"
         print(f"error: cannot reach {where}: {detail}", file=sys.stderr)
         return EXIT_USAGE
-    except sa.exc.ProgrammingError as exc:
+    except SchemaMissing as exc:
         detail = _one_line(str(exc.orig) if exc.orig else str(exc))
         if "does not exist" in detail:
             detail += " (has the schema been created? run: variant-pipeline db upgrade)"

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from tests.fixtures.pipeline import submit_sample
 from variant_pipeline import stages as stage_graph
+from variant_pipeline.data import partition_state
 from variant_pipeline.data.engine import get_engine
 from variant_pipeline.data.jobs import get_job_status
 from variant_pipeline.data.outbox import read_events_after
@@ -33,7 +34,7 @@ from variant_pipeline.services import (
     wait_for_job,
     wait_for_runs_to_settle,
 )
-from variant_pipeline.state import claims, recovery
+from variant_pipeline.state import recovery
 
 # Fast recovery for the tests; the defaults are minutes (see the README's guarantees).
 RECOVERY_ENV = {
@@ -73,7 +74,7 @@ def _scalar(engine, sql: str, **params):
 
 
 def _running_attempt(engine, variant_id: str, stage: str) -> dict | None:
-    for attempt in claims.attempts_of(engine, variant_id):
+    for attempt in partition_state.attempts_of(engine, variant_id):
         if attempt["stage"] == stage and attempt["outcome"] == "running":
             return attempt
     return None
@@ -128,7 +129,7 @@ def test_killed_worker_failing_stage_and_hanging_stage_in_one_job(pipeline_env, 
         worker = _running_attempt(engine, v1, "yolo_detect")["worker"]
         os.kill(int(worker.rsplit(":", 1)[1]), signal.SIGKILL)
         killed_at = time.monotonic()
-        _wait_for(lambda: any(a["outcome"] == "lost" for a in claims.attempts_of(engine, v1)), 60, "lost claim seen")
+        _wait_for(lambda: any(a["outcome"] == "lost" for a in partition_state.attempts_of(engine, v1)), 60, "lost claim seen")
         noticed_s = time.monotonic() - killed_at
 
         status = wait_for_job(env.app_url, job.job_id, timeout_s=900, log=lambda _msg: None)
@@ -143,12 +144,12 @@ def test_killed_worker_failing_stage_and_hanging_stage_in_one_job(pipeline_env, 
         assert by_id[v2].error.startswith("failed after 3 attempts: InjectedFault")
 
         def history(variant_id: str, stage: str) -> list[tuple[int, str]]:
-            return [(a["attempt"], a["outcome"]) for a in claims.attempts_of(engine, variant_id) if a["stage"] == stage]
+            return [(a["attempt"], a["outcome"]) for a in partition_state.attempts_of(engine, variant_id) if a["stage"] == stage]
 
         assert history(v1, "yolo_detect") == [(1, "lost"), (2, "done")]
         assert history(v2, "vlm_analyze") == [(1, "failed"), (2, "failed"), (3, "failed")]
         assert history(v3, "overlay") == [(1, "failed"), (2, "done")]
-        timeout_error = [a["error"] for a in claims.attempts_of(engine, v3) if a["stage"] == "overlay"][0]
+        timeout_error = [a["error"] for a in partition_state.attempts_of(engine, v3) if a["stage"] == "overlay"][0]
         assert "did not finish within its time limit of 10 s" in timeout_error
         # The failed variant wrote nothing past its failing stage; the others one evaluation set each.
         assert _scalar(engine, "SELECT count(*) FROM evaluations WHERE job_variants_id = :v", v=v2) == 0
@@ -156,7 +157,7 @@ def test_killed_worker_failing_stage_and_hanging_stage_in_one_job(pipeline_env, 
         assert _scalar(engine, "SELECT count(*) FROM instagram_feeds WHERE job_id = :j", j=str(job.job_id)) == 1
 
         with dg.DagsterInstance.get() as instance:
-            killed_runs = [r for r in instance.get_runs() if r.run_id == claims.attempts_of(engine, v1)[0]["run_id"]]
+            killed_runs = [r for r in instance.get_runs() if r.run_id == partition_state.attempts_of(engine, v1)[0]["run_id"]]
         assert killed_runs and killed_runs[0].status == dg.DagsterRunStatus.FAILURE
     print(f"\nSIGKILLed worker noticed by recovery after {noticed_s:.1f} s")
 
@@ -183,8 +184,8 @@ def test_daemon_stopped_mid_job_and_started_again(pipeline_env, monkeypatch) -> 
         for status in statuses:
             assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
         _assert_settled(engine, [str(first.job_id), str(second.job_id)], log_text)
-        interrupted = [a for a in claims.attempts_of(engine, str(first.variant_ids[0])) +
-                       claims.attempts_of(engine, str(first.variant_ids[1])) if a["outcome"] == "lost"]
+        interrupted = [a for a in partition_state.attempts_of(engine, str(first.variant_ids[0])) +
+                       partition_state.attempts_of(engine, str(first.variant_ids[1])) if a["outcome"] == "lost"]
     print(f"\nafter the restart both jobs finished in {took:.0f} s; {len(interrupted)} interrupted attempts recovered")
 
 
@@ -251,7 +252,7 @@ def test_a_run_cancelled_mid_stage_fails_for_good_and_a_manual_retry_finishes_it
         assert (status.variants[0].step, status.variants[0].status) == ("img_gen", "failed")
         assert status.variants[0].error == f"cancelled: run {attempt['run_id']} was cancelled in Dagster"
         assert (status.step, status.status, status.error) == ("iou_eval", "failed", "all 1 variants failed")
-        assert [(a["attempt"], a["outcome"], a["will_retry"]) for a in claims.attempts_of(engine, key)] == [
+        assert [(a["attempt"], a["outcome"], a["will_retry"]) for a in partition_state.attempts_of(engine, key)] == [
             (1, "failed", False)]
         assert wait_for_runs_to_settle(timeout_s=60) == 0
         with dg.DagsterInstance.get() as instance:
@@ -264,7 +265,7 @@ def test_a_run_cancelled_mid_stage_fails_for_good_and_a_manual_retry_finishes_it
         log_text = services.logs["daemon"].read_text(errors="replace")[-4000:]
         assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
         _assert_settled(engine, [str(job.job_id)], log_text)
-        img_gen = [(a["attempt"], a["outcome"]) for a in claims.attempts_of(engine, key) if a["stage"] == "img_gen"]
+        img_gen = [(a["attempt"], a["outcome"]) for a in partition_state.attempts_of(engine, key) if a["stage"] == "img_gen"]
         assert img_gen == [(1, "failed"), (1, "done")]  # the manual retry is a new round
     print(f"\ncancelled run: attempt failed for good {noticed_s:.1f} s after the interrupt")
 
@@ -300,10 +301,10 @@ def test_a_run_killed_before_its_first_stage_restarts_without_the_stall_rule(pip
                 assert time.monotonic() < deadline, "the variant's run did not start"
                 time.sleep(0.05)
             os.kill(pid, signal.SIGSTOP)
-            assert not claims.attempts_of(engine, key), "the worker reached its first stage before the test"
+            assert not partition_state.attempts_of(engine, key), "the worker reached its first stage before the test"
             os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
-        _wait_for(lambda: bool(claims.attempts_of(engine, key)), 240, "the variant's first attempt")
+        _wait_for(lambda: bool(partition_state.attempts_of(engine, key)), 240, "the variant's first attempt")
         moving_after_s = time.monotonic() - killed_at
 
         status = wait_for_job(env.app_url, job.job_id, timeout_s=600, log=lambda _msg: None)

@@ -17,9 +17,9 @@ from tests.fixtures.pipeline import submit_sample
 from tests.fixtures.ray import TEST_RAY_PORT, replica_stats_by_family
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.config import load_settings
+from variant_pipeline.data import partition_state
 from variant_pipeline.data.engine import get_engine
 from variant_pipeline.services import wait_for_job
-from variant_pipeline.state import claims
 
 
 def _vlm_replica_with_a_call_in_flight(timeout_s: float) -> dict:
@@ -50,7 +50,7 @@ def test_two_jobs_through_the_daemon_survive_a_replica_killed_mid_call(pipeline_
     lost = []
     for job in jobs:
         for variant in job.variant_ids:
-            attempts = claims.attempts_of(engine, str(variant))
+            attempts = partition_state.attempts_of(engine, str(variant))
             done = Counter(a["stage"] for a in attempts if a["outcome"] == "done")
             assert done == Counter(s.name for s in stage_graph.VARIANT_STAGES), (variant, done)
             lost += [a for a in attempts if a["outcome"] == "failed" and a["will_retry"]]
@@ -94,7 +94,7 @@ def test_ray_stopped_while_a_job_waits_then_its_retry_finishes_after_ray_is_back
         variant = str(job.variant_ids[0])
 
         def first_failure() -> dict | None:
-            return next((a for a in claims.attempts_of(engine, variant) if a["outcome"] == "failed"), None)
+            return next((a for a in partition_state.attempts_of(engine, variant) if a["outcome"] == "failed"), None)
 
         _wait_for(lambda: first_failure() is not None, 120, "the attempt that found Ray down")
         failed = first_failure()
@@ -108,6 +108,6 @@ def test_ray_stopped_while_a_job_waits_then_its_retry_finishes_after_ray_is_back
     assert failed["stage"] == "img_gen" and failed["will_retry"], failed
     assert f"Ray cluster at 127.0.0.1:{TEST_RAY_PORT} is not reachable" in failed["error"], failed
     assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
-    img_gen = [(a["attempt"], a["outcome"]) for a in claims.attempts_of(engine, variant) if a["stage"] == "img_gen"]
+    img_gen = [(a["attempt"], a["outcome"]) for a in partition_state.attempts_of(engine, variant) if a["stage"] == "img_gen"]
     assert img_gen[0] == (1, "failed") and img_gen[-1][1] == "done", img_gen
     assert sum(1 for _n, outcome in img_gen if outcome == "done") == 1

@@ -31,13 +31,13 @@ from variant_pipeline import cli
 from variant_pipeline.assets.partitions import job_partitions, variant_partitions
 from variant_pipeline.assets.stage_assets import JOB_ASSETS, VARIANT_ASSETS
 from variant_pipeline.config import load_settings
+from variant_pipeline.data import partition_state
 from variant_pipeline.data.engine import get_engine
 from variant_pipeline.data.jobs import add_tenant
 from variant_pipeline.data.outbox import read_events_after
 from variant_pipeline.data.storage import AssetStore
 from variant_pipeline.resources import default_resources
 from variant_pipeline.sensors.outbox import plan_tick
-from variant_pipeline.state import claims
 from variant_pipeline.validation import MAX_AD_COPY_KOR_CHARS, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
 from variant_pipeline.work.fonts import missing_glyphs
 
@@ -212,7 +212,7 @@ def _assert_failed_at_once(engine: Engine, variant_id: str, stage: str, *reasons
     assert row["error"].startswith("StageInputError: "), row["error"]
     for reason in reasons:
         assert reason in row["error"], (reason, row["error"])
-    attempts = claims.attempts_of(engine, variant_id)
+    attempts = partition_state.attempts_of(engine, variant_id)
     assert [(a["stage"], a["outcome"], a["will_retry"]) for a in attempts] == [(stage, "failed", False)]
     assert _output_rows(engine, variant_id) == dict.fromkeys(OUTPUT_TABLES, 0)
     return row["error"]
@@ -396,7 +396,7 @@ def test_copy_no_installed_font_can_draw_fails_at_overlay_naming_the_character(
     row = _row(engine, "jobs_variants", variant_id)
     assert (row["current_step"], row["status"]) == ("overlay", "failed"), row
     assert row["error"].startswith("StageInputError: ") and "U+13000" in row["error"], row["error"]
-    attempts = claims.attempts_of(engine, variant_id)
+    attempts = partition_state.attempts_of(engine, variant_id)
     assert [(a["stage"], a["outcome"]) for a in attempts][-1] == ("overlay", "failed")
     assert all(not a["will_retry"] for a in attempts)
     assert _output_rows(engine, variant_id)["overlay_layouts"] == 0

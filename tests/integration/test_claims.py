@@ -18,9 +18,10 @@ import sqlalchemy as sa
 from tests.fixtures.db import create_job
 from variant_pipeline import handlers
 from variant_pipeline.config import load_settings
+from variant_pipeline.data import locks, partition_state
 from variant_pipeline.data.storage import AssetStore
 from variant_pipeline.handlers import HandlerContext, StageOutcome, execute_stage
-from variant_pipeline.state import claims, locks, recovery
+from variant_pipeline.state import claims, recovery
 from variant_pipeline.state.attempts import StageFailed, StageInputError
 from variant_pipeline.state.retry import RetryPolicy
 
@@ -43,7 +44,7 @@ def _row(engine, key: str) -> dict:
 
 
 def _attempts(engine, key: str) -> list[dict]:
-    return claims.attempts_of(engine, key)
+    return partition_state.attempts_of(engine, key)
 
 
 def _writes_marker(marker: list[str]):
@@ -71,7 +72,7 @@ def test_a_stage_run_is_one_recorded_attempt(engine, variant, tmp_path, monkeypa
     assert (row["current_step"], row["status"], row["attempt"], row["run_id"]) == (STAGE, "done", 1, "test-run")
     [attempt] = _attempts(engine, key)
     assert attempt["outcome"] == "done" and attempt["attempt"] == 1 and attempt["run_id"] == "test-run"
-    assert attempt["worker"] == claims.worker_id() and attempt["finished_at"] is not None
+    assert attempt["worker"] == partition_state.worker_id() and attempt["finished_at"] is not None
     assert written == [key]
 
 
@@ -288,7 +289,7 @@ def test_a_frozen_worker_loses_its_partition_lock_and_a_live_one_keeps_it(engine
         [sys.executable, "-c",
          "import sys, time\n"
          "from variant_pipeline.data.engine import make_engine\n"
-         "from variant_pipeline.state.locks import PartitionLock\n"
+         "from variant_pipeline.data.locks import PartitionLock\n"
          "lock = PartitionLock(make_engine(sys.argv[1]), sys.argv[2], timeout_s=2.0)\n"
          "assert lock.try_acquire()\n"
          "print('locked', flush=True)\n"

@@ -28,11 +28,11 @@ from variant_pipeline.config import S3Options, load_settings
 from variant_pipeline.data import storage
 from variant_pipeline.data.engine import get_engine
 from variant_pipeline.data.jobs import get_job_status
+from variant_pipeline.data.partition_state import attempts_of
 from variant_pipeline.data.storage import AssetMissing, AssetStore, StorageRefused, StorageUnavailable
 from variant_pipeline.resources import default_resources
 from variant_pipeline.sensors.retention import DagsterOrchestrator
 from variant_pipeline.services import SAMPLE_PRODUCT
-from variant_pipeline.state.claims import attempts_of
 from variant_pipeline.state.retention import prune
 
 

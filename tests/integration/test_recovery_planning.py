@@ -20,11 +20,12 @@ from sqlalchemy.engine import Engine
 from tests.fixtures.db import create_job
 from tests.fixtures.state import set_job_state, set_variant_state
 from variant_pipeline import stages as stage_graph
+from variant_pipeline.data import partition_state
 from variant_pipeline.data.engine import make_engine, transaction
+from variant_pipeline.data.locks import lock_key
 from variant_pipeline.data.outbox import read_events_after
 from variant_pipeline.sensors.outbox import plan_tick
 from variant_pipeline.state import claims, recovery
-from variant_pipeline.state.locks import lock_key
 from variant_pipeline.state.origins import RECOVERY_ORIGIN
 from variant_pipeline.state.recovery import Restart
 from variant_pipeline.state.retry import RetryPolicy
@@ -86,9 +87,12 @@ def _set_variant(engine: Engine, key: str, step: str, status: str, origin: str =
         assert set_variant_state(conn, key, step, status)
 
 
+_TABLES = {"variant": ("jobs_variants", "job_variants_id"), "job": ("jobs", "job_id")}
+
+
 def _age(engine: Engine, level: str, key: str, seconds: float) -> None:
     """Move ``updated_at`` into the past (the guard trigger would reset it to now())."""
-    table, id_column = claims.table_for(level)
+    table, id_column = _TABLES[level]
     trigger = f"{table}_guard_state"
     with engine.begin() as conn:
         conn.execute(sa.text(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}"))
@@ -111,7 +115,7 @@ def _fail_attempt(engine: Engine, key: str, stage: str, *, backoff_s: float, con
 
 
 def _row(engine: Engine, level: str, key: str) -> dict:
-    table, id_column = claims.table_for(level)
+    table, id_column = _TABLES[level]
     with engine.connect() as conn:
         return dict(conn.execute(sa.text(
             f"SELECT current_step, status, attempt, run_id, retry_at, error, now() AS now FROM {table} "
@@ -278,14 +282,14 @@ def test_a_running_row_without_its_lock_holder_becomes_a_lost_attempt_and_a_retr
     lost = recovery.recover_lost_claims(engine, POLICY)
     assert [(c.level, c.partition_key, c.stage, c.attempt, c.run_id, c.will_retry) for c in lost] == [
         ("variant", key, "vlm_analyze", 1, "run-1", True)]
-    assert lost[0].worker == claims.worker_id()
+    assert lost[0].worker == partition_state.worker_id()
 
     row = _row(engine, "variant", key)
     assert (row["current_step"], row["status"], row["attempt"]) == ("vlm_analyze", "queued", 1)
     assert "worker lost" in row["error"] and "run-1" in row["error"]
     # Due at once, whatever the backoff (30 s in POLICY): a lost worker says nothing about the stage.
     assert row["retry_at"] <= row["now"] and row["error"].endswith("(retrying now)")
-    [attempt] = claims.attempts_of(engine, key)
+    [attempt] = partition_state.attempts_of(engine, key)
     assert (attempt["attempt_id"], attempt["outcome"], attempt["will_retry"]) == (claim.attempt_id, "lost", True)
     assert attempt["finished_at"] is not None and "worker lost" in attempt["error"]
 
@@ -300,7 +304,7 @@ def test_a_lost_claim_without_attempts_left_fails_the_row(engine, job) -> None:
     row = _row(engine, "variant", key)
     assert (row["current_step"], row["status"], row["retry_at"]) == ("vlm_analyze", "failed", None)
     assert "worker lost" in row["error"]
-    assert [(a["outcome"], a["will_retry"]) for a in claims.attempts_of(engine, key)] == [("lost", False)]
+    assert [(a["outcome"], a["will_retry"]) for a in partition_state.attempts_of(engine, key)] == [("lost", False)]
 
 
 def test_a_lost_job_stage_is_retried_on_the_job_row(engine, job) -> None:
@@ -312,7 +316,7 @@ def test_a_lost_job_stage_is_retried_on_the_job_row(engine, job) -> None:
     assert (lost.level, lost.partition_key, lost.stage, lost.will_retry) == ("job", job_key, "ad_copy_gen_kor", True)
     row = _row(engine, "job", job_key)
     assert (row["current_step"], row["status"]) == ("ad_copy_gen_kor", "queued")
-    assert [a["outcome"] for a in claims.attempts_of(engine, job_key)] == ["lost"]
+    assert [a["outcome"] for a in partition_state.attempts_of(engine, job_key)] == ["lost"]
 
 
 @contextmanager
@@ -351,7 +355,7 @@ def test_a_row_whose_lock_a_live_session_holds_is_left_alone(engine, db_url, job
         assert recovery.recover_lost_claims(engine, POLICY) == []
         row = _row(engine, "variant", key)
         assert (row["status"], row["run_id"], row["error"]) == ("running", "run-1", None)
-        assert [a["outcome"] for a in claims.attempts_of(engine, key)] == ["running"]
+        assert [a["outcome"] for a in partition_state.attempts_of(engine, key)] == ["running"]
     # The session ended, and its lock with it: now the claim is lost.
     [lost] = recovery.recover_lost_claims(engine, POLICY)
     assert lost.partition_key == key and lost.attempt == claim.attempt

@@ -3,8 +3,8 @@ PostgreSQL-backed Dagster instance. (Killed workers and dead runs are in tests/e
 
 from __future__ import annotations
 
-import time
 import uuid
+from datetime import timedelta
 
 import dagster as dg
 import pytest
@@ -22,6 +22,7 @@ from variant_pipeline.assets.jobs import (
 )
 from variant_pipeline.assets.partitions import variant_partitions
 from variant_pipeline.assets.stage_assets import VARIANT_ASSETS
+from variant_pipeline.data import partition_state
 from variant_pipeline.data.engine import get_engine, transaction
 from variant_pipeline.data.jobs import get_job_status
 from variant_pipeline.resources import DatabaseResource, default_resources
@@ -36,6 +37,12 @@ def _tick(instance) -> dg.SensorResult | dg.SkipReason:
         return sensor(context)
 
 
+def _clock_ahead(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Recovery's clock (the database's ``now()``, which it reads through the data layer) runs ahead."""
+    read = partition_state.database_now
+    monkeypatch.setattr(partition_state, "database_now", lambda conn: read(conn) + timedelta(seconds=seconds))
+
+
 def test_a_job_whose_variants_finished_but_whose_job_stages_never_started_is_restarted_once(
         pipeline_env, dagster_instance, monkeypatch) -> None:
     monkeypatch.setenv("VP_STALL_AFTER_S", "0.5")
@@ -45,7 +52,7 @@ def test_a_job_whose_variants_finished_but_whose_job_stages_never_started_is_res
         set_variant_state(conn, job.variant_ids[0], "iou_eval", "done")  # the rollup: job (iou_eval, done)
     assert (get_job_status(engine, job.job_id).step, get_job_status(engine, job.job_id).status) == (
         "iou_eval", "done")
-    time.sleep(0.6)
+    _clock_ahead(monkeypatch, seconds=1)  # past the 0.5 s stall rule, without waiting for it
     first = _tick(dagster_instance)
     assert isinstance(first, dg.SensorResult)
     [request] = first.run_requests
@@ -83,7 +90,7 @@ def test_materializing_a_failed_stage_by_hand_is_a_new_recorded_round_and_reopen
     result = dg.materialize(VARIANT_ASSETS, partition_key=key, instance=dagster_instance,
                             resources=default_resources(), selection=["vlm_analyze"])
     assert result.success
-    attempts = [a for a in claims.attempts_of(engine, key) if a["stage"] == "vlm_analyze"]
+    attempts = [a for a in partition_state.attempts_of(engine, key) if a["stage"] == "vlm_analyze"]
     assert [(a["attempt"], a["outcome"], a["run_id"]) for a in attempts] == [(1, "done", result.run_id)]
     with engine.connect() as conn:
         job_state = conn.execute(sa.text("SELECT current_step, status FROM jobs WHERE job_id = :j"),
@@ -105,7 +112,7 @@ def test_a_partition_whose_run_a_person_cancelled_is_failed_not_restarted(
     cancelled = dg.DagsterRun(job_name="variant_pipeline", run_id="c0ffee00-0000-4000-8000-000000000001",
                               status=dg.DagsterRunStatus.CANCELED, tags={"dagster/partition": key})
     dagster_instance.add_run(cancelled)
-    time.sleep(0.6)
+    _clock_ahead(monkeypatch, seconds=1)  # past the 0.5 s stall rule, without waiting for it
 
     result = _tick(dagster_instance)
     assert isinstance(result, dg.SensorResult) and result.run_requests == []

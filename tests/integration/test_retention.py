@@ -22,12 +22,12 @@ from variant_pipeline.cli import main
 from variant_pipeline.config import SettingsError, load_settings
 from variant_pipeline.data.engine import get_engine, transaction
 from variant_pipeline.data.jobs import get_job_status
+from variant_pipeline.data.locks import PartitionLock
+from variant_pipeline.data.partition_state import attempts_of
+from variant_pipeline.data.stage_outputs import replace_image_asset
 from variant_pipeline.data.storage import AssetStore
-from variant_pipeline.handlers.outputs import replace_image_asset
 from variant_pipeline.resources import default_resources
 from variant_pipeline.sensors.retention import DagsterOrchestrator, prune_job, retention_schedules
-from variant_pipeline.state.claims import attempts_of
-from variant_pipeline.state.locks import PartitionLock
 from variant_pipeline.state.recovery import RetryError, request_retry
 from variant_pipeline.state.retention import prune
 from variant_pipeline.validation import InputError, parse_duration

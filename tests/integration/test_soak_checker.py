@@ -14,8 +14,8 @@ from PIL import Image
 
 from tests.fixtures.db import create_job
 from tests.fixtures.state import set_variant_state
+from variant_pipeline.data.locks import PartitionLock
 from variant_pipeline.data.storage import AssetStore
-from variant_pipeline.state.locks import PartitionLock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 

@@ -21,10 +21,10 @@ from variant_pipeline.assets.jobs import EVENT_TAG, LAUNCHED_BY_TAG, START_STAGE
 from variant_pipeline.assets.partitions import job_partitions, variant_partitions
 from variant_pipeline.assets.stage_assets import JOB_ASSETS, VARIANT_ASSETS
 from variant_pipeline.data.engine import get_engine
+from variant_pipeline.data.locks import PartitionLock
+from variant_pipeline.data.partition_state import attempts_of
 from variant_pipeline.resources import default_resources
 from variant_pipeline.state import attempts as attempts_module
-from variant_pipeline.state.claims import attempts_of
-from variant_pipeline.state.locks import PartitionLock
 
 OUTBOX_RUN = {LAUNCHED_BY_TAG: "outbox_sensor", START_STAGE_TAG: "img_gen", EVENT_TAG: "1"}
 JOB_RUN = {LAUNCHED_BY_TAG: "outbox_sensor", START_STAGE_TAG: "ad_copy_gen_kor", EVENT_TAG: "2"}

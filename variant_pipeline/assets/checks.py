@@ -16,10 +16,10 @@ from __future__ import annotations
 import warnings
 
 import dagster as dg
-from sqlalchemy.engine import Engine
 
 from variant_pipeline.assets.partitions import variant_partitions
 from variant_pipeline.config import Settings
+from variant_pipeline.data.engine import Engine
 from variant_pipeline.data.results import variant_checks
 from variant_pipeline.quality import CHECKS, CheckOutcome, checks_of
 

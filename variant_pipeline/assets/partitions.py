@@ -7,13 +7,11 @@ asks the system of record (``jobs_variants``) which variants belong to a job.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
 
 import dagster as dg
-import sqlalchemy as sa
 
 from variant_pipeline.assets.dagster_internals import (
     DynamicPartitionsStore,
@@ -28,30 +26,18 @@ variant_partitions = dg.DynamicPartitionsDefinition(name=VARIANT_PARTITIONS_NAME
 job_partitions = dg.DynamicPartitionsDefinition(name=JOB_PARTITIONS_NAME)
 
 
-def _lookup(select: str, ids: Sequence[str]) -> list[str]:
-    """Run ``select`` (one text column, ``:ids`` a uuid[] parameter) against jobs_variants."""
-    if not ids:
-        return []
-    from variant_pipeline.data.engine import get_engine
-
-    with get_engine().connect() as conn:
-        rows = conn.execute(sa.text(select), {"ids": [str(uuid.UUID(i)) for i in ids]}).all()
-    return [r[0] for r in rows]
-
-
 def variant_ids_of_jobs(job_ids: Sequence[str]) -> list[str]:
-    return _lookup(
-        "SELECT job_variants_id::text FROM jobs_variants WHERE job_id = ANY(CAST(:ids AS uuid[])) "
-        "ORDER BY job_id, creation_order",
-        job_ids,
-    )
+    from variant_pipeline.data.engine import get_engine
+    from variant_pipeline.data.jobs import variant_ids_of_jobs as lookup
+
+    return lookup(get_engine(), job_ids)
 
 
 def job_ids_of_variants(variant_ids: Sequence[str]) -> list[str]:
-    return _lookup(
-        "SELECT DISTINCT job_id::text FROM jobs_variants WHERE job_variants_id = ANY(CAST(:ids AS uuid[]))",
-        variant_ids,
-    )
+    from variant_pipeline.data.engine import get_engine
+    from variant_pipeline.data.jobs import job_ids_of_variants as lookup
+
+    return lookup(get_engine(), variant_ids)
 
 
 class JobVariantsPartitionMapping(

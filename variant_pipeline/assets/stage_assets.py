@@ -21,10 +21,10 @@ from variant_pipeline.assets.jobs import LAUNCHED_BY_TAG, continues_attempts, la
 from variant_pipeline.assets.partitions import JobVariantsPartitionMapping, job_partitions, variant_partitions
 from variant_pipeline.assets.rendering import result_metadata
 from variant_pipeline.config import load_settings
+from variant_pipeline.data.locks import ClaimRefused
 from variant_pipeline.handlers import HandlerContext, execute_stage
 from variant_pipeline.models.registry import family, kinds_for, wants_accelerator
 from variant_pipeline.state.attempts import RunIsStale, StageFailed, record_cancellation, stage_timeout_s
-from variant_pipeline.state.locks import ClaimRefused
 from variant_pipeline.state.origins import run_origin
 
 # Stages of families that want the accelerator share this concurrency pool when their models run

@@ -23,6 +23,12 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from variant_pipeline.config import SettingsError
 
+# The only names of SQLAlchemy the rest of the package uses: the engine and connection types it is
+# handed, and the errors it tells apart. No module outside ``data`` imports SQLAlchemy itself.
+DatabaseError = sa.exc.DBAPIError  # any error the driver raised
+ConnectionLost = (sa.exc.OperationalError, sa.exc.InterfaceError)  # the server or the session went away
+SchemaMissing = sa.exc.ProgrammingError  # a table or a function is not there: the schema is not applied
+
 APP_DATABASE = "variant_pipeline"
 DAGSTER_DATABASE = "dagster"
 ORIGIN_SETTING = "variant_pipeline.origin"
@@ -204,7 +210,12 @@ def transaction(engine: Engine, origin: str | None = None) -> Iterator[Connectio
     """One transaction; ``origin`` is recorded on every outbox event it causes (else 'external')."""
     with engine.begin() as conn:
         if origin:
-            # set_config(..., true) is SET LOCAL: it ends with this transaction.
-            conn.execute(sa.text("SELECT set_config(:name, :origin, true)"), {"name": ORIGIN_SETTING, "origin": origin})
+            set_origin(conn, origin)
         yield conn
+
+
+def set_origin(conn: Connection, origin: str) -> None:
+    """Name who makes this transaction's changes, for the outbox events its triggers write."""
+    # set_config(..., true) is SET LOCAL: it ends with this transaction.
+    conn.execute(sa.text("SELECT set_config(:name, :origin, true)"), {"name": ORIGIN_SETTING, "origin": origin})
 

@@ -4,7 +4,7 @@ transaction), and reading a job's status."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -277,3 +277,22 @@ def _connection(engine_or_conn: Engine | Connection) -> Iterator[Connection]:
     else:
         with engine_or_conn.connect() as conn:
             yield conn
+
+
+def variant_ids_of_jobs(engine: Engine, job_ids: Sequence[str]) -> list[str]:
+    """The variants of these jobs, job by job in creation order."""
+    return _ids(engine, "SELECT job_variants_id::text FROM jobs_variants WHERE job_id = ANY(CAST(:ids AS uuid[])) "
+                        "ORDER BY job_id, creation_order", job_ids)
+
+
+def job_ids_of_variants(engine: Engine, variant_ids: Sequence[str]) -> list[str]:
+    """The jobs these variants belong to."""
+    return _ids(engine, "SELECT DISTINCT job_id::text FROM jobs_variants "
+                        "WHERE job_variants_id = ANY(CAST(:ids AS uuid[]))", variant_ids)
+
+
+def _ids(engine: Engine, select: str, ids: Sequence[str]) -> list[str]:
+    if not ids:
+        return []
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(sa.text(select), {"ids": [str(uuid.UUID(i)) for i in ids]})]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy.engine import Connection
-
 from variant_pipeline import stages as stage_graph
+from variant_pipeline.data.engine import Connection
+from variant_pipeline.data.stage_outputs import upsert_ad_copy, upsert_llm_trace
 from variant_pipeline.handlers.base import HandlerContext, StageOutcome, elapsed_ms
 from variant_pipeline.handlers.brief import ensure_brief
-from variant_pipeline.handlers.outputs import upsert_ad_copy, upsert_llm_trace
 from variant_pipeline.handlers.rows import finished_variant_images
 from variant_pipeline.state.attempts import StageInputError
 

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from PIL import Image
-from sqlalchemy.engine import Connection, Engine
 
 from variant_pipeline.config import Settings
+from variant_pipeline.data.engine import Connection, Engine
+from variant_pipeline.data.stage_inputs import VariantRow
+from variant_pipeline.data.stage_outputs import upsert_evaluation
 from variant_pipeline.data.storage import AssetStore
 
 
@@ -67,17 +69,12 @@ def elapsed_ms(start: float) -> int:
     return int((time.perf_counter() - start) * 1000)
 
 
-def jsonable(value: Any) -> Any:
-    """Plain JSON types only (numpy scalars and tuples included), for jsonb columns and metadata."""
-    if isinstance(value, str):
-        # PostgreSQL text and jsonb cannot hold NUL; raw model answers sometimes contain it.
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    if isinstance(value, float) and value != value:  # NaN is not JSON
-        return None
-    return value
+def evaluation_outcome(variant: VariantRow, overlay_id: str, kind: str, metrics: dict[str, Any],
+                       latency_ms: int, summary: dict[str, Any], model: str | None = None) -> StageOutcome:
+    """The outcome of an evaluation stage: one ``evaluations`` row of ``kind`` for the variant."""
+    record = {**metrics, "latency_ms": latency_ms}
+
+    def write(conn: Connection) -> None:
+        upsert_evaluation(conn, variant, overlay_id, kind, record)
+
+    return StageOutcome(write=write, metadata={**summary, "latency_ms": latency_ms}, model=model)

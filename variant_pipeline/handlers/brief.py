@@ -14,11 +14,10 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-
 from variant_pipeline.data.engine import transaction
+from variant_pipeline.data.locks import wait_for_lock
+from variant_pipeline.data.stage_outputs import update_brief_texts, upsert_ad_copy, upsert_llm_trace
 from variant_pipeline.handlers.base import HandlerContext
-from variant_pipeline.handlers.outputs import update_brief_texts, upsert_ad_copy, upsert_llm_trace
 from variant_pipeline.handlers.rows import JobInputsRow, load_job_inputs
 
 BRIEF_FIELDS = ("desc_eng", "ad_copy_eng", "ad_copy_kor")
@@ -43,7 +42,7 @@ def ensure_brief(ctx: HandlerContext, job_id: str, need: Iterable[str] = BRIEF_F
     if unknown:
         raise ValueError(f"unknown brief fields: {sorted(unknown)}")
     with ctx.engine.connect() as lock_conn, lock_conn.begin():
-        lock_conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(job_id)})
+        wait_for_lock(lock_conn, _lock_key(job_id))
         inputs = load_job_inputs(lock_conn, job_id)
         missing = _missing(inputs, needed)
         if missing:

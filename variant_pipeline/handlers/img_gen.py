@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy.engine import Connection
-
+from variant_pipeline.data.engine import Connection
+from variant_pipeline.data.stage_outputs import replace_variant_image, set_variant_image
 from variant_pipeline.handlers.base import HandlerContext, StageOutcome, Thumbnail, elapsed_ms
 from variant_pipeline.handlers.brief import ensure_brief
-from variant_pipeline.handlers.outputs import replace_variant_image, set_variant_image
 from variant_pipeline.handlers.rows import load_job_inputs, product_image, variant_of
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 
-from variant_pipeline.handlers.base import HandlerContext, StageOutcome, elapsed_ms
-from variant_pipeline.handlers.outputs import evaluation_outcome
+from variant_pipeline.handlers.base import HandlerContext, StageOutcome, elapsed_ms, evaluation_outcome
 from variant_pipeline.handlers.rows import detections_of, overlay_of, variant_of
 from variant_pipeline.work.types import NormBox
 

@@ -6,8 +6,13 @@ import time
 
 import numpy as np
 from PIL import Image
-from sqlalchemy.engine import Connection
 
+from variant_pipeline.data.engine import Connection
+from variant_pipeline.data.stage_outputs import (
+    replace_variant_image,
+    set_variant_image,
+    upsert_overlay_layout,
+)
 from variant_pipeline.handlers.base import (
     HandlerContext,
     StageOutcome,
@@ -15,7 +20,6 @@ from variant_pipeline.handlers.base import (
     elapsed_ms,
 )
 from variant_pipeline.handlers.brief import ensure_brief
-from variant_pipeline.handlers.outputs import replace_variant_image, set_variant_image, upsert_overlay_layout
 from variant_pipeline.handlers.rows import font_recommendation_of, plan_of, variant_image, variant_of
 from variant_pipeline.state.attempts import StageInputError
 

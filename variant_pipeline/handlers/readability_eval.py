@@ -6,8 +6,7 @@ import time
 
 import numpy as np
 
-from variant_pipeline.handlers.base import HandlerContext, StageOutcome, elapsed_ms
-from variant_pipeline.handlers.outputs import evaluation_outcome
+from variant_pipeline.handlers.base import HandlerContext, StageOutcome, elapsed_ms, evaluation_outcome
 from variant_pipeline.handlers.rows import open_image, overlay_of, variant_image, variant_of
 from variant_pipeline.state.attempts import StageInputError
 

@@ -1,7 +1,8 @@
 """Every read a stage handler makes: its partition's row, the job's inputs, stored images and the
 outputs of earlier stages. Each raises ``StageInputError`` naming what is missing or unusable.
 
-A stage reads here and writes through ``handlers/outputs.py``; the stage modules hold no SQL.
+A stage reads here (over ``data/stage_inputs.py``'s queries) and writes through
+``data/stage_outputs.py``; the stage modules hold no SQL.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 from PIL import Image
-from sqlalchemy.engine import Connection
 
-from variant_pipeline import stages as stage_graph
+from variant_pipeline.data import stage_inputs
+from variant_pipeline.data.engine import Connection
+from variant_pipeline.data.stage_inputs import JobInputsRow, VariantRow
 from variant_pipeline.data.storage import AssetMissing, AssetStore
 from variant_pipeline.handlers.base import HandlerContext
 from variant_pipeline.state.attempts import StageInputError
@@ -32,31 +33,6 @@ from variant_pipeline.work.types import Detection, FontRecommendation, NormBox
 # --- The partition's row and the job's inputs -------------------------------------------------
 
 
-@dataclass(frozen=True)
-class VariantRow:
-    job_variants_id: str
-    job_id: str
-    tenant_id: str
-    creation_order: int
-    img_asset_id: str | None
-    overlaid_img_asset_id: str | None
-    current_step: str
-    status: str
-
-
-@dataclass(frozen=True)
-class JobInputsRow:
-    job_id: str
-    tenant_id: str
-    expected_variants: int
-    desc_kor: str
-    desc_eng: str | None
-    ad_copy_eng: str | None
-    ad_copy_kor: str | None
-    prompt: str | None
-    product_image_asset_id: str | None
-
-
 def _uuid(value: str, what: str) -> str:
     try:
         return str(uuid.UUID(str(value)))
@@ -65,18 +41,10 @@ def _uuid(value: str, what: str) -> str:
 
 
 def load_variant(conn: Connection, job_variants_id: str) -> VariantRow:
-    row = conn.execute(
-        sa.text(
-            """SELECT v.job_variants_id::text, v.job_id::text, j.tenant_id, v.creation_order,
-                      v.img_asset_id::text, v.overlaid_img_asset_id::text, v.current_step, v.status
-                 FROM jobs_variants v JOIN jobs j USING (job_id)
-                WHERE v.job_variants_id = :id"""
-        ),
-        {"id": _uuid(job_variants_id, "variant id")},
-    ).first()
+    row = stage_inputs.variant_row(conn, _uuid(job_variants_id, "variant id"))
     if row is None:
         raise StageInputError(f"variant {job_variants_id} does not exist in jobs_variants")
-    return VariantRow(*row)
+    return row
 
 
 def variant_of(ctx: HandlerContext) -> VariantRow:
@@ -86,20 +54,11 @@ def variant_of(ctx: HandlerContext) -> VariantRow:
 
 
 def load_job_inputs(conn: Connection, job_id: str) -> JobInputsRow:
-    row = conn.execute(
-        sa.text(
-            """SELECT j.job_id::text, j.tenant_id, j.expected_variants, i.desc_kor, i.desc_eng,
-                      i.ad_copy_eng, i.ad_copy_kor, i.prompt, i.product_image_asset_id::text
-                 FROM jobs j LEFT JOIN job_inputs i USING (job_id)
-                WHERE j.job_id = :id"""
-        ),
-        {"id": _uuid(job_id, "job id")},
-    ).first()
-    if row is None:
+    inputs = stage_inputs.job_inputs_row(conn, _uuid(job_id, "job id"))
+    if inputs is None:
         raise StageInputError(f"job {job_id} does not exist")
-    if row.desc_kor is None:
+    if inputs.desc_kor is None:
         raise StageInputError(f"job {job_id} has no job_inputs row (no description)")
-    inputs = JobInputsRow(*row)
     _check_job_texts(inputs)
     return inputs
 
@@ -131,12 +90,10 @@ def _check_job_texts(inputs: JobInputsRow) -> None:
 def asset_path(conn: Connection, image_asset_id: str | None, what: str) -> str:
     if image_asset_id is None:
         raise StageInputError(f"no {what}: its image asset id is not set")
-    row = conn.execute(
-        sa.text("SELECT path FROM image_assets WHERE image_asset_id = :id"), {"id": image_asset_id}
-    ).first()
-    if row is None:
+    path = stage_inputs.image_path(conn, image_asset_id)
+    if path is None:
         raise StageInputError(f"no {what}: image asset {image_asset_id} does not exist")
-    return str(row[0])
+    return path
 
 
 def open_image(store: AssetStore, relative_path: str, what: str) -> Image.Image:
@@ -186,23 +143,16 @@ def variant_image(ctx: HandlerContext, variant: VariantRow) -> Image.Image:
 # --- Outputs of earlier stages ----------------------------------------------------------------
 
 
-def _stage_output(conn: Connection, variant: VariantRow, stage: str, select: str) -> sa.Row:
-    """The variant's output row of ``stage`` (``select`` binds ``:v``); missing is bad input."""
-    row = conn.execute(sa.text(select), {"v": variant.job_variants_id}).first()
-    if row is None:
-        raise StageInputError(f"variant {variant.job_variants_id} has no {stage} output yet")
-    return row
+def _missing_output(variant: VariantRow, stage: str) -> StageInputError:
+    return StageInputError(f"variant {variant.job_variants_id} has no {stage} output yet")
 
 
 def detections_of(ctx: HandlerContext, variant: VariantRow, width: int, height: int) -> list[Detection]:
     """yolo_detect's detections, best first, with boxes normalised to ``width`` x ``height``."""
     with ctx.engine.connect() as conn:
-        _stage_output(conn, variant, "yolo_detect", "SELECT 1 FROM detection_runs WHERE job_variants_id = :v")
-        rows = conn.execute(
-            sa.text("SELECT label, class_id, score, x1, y1, x2, y2, forbidden FROM detections "
-                    "WHERE job_variants_id = :v ORDER BY score DESC, detection_id"),
-            {"v": variant.job_variants_id},
-        ).all()
+        if not stage_inputs.has_detection_run(conn, variant.job_variants_id):
+            raise _missing_output(variant, "yolo_detect")
+        rows = stage_inputs.detections(conn, variant.job_variants_id)
     return [
         Detection(label=r.label, class_id=int(r.class_id if r.class_id is not None else -1), score=float(r.score),
                   box_px=(r.x1, r.y1, r.x2, r.y2),
@@ -214,14 +164,10 @@ def detections_of(ctx: HandlerContext, variant: VariantRow, width: int, height: 
 def forbidden_mask_of(ctx: HandlerContext, variant: VariantRow) -> np.ndarray | None:
     """yolo_detect's mask of forbidden regions (grey levels), None when it recorded none."""
     with ctx.engine.connect() as conn:
-        row = conn.execute(
-            sa.text("SELECT a.path FROM detection_runs r JOIN image_assets a ON a.image_asset_id = r.mask_asset_id "
-                    "WHERE r.job_variants_id = :v"),
-            {"v": variant.job_variants_id},
-        ).first()
-    if row is None:
+        path = stage_inputs.forbidden_mask_path(conn, variant.job_variants_id)
+    if path is None:
         return None
-    return np.asarray(open_image(ctx.store, row[0], f"forbidden mask of variant {variant.job_variants_id}")
+    return np.asarray(open_image(ctx.store, path, f"forbidden mask of variant {variant.job_variants_id}")
                       .convert("L"))
 
 
@@ -234,19 +180,16 @@ class PlanRecord:
 def plan_of(ctx: HandlerContext, variant: VariantRow) -> PlanRecord:
     """planner's proposal row."""
     with ctx.engine.connect() as conn:
-        row = _stage_output(conn, variant, "planner",
-                            "SELECT proposal_id::text, layout FROM planner_proposals WHERE job_variants_id = :v")
-    return PlanRecord(row.proposal_id, row.layout)
+        row = stage_inputs.planner_proposal(conn, variant.job_variants_id)
+    if row is None:
+        raise _missing_output(variant, "planner")
+    return PlanRecord(row.id, row.layout)
 
 
 def font_recommendation_of(ctx: HandlerContext, variant: VariantRow) -> FontRecommendation | None:
     """vlm_analyze's font recommendation, None when it made none."""
     with ctx.engine.connect() as conn:
-        row = conn.execute(
-            sa.text("SELECT response -> 'font' FROM vlm_traces WHERE job_variants_id = :v AND operation_type = 'analyze'"),
-            {"v": variant.job_variants_id},
-        ).first()
-    data = row[0] if row else None
+        data = stage_inputs.font_recommendation(conn, variant.job_variants_id)
     if not data:
         return None
     return FontRecommendation(
@@ -265,32 +208,22 @@ class OverlayRecord:
 def overlay_of(ctx: HandlerContext, variant: VariantRow) -> OverlayRecord:
     """overlay's layout row and the overlaid image."""
     with ctx.engine.connect() as conn:
-        row = _stage_output(conn, variant, "overlay",
-                            "SELECT overlay_id::text, layout FROM overlay_layouts WHERE job_variants_id = :v")
+        row = stage_inputs.overlay_layout(conn, variant.job_variants_id)
+        if row is None:
+            raise _missing_output(variant, "overlay")
         what = f"overlaid image of variant {variant.job_variants_id}"
         path = asset_path(conn, variant.overlaid_img_asset_id, what)
     overlaid = open_image(ctx.store, path, f"{what} (image asset {variant.overlaid_img_asset_id})")
-    return OverlayRecord(row.overlay_id, row.layout, overlaid.convert("RGB"))
+    return OverlayRecord(row.id, row.layout, overlaid.convert("RGB"))
 
 
 def finished_variant_images(ctx: HandlerContext, job_id: str) -> list[tuple[int, str]]:
     """(creation_order, overlaid image path) of the job's variants that finished every stage."""
     with ctx.engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                """SELECT v.creation_order, a.path FROM jobs_variants v
-                     JOIN image_assets a ON a.image_asset_id = v.overlaid_img_asset_id
-                    WHERE v.job_id = :j AND v.current_step = :last AND v.status = 'done'
-                    ORDER BY v.creation_order"""
-            ),
-            {"j": job_id, "last": stage_graph.LAST_VARIANT_STAGE},
-        ).all()
-    return [(r[0], r[1]) for r in rows]
+        return stage_inputs.finished_variant_images(conn, job_id)
 
 
 def translated_ad_copy(ctx: HandlerContext, job_id: str) -> str | None:
     """ad_copy_gen_kor's Korean ad copy, None before that stage ran."""
     with ctx.engine.connect() as conn:
-        return conn.execute(
-            sa.text("SELECT text FROM ad_copies WHERE job_id = :j AND kind = 'eng_to_kor'"), {"j": job_id}
-        ).scalar()
+        return stage_inputs.translated_ad_copy(conn, job_id)

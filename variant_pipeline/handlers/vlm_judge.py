@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy.engine import Connection
-
+from variant_pipeline.data.engine import Connection
+from variant_pipeline.data.stage_outputs import upsert_vlm_trace
 from variant_pipeline.handlers.base import HandlerContext, StageOutcome, elapsed_ms
 from variant_pipeline.handlers.brief import ensure_brief
-from variant_pipeline.handlers.outputs import upsert_vlm_trace
 from variant_pipeline.handlers.rows import overlay_of, variant_of
 
 

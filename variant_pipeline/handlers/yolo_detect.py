@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy.engine import Connection
-
+from variant_pipeline.data.engine import Connection
+from variant_pipeline.data.stage_outputs import replace_detections, replace_variant_image
 from variant_pipeline.handlers.base import HandlerContext, StageOutcome, Thumbnail, elapsed_ms
-from variant_pipeline.handlers.outputs import replace_detections, replace_variant_image
 from variant_pipeline.handlers.rows import variant_image, variant_of
 
 

@@ -26,12 +26,12 @@ from typing import Any
 import dagster as dg
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy.engine import Engine
 
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.assets.jobs import RECOVERY_REASON_TAG, job_pipeline_job, variant_pipeline_job
 from variant_pipeline.config import Settings
 from variant_pipeline.data import metrics as queries
+from variant_pipeline.data.engine import Engine
 from variant_pipeline.sensors.outbox import saved_outbox_cursor
 from variant_pipeline.sensors.recovery import busy_partitions
 

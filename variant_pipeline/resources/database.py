@@ -6,9 +6,9 @@ from typing import Any
 
 import dagster as dg
 from pydantic import PrivateAttr
-from sqlalchemy.engine import Engine
 
 from variant_pipeline.config import load_settings
+from variant_pipeline.data.engine import Engine
 from variant_pipeline.data.storage import AssetStore
 
 
@@ -24,7 +24,7 @@ class DatabaseResource(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if context.run_id:
-            from variant_pipeline.state.locks import RunLease
+            from variant_pipeline.data.locks import RunLease
 
             self._lease = RunLease(self.engine(), context.run_id, load_settings().lease_timeout_s)
             self._lease.acquire()

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import dagster as dg
 import httpx
-from sqlalchemy.engine import Engine
 
 from variant_pipeline.config import Settings, load_settings
+from variant_pipeline.data.engine import Engine
 from variant_pipeline.data.notices import mark_sent, mark_try_failed, mark_unsent, take_due
 from variant_pipeline.resources.database import DatabaseResource
 from variant_pipeline.state.notices import build_message, retry_wait_s

@@ -20,11 +20,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import dagster as dg
-from sqlalchemy.engine import Engine
 
 from variant_pipeline.assets.jobs import EVENT_TAG, PIPELINE_JOBS, asset_selection, run_request
 from variant_pipeline.assets.partitions import job_partitions, variant_partitions
 from variant_pipeline.config import load_settings
+from variant_pipeline.data.engine import Engine
 from variant_pipeline.data.outbox import CHANNELS, Event, NotifyListener, decode_cursor, read_events_after
 from variant_pipeline.resources.database import DatabaseResource
 from variant_pipeline.state.transitions import is_request, start_stage_for

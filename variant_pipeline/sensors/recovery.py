@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 
 import dagster as dg
-from sqlalchemy.engine import Engine
 
 from variant_pipeline.assets.jobs import (
     PIPELINE_JOBS,
@@ -29,9 +28,10 @@ from variant_pipeline.assets.jobs import (
     run_request,
 )
 from variant_pipeline.config import load_settings
+from variant_pipeline.data.engine import Engine
+from variant_pipeline.data.locks import is_lock_free, run_lock_key
 from variant_pipeline.resources.database import DatabaseResource
 from variant_pipeline.state import recovery
-from variant_pipeline.state.locks import is_lock_free, run_lock_key
 from variant_pipeline.state.retry import retry_policy
 
 RECOVERY_SENSOR_NAME = "recovery_sensor"

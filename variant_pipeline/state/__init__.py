@@ -8,7 +8,7 @@ of its level with one status::
          └── + retry_at <───────┘    └──> (s, failed)    (last attempt, bad input, cancelled)
              (raised, timed out, worker lost; attempts remain)
 
-- **queued → running** (``claims.claim``, under the partition lock ``locks.PartitionLock``): a
+- **queued → running** (``claims.claim``, under the partition lock ``data.locks.PartitionLock``): a
   new ``stage_attempts`` row; an automatic retry counts on, any other run starts at attempt 1.
 - **running → done** (``attempts.execute_stage``): the outputs and ``done`` in one transaction,
   only if the row still names the attempt (the fence, ``claims.check_fence``).
@@ -26,8 +26,11 @@ of its level with one status::
 
 Where each rule is enforced: the level of a step, timings and the rollup in the database
 triggers (sql/002_events.sql), the attempt columns and ``stage_attempts`` in sql/003_attempts.sql;
-one worker per partition by ``locks``; the fence and the attempt records by ``claims``; what runs
-next by ``transitions`` (used by the outbox sensor and by ``recovery``). Every write records an
+one worker per partition by ``data.locks``; the fence and the attempt records by ``claims``; what
+runs next by ``transitions`` (used by the outbox sensor and by ``recovery``). This package decides;
+it speaks no SQL: each decision is said to the database by a named transition of
+``data.partition_state`` (``claim``, ``complete``, ``schedule_retry``, ``fail``, ``requeue``,
+``cancel``, ``reopen_job``) or ``data.retention`` (``prune_job``). Every write records an
 origin (``origins``), which tells the outbox sensor the pipeline's own progress from requests.
 docs/state-machine.md draws the same in more detail. This package runs no stage work and knows
 no orchestrator: the stage's handler is passed in.

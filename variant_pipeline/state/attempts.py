@@ -20,14 +20,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn, Protocol, TypeVar
 
-from sqlalchemy.engine import Connection, Engine
-
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.config import Settings
-from variant_pipeline.data.engine import transaction
+from variant_pipeline.data import partition_state as rows
+from variant_pipeline.data.engine import Connection, Engine, set_origin, transaction
+from variant_pipeline.data.locks import ClaimRefused, PartitionBusy, PartitionLock
 from variant_pipeline.faults import inject, parse_faults
 from variant_pipeline.state import claims
-from variant_pipeline.state.locks import ClaimRefused, PartitionBusy, PartitionLock
 from variant_pipeline.state.retry import RetryPolicy, retry_policy
 from variant_pipeline.state.transitions import stale_reason
 
@@ -164,7 +163,7 @@ def _acquire(lock: PartitionLock, wait_s: float) -> bool:
 def _stale_reason(conn: Connection, stage_name: str, key: str, continues_attempts: bool) -> str | None:
     """Why the row (locked) does not ask a launched run for ``stage_name`` now, or None."""
     level = stage_graph.stage(stage_name).level
-    row = claims.read_row(conn, level, key, lock=True)
+    row = rows.read_row(conn, level, key, lock=True)
     if row is None:
         return None  # the claim reports the missing partition
     return stale_reason(level, row["current_step"], row["status"], retry_pending=row["retry_at"] is not None,
@@ -224,7 +223,7 @@ def _locked(lock: PartitionLock, origin: str, fenced: claims.Claim | None = None
     with lock.connection() as conn:
         try:
             with conn.begin():
-                claims.set_origin(conn, origin)
+                set_origin(conn, origin)
                 if fenced is not None:
                     claims.check_fence(conn, fenced)
                 yield conn

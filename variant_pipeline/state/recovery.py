@@ -29,13 +29,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
-
 from variant_pipeline import stages as stage_graph
-from variant_pipeline.data.engine import transaction
+from variant_pipeline.data import partition_state as rows
+from variant_pipeline.data.engine import Connection, Engine, transaction
+from variant_pipeline.data.locks import is_lock_free, lock_key
+from variant_pipeline.stages import Level, Outcome, Status
 from variant_pipeline.state import claims
-from variant_pipeline.state.locks import is_lock_free, lock_key
 from variant_pipeline.state.origins import MANUAL_RETRY_ORIGIN, RECOVERY_ORIGIN
 from variant_pipeline.state.retry import RetryPolicy
 from variant_pipeline.state.transitions import restart_stage
@@ -82,43 +81,27 @@ class FailedRun:
 FailedRunLookup = Callable[[list[str]], Mapping[str, FailedRun]]
 
 
-_ROWS = """
-    SELECT 'variant' AS level, job_variants_id::text AS key, job_id::text AS job_id, current_step, status,
-           attempt, run_id, retry_at, updated_at
-      FROM jobs_variants WHERE {variant_filter}
-    UNION ALL
-    SELECT 'job', job_id::text, job_id::text, current_step, status, attempt, run_id, retry_at, updated_at
-      FROM jobs WHERE {job_filter}
-"""
-
-
-def _rows(conn: Connection, variant_filter: str, job_filter: str, **params: Any) -> list[dict[str, Any]]:
-    query = _ROWS.format(variant_filter=variant_filter, job_filter=job_filter)
-    return [dict(r) for r in conn.execute(sa.text(query), params).mappings()]
-
-
 def recover_lost_claims(engine: Engine, policy: RetryPolicy) -> list[LostClaim]:
     """Turn every running row whose worker is gone into a recorded lost attempt (and a retry)."""
-    job_steps = "(SELECT name FROM pipeline_stages WHERE level = 'job')"
     with engine.connect() as conn:
-        candidates = _rows(conn, "status = 'running'", f"status = 'running' AND current_step IN {job_steps}")
+        candidates = rows.running_rows(conn)
     lost: list[LostClaim] = []
     for row in candidates:
         with transaction(engine, RECOVERY_ORIGIN) as conn:
             if not is_lock_free(conn, lock_key(row["key"])):
                 continue  # a live worker holds it
-            now = claims.read_row(conn, row["level"], row["key"], lock=True)
+            now = rows.read_row(conn, row["level"], row["key"], lock=True)
             if now is None or (now["current_step"], now["status"], now["attempt"], now["run_id"]) != (
-                    row["current_step"], "running", row["attempt"], row["run_id"]):
+                    row["current_step"], Status.RUNNING, row["attempt"], row["run_id"]):
                 continue  # it moved on meanwhile
-            attempt = claims.open_attempt(conn, row["key"], row["current_step"])
+            attempt = rows.open_attempt(conn, row["key"], row["current_step"])
             worker = attempt.worker if attempt else None
             reason = (f"worker lost: the process running {row['current_step']} "
                       f"({worker or 'unknown process'}, run {row['run_id'] or 'unknown'}) ended without finishing it")
             will_retry = claims.mark_failed(
                 conn, level=row["level"], partition_key=row["key"], stage=row["current_step"],
                 attempt=max(row["attempt"], 1), attempt_id=attempt.attempt_id if attempt else None,
-                reason=reason, retryable=True, policy=policy, outcome="lost")
+                reason=reason, retryable=True, policy=policy, outcome=Outcome.LOST)
             lost.append(LostClaim(row["level"], row["key"], row["current_step"], row["attempt"], row["run_id"],
                                   worker, will_retry))
     return lost
@@ -128,35 +111,35 @@ def runs_cut_short(engine: Engine, run_ids: list[str]) -> set[str]:
     """Those of ``run_ids`` with an attempt still ``running``, or ended ``lost`` or ``superseded``:
     their worker stopped inside a stage. Such a run took its lease before its first stage, and
     was not finishing normally, so a free lease means its worker is gone, however young the run."""
-    if not run_ids:
-        return set()
     with engine.connect() as conn:
-        return set(conn.execute(sa.text(
-            """SELECT DISTINCT run_id FROM stage_attempts
-                WHERE run_id = ANY(:ids) AND outcome IN ('running', 'lost', 'superseded')"""),
-            {"ids": run_ids}).scalars())
+        return rows.runs_cut_short(conn, run_ids)
 
 
 def find_restarts(engine: Engine, stall_after_s: float, busy_partitions: Iterable[str],
                   failed_runs: FailedRunLookup | None = None) -> list[Restart]:
     """Due retries, orphans of failed runs and stalled rows, minus partitions with a run in flight."""
-    busy = set(busy_partitions)
-    job_steps = "(SELECT name FROM pipeline_stages WHERE level = 'job')"
-    last_variant, last_job = stage_graph.LAST_VARIANT_STAGE, stage_graph.LAST_JOB_STAGE
     with engine.connect() as conn:
-        db_now: datetime = conn.execute(sa.text("SELECT now()")).scalar_one()
-        waiting = _rows(
-            conn,
-            "(status = 'queued' OR (status = 'done' AND current_step <> :last_variant))",
-            f"""(status = 'queued' AND current_step IN {job_steps})
-                OR (status = 'done' AND current_step <> :last_job
-                    AND (current_step IN {job_steps} OR current_step = :last_variant))""",
-            last_variant=last_variant, last_job=last_job,
-        )
-        last_attempts = _last_attempts(conn, [r["key"] for r in waiting if r["retry_at"] is not None])
+        now = rows.database_now(conn)
+        waiting = rows.waiting_rows(conn, last_variant_stage=stage_graph.LAST_VARIANT_STAGE,
+                                    last_job_stage=stage_graph.LAST_JOB_STAGE)
+        last_attempts = rows.last_attempts(conn, [r["key"] for r in waiting if r["retry_at"] is not None])
+    return plan_restarts(waiting, now=now, stall_after_s=stall_after_s, busy_partitions=busy_partitions,
+                         failed_runs=failed_runs, last_attempts=last_attempts)
+
+
+def plan_restarts(waiting: Iterable[Mapping[str, Any]], *, now: datetime, stall_after_s: float,
+                  busy_partitions: Iterable[str], failed_runs: FailedRunLookup | None = None,
+                  last_attempts: Mapping[tuple[str, str], tuple[int, str | None]] | None = None) -> list[Restart]:
+    """Which of the ``waiting`` rows (``partition_state.waiting_rows``) restart at ``now``, and why.
+
+    ``last_attempts`` maps (partition, stage) to the (attempt_id, run_id) of its latest attempt;
+    a retry's run key is named by it. Pure: the clock and the runs are arguments.
+    """
+    busy = set(busy_partitions)
+    last_attempts = last_attempts or {}
     candidates = [(r, start) for r in waiting if r["key"] not in busy
                   and (start := restart_stage(r["level"], r["current_step"], r["status"])) is not None
-                  and (r["retry_at"] is None or r["retry_at"] <= db_now)]  # not backing off
+                  and (r["retry_at"] is None or r["retry_at"] <= now)]  # not backing off
     failed = failed_runs([r["key"] for r, _ in candidates]) if failed_runs and candidates else {}
     restarts: list[Restart] = []
     for row, start in candidates:
@@ -165,7 +148,7 @@ def find_restarts(engine: Engine, stall_after_s: float, busy_partitions: Iterabl
             restarts.append(orphaned)
             continue
         if row["retry_at"] is not None:
-            overdue = (db_now - row["retry_at"]).total_seconds()
+            overdue = (now - row["retry_at"]).total_seconds()
             if stall_after_s <= 0 or overdue < stall_after_s:
                 # Named by the last attempt and the time it became due: a retry made due again
                 # (by ``request_retry``) after its run was cancelled gets a key not yet spent.
@@ -180,7 +163,7 @@ def find_restarts(engine: Engine, stall_after_s: float, busy_partitions: Iterabl
             # or never launched (its run key is spent), so restart it as a stall.
             waited = overdue
         else:
-            waited = (db_now - row["updated_at"]).total_seconds()
+            waited = (now - row["updated_at"]).total_seconds()
         if waited >= stall_after_s:
             # One restart per stall period: a restart whose run never got going is tried again
             # one period later, never in a tight loop.
@@ -193,7 +176,7 @@ def find_restarts(engine: Engine, stall_after_s: float, busy_partitions: Iterabl
     return restarts
 
 
-def _orphan_restart(row: dict[str, Any], start: str, failed: FailedRun | None) -> Restart | None:
+def _orphan_restart(row: Mapping[str, Any], start: str, failed: FailedRun | None) -> Restart | None:
     """A restart now if the partition's latest run failed after the row last changed (or after
     its retry fell due): that run was carrying it, and nothing else will."""
     if failed is None or failed.chain >= MAX_FAST_RESTARTS:
@@ -211,34 +194,13 @@ def fail_cancelled(engine: Engine, restart: Restart, run_id: str) -> bool:
     """A partition stalled because a person cancelled its run before its next stage began: that
     stage fails with the reason (as a cancel inside a stage does), so the job can roll up and the
     person can ``retry`` it. Returns False if the row moved on meanwhile."""
-    table, id_column = claims.table_for(restart.level)
     with transaction(engine, RECOVERY_ORIGIN) as conn:
         if not is_lock_free(conn, lock_key(restart.partition_key)):
             return False
-        return conn.execute(
-            sa.text(f"""UPDATE {table} SET current_step = :stage, status = 'failed', retry_at = NULL,
-                               error = :error
-                         WHERE {id_column} = CAST(:k AS uuid) AND current_step = :step AND status = :status"""),
-            {"stage": restart.start_stage, "k": restart.partition_key, "step": restart.state[0],
-             "status": restart.state[1],
-             "error": f"cancelled: run {run_id} was cancelled in Dagster before {restart.start_stage} started"},
-        ).rowcount == 1
-
-
-def _last_attempts(conn: Connection, keys: list[str]) -> dict[tuple[str, str], tuple[int, str | None]]:
-    """(partition, stage) -> (attempt_id, run_id) of the latest attempt."""
-    if not keys:
-        return {}
-    rows = conn.execute(
-        sa.text("""SELECT DISTINCT ON (coalesce(job_variants_id, job_id), stage)
-                          coalesce(job_variants_id, job_id)::text AS key, stage, attempt_id, run_id
-                     FROM stage_attempts
-                    WHERE coalesce(job_variants_id, job_id) = ANY(CAST(:keys AS uuid[]))
-                      AND outcome <> 'skipped'  -- a stale run's record is no attempt
-                    ORDER BY coalesce(job_variants_id, job_id), stage, attempt_id DESC"""),
-        {"keys": keys},
-    )
-    return {(r.key, r.stage): (r.attempt_id, r.run_id) for r in rows}
+        return rows.cancel(
+            conn, restart.level, restart.partition_key, restart.start_stage,
+            f"cancelled: run {run_id} was cancelled in Dagster before {restart.start_stage} started",
+            found=restart.state)
 
 
 # --- Manual retry ---------------------------------------------------------------------------
@@ -270,15 +232,10 @@ def request_retry(engine: Engine, target: str, from_stage: str | None = None,
         names = ", ".join(stage_graph.STAGE_NAMES)
         raise RetryError(f"unknown stage {from_stage!r}; stages are: {names}")
     with transaction(engine, origin) as conn:
-        variant = conn.execute(
-            sa.text("SELECT job_id::text, current_step, status FROM jobs_variants "
-                    "WHERE job_variants_id = CAST(:k AS uuid) FOR UPDATE"), {"k": target}).first()
+        variant = rows.lock_variant(conn, target)
         job_id = variant.job_id if variant is not None else target
         # The job row after the variant's: the order prune and the rollup lock them in.
-        job = conn.execute(
-            sa.text("SELECT current_step, status, pruned_at, partitions_removed_at FROM jobs "
-                    "WHERE job_id = CAST(:k AS uuid) FOR UPDATE"),
-            {"k": job_id}).first()
+        job = rows.lock_job(conn, job_id)
         if job is None:
             raise RetryError(f"no variant or job with id {target}")
         _refuse_pruned(job_id, job.pruned_at, job.partitions_removed_at)
@@ -301,34 +258,21 @@ def _refuse_pruned(job_id: str, pruned_at: datetime | None, partitions_removed_a
                          "(its rows and images stay); submit it again instead")
 
 
-def _queue(conn: Connection, level: str, key: str, stage: str) -> None:
-    # A row already queued at that stage (say, backing off before an automatic retry) does not
-    # change state, so no outbox event starts a run: make it a retry due now instead, which the
-    # recovery sensor starts on its next tick (with the fresh attempt budget set here).
-    table, id_column = claims.table_for(level)
-    conn.execute(
-        sa.text(f"""UPDATE {table} SET current_step = :stage, status = 'queued', error = NULL, attempt = 0,
-                           retry_at = CASE WHEN current_step = :stage AND status = 'queued' THEN now() END
-                     WHERE {id_column} = CAST(:k AS uuid)"""),
-        {"stage": stage, "k": key},
-    )
-
-
 def _check_not_running(level: str, key: str, state: tuple[str, str]) -> None:
-    if state[1] == "running":
+    if state[1] == Status.RUNNING:
         raise RetryError(f"{level} {key} is running {state[0]} now; retry it after it ends "
                          "(a stuck run is found by the recovery sensor)")
 
 
 def _retry_variant(conn: Connection, key: str, job_id: str, state: tuple[str, str],
                    from_stage: str | None) -> RetryRequest:
-    _check_not_running("variant", key, state)
+    _check_not_running(Level.VARIANT, key, state)
     if from_stage is None:
-        if state[1] != "failed":
+        if state[1] != Status.FAILED:
             raise RetryError(f"variant {key} has not failed (it is at {state[0]}/{state[1]}); "
                              "give --from STAGE to redo stages")
         from_stage = state[0]
-    if stage_graph.stage(from_stage).level != "variant":
+    if stage_graph.stage(from_stage).level != Level.VARIANT:
         raise RetryError(f"{from_stage} is a job-level stage; retry the job {job_id} --from {from_stage} instead")
     reached = _first_unfinished(state)
     if reached is not None and stage_graph.stage(from_stage).position > stage_graph.stage(reached).position:
@@ -336,40 +280,38 @@ def _retry_variant(conn: Connection, key: str, job_id: str, state: tuple[str, st
         raise RetryError(f"variant {key} has not reached {from_stage} (it is at {state[0]}/{state[1]}); "
                          f"retry it from {reached} or an earlier stage")
     # The job first: once it is back in its variant phase, the variant's change rolls it up.
-    claims.reopen_job(conn, job_id, from_stage)
-    _queue(conn, "variant", key, from_stage)
-    return RetryRequest("variant", key, from_stage, state)
+    rows.reopen_job(conn, job_id, from_stage)
+    rows.requeue(conn, Level.VARIANT, key, from_stage)
+    return RetryRequest(Level.VARIANT, key, from_stage, state)
 
 
 def _retry_job(conn: Connection, job_id: str, state: tuple[str, str], from_stage: str | None) -> list[RetryRequest]:
-    variants = conn.execute(
-        sa.text("SELECT job_variants_id::text AS key, current_step, status FROM jobs_variants "
-                "WHERE job_id = CAST(:j AS uuid) ORDER BY creation_order FOR UPDATE"), {"j": job_id}).all()
-    job_level_state = stage_graph.stage(state[0]).level == "job"
+    variants = rows.lock_variants_of(conn, job_id)
+    job_level_state = stage_graph.stage(state[0]).level == Level.JOB
     if job_level_state:
-        _check_not_running("job", job_id, state)  # a job stage in progress
+        _check_not_running(Level.JOB, job_id, state)  # a job stage in progress
     # (A job running in its variant phase only says that some variants are not finished: its
     # failed variants may be retried meanwhile; a running variant is refused below.)
-    if from_stage is not None and stage_graph.stage(from_stage).level == "job":
-        if not any(v.current_step == stage_graph.LAST_VARIANT_STAGE and v.status == "done" for v in variants):
+    if from_stage is not None and stage_graph.stage(from_stage).level == Level.JOB:
+        if not any(v.current_step == stage_graph.LAST_VARIANT_STAGE and v.status == Status.DONE for v in variants):
             raise RetryError(f"job {job_id} has no finished variant; its job stages cannot run")
-        if not job_level_state and state[1] == "running":
+        if not job_level_state and state[1] == Status.RUNNING:
             raise RetryError(f"job {job_id} still has variants in progress (at {state[0]}); "
                              "its job stages run by themselves when they end")
-        _queue(conn, "job", job_id, from_stage)
-        return [RetryRequest("job", job_id, from_stage, state)]
-    if from_stage is None and job_level_state and state[1] == "failed":
-        _queue(conn, "job", job_id, state[0])
-        return [RetryRequest("job", job_id, state[0], state)]
+        rows.requeue(conn, Level.JOB, job_id, from_stage)
+        return [RetryRequest(Level.JOB, job_id, from_stage, state)]
+    if from_stage is None and job_level_state and state[1] == Status.FAILED:
+        rows.requeue(conn, Level.JOB, job_id, state[0])
+        return [RetryRequest(Level.JOB, job_id, state[0], state)]
     if from_stage is None:
-        chosen = [v for v in variants if v.status == "failed"]
+        chosen = [v for v in variants if v.status == Status.FAILED]
         if not chosen:
             raise RetryError(f"job {job_id} has nothing failed (it is at {state[0]}/{state[1]}); "
                              "give --from STAGE to redo stages")
     else:
         chosen = list(variants)
     for v in chosen:
-        _check_not_running("variant", v.key, (v.current_step, v.status))
+        _check_not_running(Level.VARIANT, v.key, (v.current_step, v.status))
     requests = []
     for v in chosen:
         v_state = (v.current_step, v.status)
@@ -383,4 +325,4 @@ def _retry_job(conn: Connection, job_id: str, state: tuple[str, str], from_stage
 
 def _first_unfinished(state: tuple[str, str]) -> str | None:
     """The first stage a variant in ``state`` has not finished; None once it finished them all."""
-    return restart_stage("variant", state[0], state[1])
+    return restart_stage(Level.VARIANT, state[0], state[1])

@@ -43,22 +43,17 @@ is written after its claim and named by a row when its stage commits).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
-
+from variant_pipeline.data import partition_state
+from variant_pipeline.data import retention as queries
+from variant_pipeline.data.engine import Engine
 from variant_pipeline.data.outbox import decode_cursor
 from variant_pipeline.data.storage import AssetStore, StorageError
-from variant_pipeline.state.locks import lock_key
 from variant_pipeline.validation import InputError
-
-EVENT_BATCH = 10_000
-JOB_PAGE = 500
-_PATH_CHUNK = 1_000
 
 
 class Orchestrator(Protocol):
@@ -166,12 +161,12 @@ def prune(engine: Engine, orchestrator: Orchestrator, store: AssetStore, older_t
     if older_than is None and partition_budget is None:
         raise ValueError("prune needs an age (older_than) or a partition budget")
     with engine.connect() as conn:
-        now = conn.execute(sa.text("SELECT now()")).scalar_one()
+        now = partition_state.database_now(conn)
     report = PruneReport(cutoff=None if older_than is None else now - older_than, dry_run=dry_run, rows=rows)
     if partition_budget is not None:
         report.budget = BudgetReport(partition_budget, orchestrator.partition_count("variant"))
     if report.cutoff is not None:
-        for candidate in _finished_jobs(engine, report.cutoff, rows):
+        for candidate in queries.finished_jobs(engine, report.cutoff, with_pruned=rows):
             _prune_job(engine, orchestrator, store, candidate, report, report.cutoff)
     if report.budget is not None:
         _keep_budget(engine, orchestrator, store, report, now)
@@ -191,7 +186,7 @@ def _keep_budget(engine: Engine, orchestrator: Orchestrator, store: AssetStore, 
     over = report.budget.live - report.budget.budget - sum(j.variant_partitions for j in report.jobs)
     seen = {j.job_id for j in report.jobs} | set(report.busy)
     if over > 0:
-        for candidate in _partitioned_jobs(engine, now):
+        for candidate in queries.partitioned_jobs(engine, now):
             if candidate in seen:
                 continue
             before = len(report.jobs)
@@ -202,60 +197,20 @@ def _keep_budget(engine: Engine, orchestrator: Orchestrator, store: AssetStore, 
     report.budget.over = max(over, 0)
 
 
-def _finished_jobs(engine: Engine, cutoff: datetime, rows: bool) -> Iterator[str]:
-    """Jobs finished before the cutoff not pruned since they finished (with ``rows``: all of them)."""
-    return _oldest_finished(engine, cutoff, "(:rows OR pruned_at IS NULL OR pruned_at < finished_at)", {"rows": rows})
-
-
-def _partitioned_jobs(engine: Engine, now: datetime) -> Iterator[str]:
-    """Finished jobs whose partitions were not removed since they finished."""
-    return _oldest_finished(engine, now, "(partitions_removed_at IS NULL OR partitions_removed_at < finished_at)", {})
-
-
-def _oldest_finished(engine: Engine, cutoff: datetime, which: str, params: dict[str, object]) -> Iterator[str]:
-    """Jobs finished before ``cutoff`` that match ``which``, oldest first, a page at a time
-    (keyset, so a skipped job does not stall the walk)."""
-    after: tuple[datetime, str] | None = None
-    while True:
-        with engine.connect() as conn:
-            page = conn.execute(
-                sa.text(
-                    f"""SELECT finished_at, job_id::text FROM jobs
-                         WHERE finished_at < :cutoff AND {which}
-                           AND (CAST(:after_ts AS timestamptz) IS NULL
-                                OR (finished_at, job_id) > (CAST(:after_ts AS timestamptz), CAST(:after_id AS uuid)))
-                         ORDER BY finished_at, job_id LIMIT :limit"""
-                ),
-                {**params, "cutoff": cutoff, "after_ts": after[0] if after else None,
-                 "after_id": after[1] if after else None, "limit": JOB_PAGE},
-            ).all()
-        for finished_at, job_id in page:
-            yield job_id
-            after = (finished_at, job_id)
-        if len(page) < JOB_PAGE:
-            return
-
-
-class _Busy(Exception):
-    pass
-
-
 def _prune_job(engine: Engine, orchestrator: Orchestrator, store: AssetStore, job_id: str, report: PruneReport,
                cutoff: datetime, *, budget: bool = False) -> None:
     """Prune one job in one transaction: with ``budget``, its partitions only."""
     with engine.connect() as conn:
         try:
             with conn.begin() as tx:
-                found = _lock_finished_job(conn, job_id, cutoff)
+                found = queries.lock_finished_job(conn, job_id, cutoff)
                 if found is None:
                     return  # reopened or gone since the page was read
-                status, finished_at, variant_keys = found
-                keys = [*variant_keys, job_id]
+                keys = [*found.variant_keys, job_id]
                 if orchestrator.partitions_in_flight(keys):
-                    raise _Busy
-                paths = [] if budget else [p for (p,) in conn.execute(
-                    sa.text("SELECT path FROM image_assets WHERE job_id = CAST(:j AS uuid)"), {"j": job_id})]
-                variant_parts = orchestrator.existing_partitions("variant", variant_keys)
+                    raise queries.JobBusy(job_id)
+                paths = [] if budget else queries.image_paths_of(conn, job_id)
+                variant_parts = orchestrator.existing_partitions("variant", found.variant_keys)
                 job_parts = orchestrator.existing_partitions("job", [job_id])
                 # The job's runs go with its partitions: Dagster rebuilds an asset's partition
                 # status from every run's events whenever a partition is added, so runs kept for
@@ -268,55 +223,15 @@ def _prune_job(engine: Engine, orchestrator: Orchestrator, store: AssetStore, jo
                     orchestrator.delete_partitions("variant", variant_parts)
                     orchestrator.delete_partitions("job", job_parts)
                     orchestrator.delete_runs(runs)
-                    if report.rows and not budget:
-                        conn.execute(sa.text("DELETE FROM jobs WHERE job_id = CAST(:j AS uuid)"), {"j": job_id})
-                    else:
-                        # The age rule keeps the time the budget removed the partitions, if it did.
-                        conn.execute(sa.text(
-                            """UPDATE jobs SET pruned_at = CASE WHEN :budget THEN pruned_at ELSE now() END,
-                                      partitions_removed_at = CASE WHEN partitions_removed_at >= finished_at
-                                                                   THEN partitions_removed_at ELSE now() END
-                                WHERE job_id = CAST(:j AS uuid)"""),
-                            {"j": job_id, "budget": budget})
-        except _Busy:
+                    queries.prune_job(conn, job_id, delete_rows=report.rows and not budget, partitions_only=budget)
+        except queries.JobBusy:
             report.busy.append(job_id)
             return
-        except sa.exc.OperationalError as exc:
-            if getattr(exc.orig, "pgcode", None) == "55P03":  # lock_not_available: a writer holds it
-                report.busy.append(job_id)
-                return
-            raise
     if not report.dry_run:
         _delete_files(store, [path for path, _size in files], report)
-    report.jobs.append(PrunedJob(job_id, status, finished_at, len(variant_parts), len(job_parts), len(files),
-                                 sum(size for _p, size in files), report.rows and not budget,
+    report.jobs.append(PrunedJob(job_id, found.status, found.finished_at, len(variant_parts), len(job_parts),
+                                 len(files), sum(size for _p, size in files), report.rows and not budget,
                                  "budget" if budget else "age", len(runs)))
-
-
-def _lock_finished_job(conn: Connection, job_id: str, cutoff: datetime) -> tuple[str, datetime, list[str]] | None:
-    """Lock the job's rows and partitions without waiting (``_Busy`` if taken); None unless the
-    job and all its variants are still finished before the cutoff with no attempt running."""
-    # Variants first, then the job: the order a claim and the rollup take them.
-    variants = conn.execute(
-        sa.text("""SELECT job_variants_id::text, finished_at FROM jobs_variants WHERE job_id = CAST(:j AS uuid)
-                    ORDER BY job_variants_id FOR UPDATE NOWAIT"""), {"j": job_id}).all()
-    job = conn.execute(
-        sa.text("SELECT status, finished_at FROM jobs WHERE job_id = CAST(:j AS uuid) FOR UPDATE NOWAIT"),
-        {"j": job_id}).first()
-    if job is None:
-        return None
-    keys = [key for key, _ in variants]
-    for key in [*keys, job_id]:
-        # The session lock a worker holds for a whole stage; taken here until commit.
-        if not conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": lock_key(key)}).scalar_one():
-            raise _Busy
-    running = conn.execute(
-        sa.text("SELECT count(*) FROM stage_attempts WHERE job_id = CAST(:j AS uuid) AND outcome = 'running'"),
-        {"j": job_id}).scalar_one()
-    finished = job.finished_at is not None and job.finished_at < cutoff and all(f is not None for _, f in variants)
-    if not finished or running:
-        return None
-    return job.status, job.finished_at, keys
 
 
 def _delete_files(store: AssetStore, paths: list[str], report: PruneReport) -> None:
@@ -347,45 +262,26 @@ def _trim_outbox(engine: Engine, orchestrator: Orchestrator, report: PruneReport
     report.outbox_cursor = orchestrator.outbox_cursor()
     if report.outbox_cursor is None:
         return
+    assert report.cutoff is not None
     xid, event_id = decode_cursor(report.outbox_cursor)
-    params = {"xid": str(xid), "id": event_id, "cutoff": report.cutoff, "batch": EVENT_BATCH}
-    behind = "(xid, id) <= (CAST(:xid AS xid8), :id) AND created_at < :cutoff"
     if report.dry_run:
-        with engine.connect() as conn:
-            report.events = conn.execute(sa.text(f"SELECT count(*) FROM pipeline_events WHERE {behind}"),
-                                         params).scalar_one()
-        return
-    while True:
-        with engine.begin() as conn:
-            deleted = conn.execute(
-                sa.text(f"""DELETE FROM pipeline_events WHERE id IN (
-                               SELECT id FROM pipeline_events WHERE {behind} ORDER BY created_at LIMIT :batch)"""),
-                params,
-            ).rowcount
-        report.events += deleted
-        if deleted < EVENT_BATCH:
-            return
+        report.events = queries.count_events_behind(engine, xid, event_id, report.cutoff)
+    else:
+        report.events = queries.delete_events_behind(engine, xid, event_id, report.cutoff)
 
 
 def _remove_orphans(engine: Engine, store: AssetStore, report: PruneReport, min_age_cutoff: datetime) -> None:
     # List first, then ask the database: a file whose row commits between the two is seen as
     # named; one whose attempt is still running is younger than that attempt's start. The listing
     # is paged (an object store answers a thousand keys a request).
+    assert report.cutoff is not None
     limit = min(report.cutoff, min_age_cutoff)
     candidates = {f.relative_path: f for f in store.files("tenants") if f.modified < limit}
     if not candidates:
         return
     with engine.connect() as conn:
-        oldest_running = conn.execute(
-            sa.text("SELECT min(started_at) FROM stage_attempts WHERE outcome = 'running'")).scalar_one()
-        names = list(candidates)
-        named: set[str] = set()
-        for start in range(0, len(names), _PATH_CHUNK):
-            chunk = names[start:start + _PATH_CHUNK]
-            named.update(p for (p,) in conn.execute(sa.text(
-                """SELECT a.path FROM image_assets a LEFT JOIN jobs j ON j.job_id = a.job_id
-                    WHERE a.path = ANY(:paths) AND (j.pruned_at IS NULL OR a.created_at > j.pruned_at)"""),
-                {"paths": chunk}))
+        oldest_running = queries.oldest_running_attempt(conn)
+        named = queries.live_paths(conn, list(candidates))
     for rel in sorted(set(candidates) - named):
         found = candidates[rel]
         if oldest_running is not None and found.modified >= oldest_running:

@@ -1,25 +1,49 @@
 """Every row a stage handler writes, one named function per output table.
 
-Each runs inside the transaction that also marks the stage done (see ``StageOutcome.write``).
+Each runs inside the transaction that also marks the stage done (the handlers' ``StageOutcome.write``).
 Outputs are unique per (variant or job, stage): writing again replaces the previous answer.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from variant_pipeline.data.stage_inputs import VariantRow
 from variant_pipeline.data.storage import StoredImage
-from variant_pipeline.handlers.base import StageOutcome, jsonable
-from variant_pipeline.handlers.rows import VariantRow
-from variant_pipeline.work.types import Detection
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON types only (numpy scalars and tuples included), for jsonb columns and metadata."""
+    if isinstance(value, str):
+        # PostgreSQL text and jsonb cannot hold NUL; raw model answers sometimes contain it.
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    if isinstance(value, float) and value != value:  # NaN is not JSON
+        return None
+    return value
 
 
 def _json(value: Any) -> str:
     return json.dumps(jsonable(value), ensure_ascii=False)
+
+
+class DetectionRecord(Protocol):
+    """What a ``detections`` row holds of one detection (the stage work's ``Detection`` is one)."""
+
+    label: str
+    class_id: int
+    score: float
+    box_px: tuple[float, float, float, float]
+    forbidden: bool
 
 
 # --- Images -----------------------------------------------------------------------------------
@@ -87,7 +111,7 @@ def upsert_vlm_trace(conn: Connection, variant: VariantRow, operation: str, mode
     )
 
 
-def replace_detections(conn: Connection, variant: VariantRow, detections: list[Detection], *, model: str,
+def replace_detections(conn: Connection, variant: VariantRow, detections: list[DetectionRecord], *, model: str,
                        forbidden_classes: list[str], mask_asset_id: str, latency_ms: int) -> None:
     """yolo_detect: the variant's ``detections`` rows replaced, and its one ``detection_runs`` row."""
     conn.execute(sa.text("DELETE FROM detections WHERE job_variants_id = :v"), {"v": variant.job_variants_id})
@@ -171,17 +195,6 @@ def upsert_evaluation(conn: Connection, variant: VariantRow, overlay_id: str, ki
         ),
         {"j": variant.job_id, "v": variant.job_variants_id, "o": overlay_id, "t": kind, "m": _json(metrics)},
     )
-
-
-def evaluation_outcome(variant: VariantRow, overlay_id: str, kind: str, metrics: dict[str, Any],
-                       latency_ms: int, summary: dict[str, Any], model: str | None = None) -> StageOutcome:
-    """The outcome of an evaluation stage: one ``evaluations`` row of ``kind`` for the variant."""
-    record = {**metrics, "latency_ms": latency_ms}
-
-    def write(conn: Connection) -> None:
-        upsert_evaluation(conn, variant, overlay_id, kind, record)
-
-    return StageOutcome(write=write, metadata={**summary, "latency_ms": latency_ms}, model=model)
 
 
 # --- Job texts and job stages -----------------------------------------------------------------

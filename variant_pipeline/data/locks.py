@@ -55,6 +55,11 @@ def is_lock_free(conn: Connection, key: int) -> bool:
     return bool(conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar_one())
 
 
+def wait_for_lock(conn: Connection, key: int) -> None:
+    """Take the advisory lock ``key`` for the caller's transaction, waiting for its holder."""
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
 class SessionLock:
     """A session advisory lock held on a connection of its own until released (or the session
     dies, or, with ``timeout_s``, the process stops touching it for that long)."""
