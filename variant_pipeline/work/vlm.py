@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from PIL import Image, ImageColor
 
-from variant_pipeline.work.model_json import TYPOGRAPHIC_QUOTES, lookup, parse_json_object
+from variant_pipeline.work.model_json import lookup, parse_json_object
 from variant_pipeline.work.types import FontRecommendation
 
 
@@ -169,6 +169,9 @@ def _first_lines(text: str, n: int) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # Parsing helpers.
+
+TYPOGRAPHIC_QUOTES = str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'"})
+
 
 def clean_answer(text: str | None) -> str:
     """Undo LLaVA's escaped underscores (``on\\_brief``, spec P14) and typographic quotes."""
