@@ -59,7 +59,7 @@ PROMPT = "a steaming pot of stew on a wooden table"
 
 
 POOLED_STORAGE = """  custom:
-    module: variant_pipeline.dagster_storage
+    module: variant_pipeline.deployment.dagster_storage
     class: PooledPostgresStorage
     config:
       postgres_url:
@@ -461,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["VP_MODELS_DIR"] = str(args.models.resolve())
     from variant_pipeline.data.engine import get_engine
     from variant_pipeline.data.jobs import add_tenant
-    from variant_pipeline.services import DAGSTER_YAML, prepare_environment
+    from variant_pipeline.deployment import DAGSTER_YAML
+    from variant_pipeline.services import prepare_environment
 
     figures: dict[str, Any] = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}}
     try:

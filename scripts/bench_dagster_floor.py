@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("DATABASE_URL", "DAGSTER_DATABASE_URL", "VP_DAGSTER_STORAGE_URL", "DAGSTER_HOME"):
         os.environ.pop(name, None)
     from variant_pipeline.data.embedded_pg import stop_embedded_server
-    from variant_pipeline.services import DAGSTER_YAML, prepare_environment
+    from variant_pipeline.deployment import DAGSTER_YAML
+    from variant_pipeline.services import prepare_environment
 
     results = []
     try:

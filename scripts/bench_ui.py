@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import variant_pipeline  # noqa: E402,F401  (offline switches first)
+from variant_pipeline.deployment import WORKSPACE_YAML  # noqa: E402
 
 
 def log(message: str) -> None:
@@ -347,7 +348,7 @@ class WebServer:
 
     def __init__(self, env: dict[str, str], which: str, port: int, graph: Path, log_dir: Path) -> None:
         binary = str(Path(sys.executable).with_name("dagster-webserver"))
-        target = (["-w", str(REPO / "workspace.yaml")] if which == "ours"
+        target = (["-w", str(WORKSPACE_YAML)] if which == "ours"
                   else ["-f", str(REPO / "scripts" / "dagster_ui_floor_defs.py")])
         self.log_path = log_dir / f"webserver-{which}.log"
         log_dir.mkdir(parents=True, exist_ok=True)

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from variant_pipeline.config import PROJECT_ROOT, Settings, load_settings
+from variant_pipeline.deployment import DAGSTER_YAML, WORKSPACE_YAML
 
-DAGSTER_YAML = PROJECT_ROOT / "dagster.yaml"
-WORKSPACE_YAML = PROJECT_ROOT / "workspace.yaml"
 SAMPLE_PRODUCT = Path(__file__).resolve().parent / "sample" / "coffee.jpg"
 
 

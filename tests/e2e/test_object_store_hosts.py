@@ -31,8 +31,8 @@ from variant_pipeline.config import PROJECT_ROOT, load_settings
 from variant_pipeline.data.engine import get_engine
 from variant_pipeline.data.jobs import get_job_status
 from variant_pipeline.data.storage import AssetStore
+from variant_pipeline.deployment import DAGSTER_YAML
 from variant_pipeline.services import (
-    DAGSTER_YAML,
     SAMPLE_JOB,
     SAMPLE_PRODUCT,
     Environment,

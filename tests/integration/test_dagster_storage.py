@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from variant_pipeline.services import DAGSTER_YAML
+from variant_pipeline.deployment import DAGSTER_YAML
 
 
 def test_the_configured_instance_reuses_pooled_connections(pipeline_env, tmp_path, monkeypatch) -> None:

@@ -1,7 +1,7 @@
 """The job rollup under a real race: the last variants finish in concurrent transactions.
 
 The original trigger counted finished variants without locking the job, so two variants
-committing together each saw the other as unfinished and the job never completed (spec P1).
+committing together each saw the other as unfinished and the job never completed.
 Here each thread uses its own connection; a barrier releases them into their UPDATEs together,
 and the job must reach its rolled-up state exactly once, every time.
 """

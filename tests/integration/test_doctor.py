@@ -13,8 +13,8 @@ import pytest
 from variant_pipeline.cli import main
 from variant_pipeline.config import load_settings
 from variant_pipeline.data.engine import ensure_database, with_database
+from variant_pipeline.deployment import DAGSTER_YAML
 from variant_pipeline.ops.doctor import run_checks
-from variant_pipeline.services import DAGSTER_YAML
 
 
 @pytest.fixture

@@ -254,6 +254,6 @@ def test_stages_on_tiny_random_model(tiny_lm: LocalCausalLMBackend) -> None:
         assert text and "\ufffd" not in text
         assert r.call.provider == "local" and r.call.completion_tokens
         json.dumps(r.trace())
-    # Same seeds, same answers (spec I13).
+    # Same seeds, same answers (the original sampled unseeded).
     again = instagram_feed_gen(tiny_lm, FeedInputs(eng.text, DESC_KOR, short.text, "친근한", STORE), seed=5)
     assert again.instagram_ad_copy == feed.instagram_ad_copy and again.hashtags == feed.hashtags

@@ -17,7 +17,7 @@ from variant_pipeline.work.planner import (
 from variant_pipeline.work.types import NormBox
 
 PLANTED = [
-    (1080, (200, 400, 880, 1000)),  # the spec's example: food centred low
+    (1080, (200, 400, 880, 1000)),  # the original's worked example: food centred low
     (256, (60, 110, 200, 250)),
     (256, (0, 0, 256, 90)),  # a band across the top
     (512, (150, 150, 360, 360)),  # dead centre

@@ -1,6 +1,6 @@
 """Where models come from, and a thread-safe load-once-per-process cache.
 
-The original loaded LLaVA once per concurrent request until a lock was added (spec P7); here every
+The original loaded LLaVA once per concurrent request until a lock was added; here every
 model family goes through one cache keyed by ``(kind, source, device, dtype)`` with a per-key
 double-checked lock, and a load counter per key that tests can read.
 """

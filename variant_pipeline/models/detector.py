@@ -1,4 +1,7 @@
-"""Object detector backend (ultralytics YOLO), loaded only through ``YOLO(path)``."""
+"""Object detector backend (ultralytics YOLO), loaded only through ``YOLO(path)``.
+
+``Detector`` implements ``work.detect.ObjectDetector``, what the yolo_detect stage asks of a detector.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 Loaded only through ``AutoPipelineForText2Image`` / ``AutoPipelineForInpainting.from_pretrained``; each
 pipeline loads on first use (a job with product photos never needs the text-to-image one).
+``ImageGenerator`` implements ``work.img_gen.DiffusionModel``, what the img_gen stage asks of it.
 """
 
 from __future__ import annotations

@@ -155,7 +155,8 @@ class VlmBackend:
                 out = self.model.generate(**inputs, **gen_kwargs)
                 break
             except AttributeError as e:
-                # bitsandbytes 8-bit kernels under concurrency (spec P8); only retried when quantized.
+                # bitsandbytes 8-bit kernels fail now and then under concurrent inference (the original
+                # retried them too); only retried when quantized.
                 if _CUBLAS_ERROR not in str(e) or attempt == attempts:
                     raise
                 log.warning("bitsandbytes CUBLAS context error, retry %d/%d", attempt, attempts - 1)

@@ -8,7 +8,7 @@ Where the line between "flag it" and "fail" lies
 Model answers are cleaned first: Unicode NFC, and removal of U+FFFD, control, format (except the
 emoji joiner), private-use and unassigned characters. Then:
 
-* **Fail** (``TextStageError``): a required input is empty (the original stalled instead, I8), or
+* **Fail** (``TextStageError``): a required input is empty (the original stalled instead), or
   the cleaned answer has no letter or digit at all (empty, whitespace, punctuation or junk only).
   The orchestrator turns the error into a ``failed`` state with the message as the reason. No copy
   is ever invented to hide an unusable answer.
@@ -17,7 +17,7 @@ emoji joiner), private-use and unassigned characters. Then:
   JSON stages, ``parsed_json=False`` with ``parse_error``. A tiny random-weight model therefore
   runs end to end, visibly flagged, instead of failing the demo.
 
-The only synthesized text is the spec's hashtag fallback (§3.10): when the answer has no usable
+The only synthesized text is the original's hashtag fallback: when the answer has no usable
 hashtag, tags are derived from the description and the store information, and the result says
 ``hashtags_source == "fallback"``.
 """
@@ -33,7 +33,7 @@ from typing import Any
 from variant_pipeline.work.model_json import FENCE_RE, lookup, parse_json_object
 from variant_pipeline.work.text_model import ChatMessage, ChatRequest, Completion, TextModel
 
-# Decoding parameters (spec §8): translation 0.3; the feed 0.7 in JSON mode; max_tokens 1000.
+# Decoding parameters, the original's: translation 0.3; the feed 0.7 in JSON mode; max_tokens 1000.
 TRANSLATE_TEMPERATURE = 0.3
 FEED_TEMPERATURE = 0.7
 GPT_MAX_TOKENS = 1000
@@ -53,7 +53,7 @@ OP_FEED_GEN = "feed_gen"  # instagram_feed_gen
 
 
 # --------------------------------------------------------------------------------------------
-# Prompts (ours; the facts follow spec §3.0, §3.9, §3.10)
+# Prompts (ours; what they ask for is what the original's asked for)
 # --------------------------------------------------------------------------------------------
 
 SYSTEM_PROMPTS: dict[str, str] = {
@@ -361,8 +361,8 @@ def _tag_from(token: str, *, bare_ok: bool) -> str | None:
 def normalize_hashtags(raw: str | Sequence[Any] | None, *, limit: int = MAX_HASHTAGS) -> list[str]:
     """``#`` tokens only, trailing punctuation cut, de-duplicated in order, at most ``limit``.
 
-    In a string only tokens starting with ``#`` count (spec §3.10). In a JSON list each element is
-    unambiguously meant as a tag, so a bare word gets its ``#``.
+    In a string only tokens starting with ``#`` count (as in the original). In a JSON list each
+    element is unambiguously meant as a tag, so a bare word gets its ``#``.
     """
     tags: list[str] = []
     if raw is None:
@@ -391,7 +391,8 @@ def normalize_hashtags(raw: str | Sequence[Any] | None, *, limit: int = MAX_HASH
 
 def fallback_hashtags(product_description: str, store_information: str = "", *,
                       limit: int = MAX_HASHTAGS) -> list[str]:
-    """The spec §3.10 fallback when the model gave no usable hashtag."""
+    """The original's fallback when the model gave no usable hashtag: tags from the dish named in
+    the description, the usual food tags, and the place named in the store information."""
     desc = product_description or ""
     store = store_information or ""
     tags: list[str] = []
@@ -587,9 +588,9 @@ def write_short_korean_ad_copy(model: TextModel, desc_kor: str, ad_copy_eng: str
 
 
 def ad_copy_gen_kor(model: TextModel, ad_copy_eng: str, *, seed: int | None = None) -> KoreanAdCopy:
-    """English ad copy → Korean ad copy for the feed (spec §3.9): temperature 0.3, max_tokens 1000.
+    """English ad copy → Korean ad copy for the feed: temperature 0.3, max_tokens 1000.
 
-    A missing English copy is an error here (the original answered 400 and left the job stalled, I8).
+    A missing English copy is an error here (the original answered 400 and left the job stalled).
     """
     ad_copy_eng = _require(OP_ENG_TO_KOR, "ad_copy_eng", ad_copy_eng)
     completion, call = _call(model, OP_ENG_TO_KOR, f"English ad copy:\n{ad_copy_eng}",
@@ -688,7 +689,7 @@ def parse_feed_answer(text: str, *, product_description: str = "", store_informa
 
 
 def instagram_feed_gen(model: TextModel, inputs: FeedInputs, *, seed: int | None = None) -> InstagramFeed:
-    """Instagram post + hashtags (spec §3.10): temperature 0.7, JSON mode, max_tokens 1000."""
+    """Instagram post + hashtags: temperature 0.7, JSON mode, max_tokens 1000."""
     _require(OP_FEED_GEN, "ad_copy_eng", inputs.ad_copy_eng)
     trace_inputs = {
         "refined_ad_copy_eng": inputs.ad_copy_eng, "ad_copy_kor": inputs.ad_copy_kor,

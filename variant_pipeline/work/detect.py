@@ -9,15 +9,23 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
 from variant_pipeline.work.types import Detection, NormBox, RawDetection
 
-if TYPE_CHECKING:  # the detector may be served elsewhere: this module must not import torch
-    from variant_pipeline.models.detector import Detector
+
+class ObjectDetector(Protocol):
+    """What the stage needs from a detector backend (``models.detector.Detector``, in this process
+    or served by Ray): its class names and one batched call."""
+
+    @property
+    def class_names(self) -> Mapping[int, str]: ...
+
+    def predict(self, images: Sequence[Image.Image], conf: float = 0.25,
+                iou: float = 0.45) -> list[list[RawDetection]]: ...
 
 
 class ForbiddenClassError(ValueError):
@@ -85,7 +93,7 @@ def forbidden_mask(detections: Iterable[Detection], width: int, height: int) -> 
     return Image.fromarray(mask, mode="L")
 
 
-def detect(detector: Detector, images: Sequence[Image.Image], *, forbidden_classes: Iterable[str],
+def detect(detector: ObjectDetector, images: Sequence[Image.Image], *, forbidden_classes: Iterable[str],
            conf: float = 0.25, iou: float = 0.45) -> list[DetectionResult]:
     """One ``DetectionResult`` per image, in order, from one batched detector call."""
     forbidden = validate_forbidden_classes(forbidden_classes, detector.class_names)

@@ -1,4 +1,4 @@
-"""Find the fonts that can draw the overlay text, Hangul included, on a fresh machine (spec I11).
+"""Find the fonts that can draw the overlay text, Hangul included, on a fresh machine.
 
 The original mapped styles to font files that were copied onto its servers by hand, and its
 serif/italic choices were DejaVu fonts without Hangul, i.e. tofu boxes. Here:
@@ -324,7 +324,7 @@ def _has_glyph(path: str, ch: str) -> bool:
 class FontChain:
     """The fonts that draw one text: the primary draws every character it has; each other
     character is drawn by the first fallback that has it (colour fonts first for emoji), so
-    mixed scripts, symbols and emoji never become tofu boxes (spec I11)."""
+    mixed scripts, symbols and emoji never become tofu boxes."""
 
     primary: FontChoice
     fallbacks: tuple[FontChoice, ...] = ()

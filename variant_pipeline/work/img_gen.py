@@ -14,15 +14,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from PIL import Image
 
 from variant_pipeline.work.types import NormBox
 
-if TYPE_CHECKING:  # the generator may be served elsewhere: this module must not import torch
-    from variant_pipeline.models.image_gen import ImageGenerator
+
+class DiffusionModel(Protocol):
+    """What the stage needs from an image-generation backend (``models.image_gen.ImageGenerator``,
+    in this process or served by Ray): batched text-to-image and inpainting, one seed per image."""
+
+    def text_to_image(self, prompts: Sequence[str], negative: Sequence[str] | str | None, seeds: Sequence[int],
+                      width: int, height: int, steps: int, *, guidance_scale: float = 7.5) -> list[Image.Image]: ...
+
+    def inpaint(self, images: Sequence[Image.Image], masks: Sequence[Image.Image], prompts: Sequence[str],
+                negative: Sequence[str] | str | None, seeds: Sequence[int], steps: int, *,
+                guidance_scale: float = 7.5) -> list[Image.Image]: ...
+
 
 DEFAULT_NEGATIVE_PROMPT = (
     "text, lettering, watermark, logo, caption, user interface, people, faces, hands, "
@@ -136,7 +146,7 @@ def _placements(req: ImgGenRequest) -> list[Placement]:
     return [ps[i % len(ps)] for i in range(req.n_variants)]
 
 
-def generate_variants(generator: ImageGenerator, req: ImgGenRequest) -> list[GeneratedVariant]:
+def generate_variants(generator: DiffusionModel, req: ImgGenRequest) -> list[GeneratedVariant]:
     """All ``n_variants`` images of one job in one batched diffusion call."""
     if req.n_variants < 1:
         raise ValueError(f"n_variants must be >= 1, got {req.n_variants}")

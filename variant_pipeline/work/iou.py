@@ -1,4 +1,4 @@
-"""iou_eval: overlap of the text with the forbidden detections (spec §3.8, fixed per I10).
+"""iou_eval: overlap of the text with the forbidden detections (the original's IoU, on the drawn text).
 
 The original measured only the placement box, which is usually much larger than the text
 actually drawn; here both the placement box and the tight text bounding box are measured

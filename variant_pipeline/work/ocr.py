@@ -1,4 +1,4 @@
-"""ocr_eval: read the drawn text back and compare it with the intended copy (spec §3.6).
+"""ocr_eval: read the drawn text back and compare it with the intended copy (the original's metrics).
 
 The original used EasyOCR on a crop of the *placement* box and turned any OCR exception into
 zero scores. Here the engine (``variant_pipeline.models.ocr.TesseractOcr``, passed in) raises
@@ -102,7 +102,9 @@ def split_pictographs(text: str) -> tuple[str, str]:
 
 
 def text_metrics(original: str, recognized: str) -> dict[str, float | int]:
-    """Spec §3.6 metrics between the intended and the recognized text (NFC-normalized)."""
+    """The original's metrics between the intended and the recognized text (NFC-normalized):
+    ``ocr_accuracy`` is the mean of the character match rate (difflib ratio without spaces) and the
+    exact-word match rate."""
     orig = unicodedata.normalize("NFC", original)
     rec = unicodedata.normalize("NFC", recognized)
     oc, rc = _squash(orig), _squash(rec)

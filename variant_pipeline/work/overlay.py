@@ -1,4 +1,4 @@
-"""overlay: choose a placement, fit and draw the ad copy (spec §3.4, fixed per P4, P5, I10, I11, I13).
+"""overlay: choose a placement, fit and draw the ad copy.
 
 Kept from the original: the group-based choice between proposals (max_size / top / bottom /
 left / right / center, with the long-text bonus and the forbidden-position adjustments), 8 %
@@ -6,7 +6,8 @@ padding, the font size search 96 -> 28 step 2 with line spacing 6, centred text.
 Changed:
 
 - the choice is deterministic (the original sampled with an unseeded softmax), and it moves to
-  the next-ranked proposal when the text does not fit, instead of letting it overflow;
+  the next-ranked proposal when the text does not fit, instead of letting it overflow (the
+  original's 28-character copy overflowed a 15 %-wide box);
 - sizes scale with the image (the original's pixel sizes are for a 1080-px image; on a 256-px
   demo image 28 px would not fit anywhere) and are configurable;
 - wrapping measures width and breaks inside a word when it must (Korean copy has few spaces);

@@ -1,9 +1,9 @@
-"""planner: scored text-placement proposals that avoid forbidden regions (spec §3.3).
+"""planner: scored text-placement proposals that avoid forbidden regions.
 
 Same job as the original's ``propose_overlay_positions``, with its defects fixed:
 
 - every candidate, the fixed rule boxes included, must meet the minimum size (the original's
-  rule_left/rule_right are 15 % wide, which produced the clipped 28-character text of P4a);
+  rule_left/rule_right are 15 % wide, which clipped a 28-character Korean copy);
 - every valid grid size is used (an indentation bug kept only the last one);
 - the "largest free area" is a real largest empty rectangle at the minimum size, not four
   bands around the bounding box of all forbidden regions;
@@ -11,7 +11,8 @@ Same job as the original's ``propose_overlay_positions``, with its defects fixed
 - when nothing satisfies the constraints the result says so (``feasible=False`` and a reason)
   instead of quietly returning the least-bad box.
 
-The caller keys the result to the variant's own image (spec I1); a forbidden mask whose size
+The caller keys the result to the variant's own image (the original keyed proposals to the job's
+upload, so the overlay never found them); a forbidden mask whose size
 differs from the image is rejected, since it must belong to another image.
 """
 

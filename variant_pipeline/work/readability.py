@@ -1,8 +1,9 @@
-"""readability_eval: WCAG 2.x contrast of the drawn text against what is behind it (spec §3.7).
+"""readability_eval: WCAG 2.x contrast of the drawn text against what is behind it.
 
-Fixes of spec I10: the background is sampled under the *tight* text box with the glyph pixels
-left out (the original sampled a square in the middle of the text, i.e. mostly the text itself),
-and the colour is the one the overlay actually drew (the original used the request default).
+Fixes of the original's measurement: the background is sampled under the *tight* text box with
+the glyph pixels left out (the original sampled a square in the middle of the text, i.e. mostly
+the text itself), and the colour is the one the overlay actually drew (the original used the
+request default).
 Besides the contrast against the mean background colour (the original's definition, kept for
 the score), a per-pixel 10th-percentile contrast is reported, because a mean hides busy
 backgrounds where part of the text sits on a colour close to its own.
@@ -63,7 +64,7 @@ def thresholds(large: bool) -> tuple[float, float]:
 
 
 def readability_score(contrast: float, large: bool) -> float:
-    """Spec §3.7 mapping: AAA -> 1; AA -> 0.5..1 linearly up to AAA; below AA -> 0..0.5."""
+    """The original's mapping: AAA -> 1; AA -> 0.5..1 linearly up to AAA; below AA -> 0..0.5."""
     aa, aaa = thresholds(large)
     if contrast >= aaa:
         return 1.0
@@ -158,7 +159,7 @@ class ReadabilityMetrics:
     wcag_aa_compliant: bool
     wcag_aaa_compliant: bool
     worst_case_aa_compliant: bool  # the 10th-percentile contrast also passes AA
-    readability_score: float  # spec §3.7 mapping of contrast_ratio
+    readability_score: float  # the original's mapping of contrast_ratio
     readability_score_worst_case: float  # same mapping of contrast_ratio_p10
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """vlm_analyze and vlm_judge: prompts, batched generation and parsers that survive garbage.
 
 vlm_analyze asks three questions per variant, in this order:
-1. the image alone (so ad copy cannot bias what the model "sees", spec P9), greedy;
+1. the image alone, greedy (given the ad copy, the original's LLaVA saw a kimchi stew as the ice
+   cream the copy named);
 2. whether the ad copy fits that description (greedy), or, without copy, whether the photo is usable;
-3. a font for the short Korean overlay text, which the prompt shows the model (spec I11), sampled with
+3. a font for the short Korean overlay text, which the prompt shows the model (the original showed it
+   the English copy, so it could name a font without Hangul), sampled with
    a per-variant seed so it is diverse across variants yet reproducible.
 
 vlm_judge shows the model the finished ad *and the brief* and asks for a JSON verdict.
@@ -21,7 +23,7 @@ from typing import Any, Protocol
 
 from PIL import Image, ImageColor
 
-from variant_pipeline.work.model_json import TYPOGRAPHIC_QUOTES, lookup, parse_json_object
+from variant_pipeline.work.model_json import lookup, parse_json_object
 from variant_pipeline.work.types import FontRecommendation
 
 
@@ -40,13 +42,13 @@ class VlmOptions:
     # models at this size.
     min_new_tokens: int = 8
     font_temperature: float = 0.7
-    judge_do_sample: bool = False  # the original sampled at 0.7 (spec I13); greedy is reproducible
+    judge_do_sample: bool = False  # the original sampled at 0.7; greedy is reproducible
     judge_temperature: float = 0.7
 
 
 # --------------------------------------------------------------------------------------------------
 # Fonts that contain Hangul. Styles the overlay can honour for Korean text: no italics (Hangul fonts
-# do not ship them, and the original's italic mapped to a font without Hangul: spec I11).
+# do not ship them, and the original's italic mapped to a font without Hangul).
 HANGUL_FONTS: dict[str, str] = {
     "Noto Sans KR": "sans-serif", "Noto Sans CJK KR": "sans-serif", "Noto Serif KR": "serif",
     "Noto Serif CJK KR": "serif", "Nanum Gothic": "sans-serif", "Nanum Barun Gothic": "sans-serif",
@@ -170,8 +172,12 @@ def _first_lines(text: str, n: int) -> str:
 # --------------------------------------------------------------------------------------------------
 # Parsing helpers.
 
+TYPOGRAPHIC_QUOTES = str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'"})
+
+
 def clean_answer(text: str | None) -> str:
-    """Undo LLaVA's escaped underscores (``on\\_brief``, spec P14) and typographic quotes."""
+    """Undo LLaVA's escaped underscores (``on\\_brief``, which broke the original's JSON reading)
+    and typographic quotes."""
     if not text:
         return ""
     return text.replace("\\_", "_").translate(TYPOGRAPHIC_QUOTES).strip()
@@ -226,7 +232,8 @@ def _is_none_text(value: str | None) -> bool:
     return value is None or re.fullmatch(r"(none|n/?a|no|nothing|-+|no mismatch\.?)\.?", value.strip(), re.I) is not None
 
 
-# Deterministic contradictions the model is known to miss (spec P9): copy addressed to people who
+# Deterministic contradictions the model is known to miss (LLaVA-1.5-7B caught "for people who hate
+# spicy food" beside an extra-spicy stew in 1 of 3 configurations): copy addressed to people who
 # avoid spicy food while the product (in the copy or the photo) is spicy.
 _AVOID = r"(?:hates?|dislikes?|don'?t\s+like|do\s+not\s+like|avoids?|can'?t\s+(?:handle|eat|stand)|cannot\s+(?:handle|eat))"
 _SPICY = r"(?:spicy|spice|chil+i|hot\s+pepper|fiery|매운|매콤|얼큰)"
