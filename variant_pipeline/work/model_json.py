@@ -1,13 +1,14 @@
 """The one lenient reader of JSON objects in model answers (VLM verdicts, text-model copy).
 
-Candidates stay hand-picked: json-repair alone lets a bare object beat a fenced one and reads ``{"a": }`` as ``{"a": ""}``.
+Hand-written because json-repair fails four of our extractor cases: it lets a bare object beat a
+fenced one, reads ``{"a": }`` as ``{"a": ""}`` and garbage as ``{}``, and keeps ``on\\_brief``'s backslash.
 
 Models wrap JSON in prose or code fences, use Python literals and single quotes, leave trailing
-commas, escape underscores (LLaVA's ``on\\_brief``), or stop mid-object at max_tokens.
+commas, escape underscores (LLaVA writes ``on\\_brief``), or stop mid-object at max_tokens.
 ``parse_json_object`` tries, in order: the whole answer, each fenced block, each balanced
-``{...}`` span, then the answer from its first ``{`` on. Each candidate is read as JSON, then
-repaired by json-repair in strict mode (quotes, trailing commas, Python literals, unclosed ends;
-a missing value stays an error), after unescaping underscores, which json-repair keeps.
+``{...}`` span, then the answer cut off after its first ``{`` and closed. Each candidate is read
+as JSON, then repaired (typographic quotes, escaped underscores, trailing commas), then as a
+Python literal with JSON's ``true``/``false``/``null``.
 
 Keys are matched by one rule, ``norm_key``: case-folded, with every character that is not a
 letter or digit removed, so ``On-Brief``, ``on_brief``, ``onBrief`` and ``on brief`` are one key.
@@ -15,13 +16,12 @@ letter or digit removed, so ``On-Brief``, ``on_brief``, ``onBrief`` and ``on bri
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import json_repair
 
 NO_OBJECT = "no JSON object in the answer"
 FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\n?(.*?)(?:```|$)", re.S)
@@ -75,9 +75,14 @@ def parse_json_object(text: str | None) -> JsonParse:
         except (ValueError, RecursionError) as e:
             last_error = (f"invalid JSON: {e.msg} at position {e.pos}" if isinstance(e, json.JSONDecodeError)
                           else f"invalid JSON: {e}")
-        obj = _repaired_object(candidate)
-        if obj:  # an empty object from a repair read nothing: json-repair makes {} of garbage like U+FFFD { U+FFFD
-            return JsonParse(obj, None, repaired=True)
+        repaired = _repair(candidate)
+        for read in (json.loads, _python_literal):
+            try:
+                obj = _as_object(read(repaired))
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                continue
+            if obj is not None:
+                return JsonParse(obj, None, repaired=True)
     return JsonParse(None, last_error)
 
 
@@ -91,7 +96,10 @@ def _candidates(text: str) -> Iterator[str]:
         if obj:
             yield obj
     if starts:
-        yield text[starts[0]:].rstrip()  # cut off (max_tokens): json-repair closes what is open
+        # Cut off (max_tokens): close what is open.
+        tail = text[starts[0]:].rstrip().rstrip(",")
+        for closer in ('"}', "}", '"]}', "]}"):
+            yield tail + closer
 
 
 def _balanced_object(text: str, start: int) -> str | None:
@@ -120,14 +128,29 @@ def _balanced_object(text: str, start: int) -> str | None:
     return None
 
 
-def _repaired_object(candidate: str) -> dict[str, Any] | None:
-    """json-repair's reading of one candidate (quotes, trailing commas, Python literals, cut-off
-    ends), in strict mode so a missing value is an error, not an invented ``""``."""
-    try:
-        return _as_object(json_repair.loads(candidate.replace("\\_", "_"), strict=True))
-    # Parsers never raise on model output; json-repair 0.64 also fails some garbage with AssertionError.
-    except Exception:
-        return None
+TYPOGRAPHIC_QUOTES = str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'"})
+
+
+def _repair(candidate: str) -> str:
+    s = candidate.translate(TYPOGRAPHIC_QUOTES).replace("\\_", "_")
+    return re.sub(r",\s*([}\]])", r"\1", s)  # trailing commas
+
+
+_JSON_NAMES = {"true": True, "false": False, "null": None}
+
+
+class _JsonNamesToConstants(ast.NodeTransformer):
+    """``true``/``false``/``null`` as Python constants; names inside strings stay untouched."""
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id in _JSON_NAMES:
+            return ast.copy_location(ast.Constant(_JSON_NAMES[node.id]), node)
+        return node
+
+
+def _python_literal(s: str) -> Any:
+    """A Python-style dict (single quotes, ``True``/``None``), JSON literals allowed too."""
+    return ast.literal_eval(_JsonNamesToConstants().visit(ast.parse(s, mode="eval")))
 
 
 def _as_object(value: Any) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from PIL import Image, ImageColor
 
-from variant_pipeline.work.model_json import lookup, parse_json_object
+from variant_pipeline.work.model_json import TYPOGRAPHIC_QUOTES, lookup, parse_json_object
 from variant_pipeline.work.types import FontRecommendation
 
 
@@ -171,9 +171,6 @@ def _first_lines(text: str, n: int) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # Parsing helpers.
-
-TYPOGRAPHIC_QUOTES = str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'"})
-
 
 def clean_answer(text: str | None) -> str:
     """Undo LLaVA's escaped underscores (``on\\_brief``, which broke the original's JSON reading)
