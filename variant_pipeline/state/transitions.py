@@ -1,8 +1,9 @@
 """The transition rule: which stage a row's state asks to run next. Pure functions of the stage graph.
 
 Everything is decided in pipeline order from the stage graph (``stages.py``), never by comparing
-step names as text (the original's lexicographic bug, spec 4.7). A job row at the last variant
-stage ``done`` is the rollup of its variants: its job-level stages come next.
+step names as text (alphabetical order is not pipeline order: ``planner`` sorts after ``overlay``).
+A job row at the last variant stage ``done`` is the rollup of its variants: its job-level stages
+come next.
 """
 
 from __future__ import annotations
