@@ -460,7 +460,7 @@ def check_outbox_read(conn: Connection, cursor: str | None) -> list[str]:
     unread, _ = read_events_after(conn, cursor, limit=50)
     if not unread:
         return []
-    return [f"outbox event {e.id} ({e.kind} {e.job_variants_id or e.job_id} {e.new_step}/{e.new_status}, "
+    return [f"outbox event {e.id} ({e.level} {e.job_variants_id or e.job_id} {e.new_step}/{e.new_status}, "
             f"origin {e.origin}) is past the outbox sensor's saved cursor {cursor}" for e in unread[:10]]
 
 

@@ -98,7 +98,7 @@ def _assert_settled(engine, job_ids: list[str], log_text: str) -> None:
         if not unread:
             break
         time.sleep(1)
-    assert unread == [], [(e.id, e.kind, e.new_step, e.new_status, e.origin) for e in unread]
+    assert unread == [], [(e.id, e.level, e.new_step, e.new_status, e.origin) for e in unread]
     # The outputs are unique per variant by constraint; what must not happen is a stage's work
     # done (and committed) twice: one 'done' attempt per partition and stage at most.
     twice = _scalar(engine, """SELECT count(*) FROM (

@@ -14,6 +14,7 @@ from variant_pipeline.assets.jobs import EVENT_TAG, LAUNCHED_BY_TAG, PRIORITY_TA
 from variant_pipeline.data.engine import get_engine, transaction
 from variant_pipeline.data.outbox import Event
 from variant_pipeline.sensors.outbox import plan_tick
+from variant_pipeline.stages import Level
 from variant_pipeline.state.transitions import start_stage_for
 
 JOB = uuid.uuid4()
@@ -23,7 +24,7 @@ VARIANT = uuid.uuid4()
 def event(event_id: int, step: str, status: str, *, kind: str = "variant", origin: str = "external",
           variant: uuid.UUID | None = VARIANT, job: uuid.UUID = JOB) -> Event:
     return Event(
-        id=event_id, xid=1000 + event_id, created_at=datetime.now(UTC), kind=kind,
+        id=event_id, xid=1000 + event_id, created_at=datetime.now(UTC), level=Level(kind),
         job_variants_id=variant if kind == "variant" else None, job_id=job, tenant_id="t",
         old_step=None, old_status=None, new_step=step, new_status=status, error=None, origin=origin,
     )

@@ -375,7 +375,7 @@ def test_recovery_writes_start_no_outbox_run_except_the_job_rollup(engine, db_ur
         [lost] = recovery.recover_lost_claims(engine, RetryPolicy(max_attempts=1, backoff_s=0))
     assert lost.partition_key == failing
     events, cursor = read_events_after(engine, cursor, limit=10_000)
-    assert [(e.kind, e.new_step, e.new_status, e.origin) for e in events] == [
+    assert [(e.level, e.new_step, e.new_status, e.origin) for e in events] == [
         ("variant", "overlay", "failed", RECOVERY_ORIGIN)]  # the job stays (vlm_analyze, running)
     assert plan_tick(events, [retried, failing, done], [str(job.job_id)]).runs == []
 
@@ -383,7 +383,7 @@ def test_recovery_writes_start_no_outbox_run_except_the_job_rollup(engine, db_ur
     [lost] = recovery.recover_lost_claims(engine, RetryPolicy(max_attempts=3, backoff_s=0))
     assert lost.partition_key == retried and lost.will_retry
     events, cursor = read_events_after(engine, cursor, limit=10_000)
-    assert [(e.kind, e.new_status, e.origin) for e in events if e.kind == "variant"] == [
+    assert [(e.level, e.new_status, e.origin) for e in events if e.level == "variant"] == [
         ("variant", "queued", RECOVERY_ORIGIN)]
     assert plan_tick(events, [retried, failing, done], [str(job.job_id)]).runs == []
 
@@ -393,7 +393,7 @@ def test_recovery_writes_start_no_outbox_run_except_the_job_rollup(engine, db_ur
     recovery.recover_lost_claims(engine, RetryPolicy(max_attempts=1, backoff_s=0))
     events, cursor = read_events_after(engine, cursor, limit=10_000)
     assert ("job", "iou_eval", "done", RECOVERY_ORIGIN) in {
-        (e.kind, e.new_step, e.new_status, e.origin) for e in events}
+        (e.level, e.new_step, e.new_status, e.origin) for e in events}
     [run] = plan_tick(events, [retried, failing, done], [str(job.job_id)]).runs
     assert (run.level, run.partition_key, run.start_stage) == ("job", str(job.job_id), "ad_copy_gen_kor")
 

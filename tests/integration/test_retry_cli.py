@@ -93,7 +93,7 @@ def test_a_failed_variant_is_queued_again_at_its_failed_stage(engine, job) -> No
     assert (row["current_step"], row["status"], row["attempt"], row["error"], row["retry_at"]) == (
         "vlm_analyze", "queued", 0, None, None)
 
-    variant_events = [e for e in _events_since(engine, cursor) if e.kind == "variant"]
+    variant_events = [e for e in _events_since(engine, cursor) if e.level == "variant"]
     assert [(str(e.job_variants_id), e.new_step, e.new_status, e.origin) for e in variant_events] == [
         (key, "vlm_analyze", "queued", "cli:retry")]
     assert _planned(engine, cursor, job) == {("variant", key, "vlm_analyze")}

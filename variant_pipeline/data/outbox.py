@@ -28,6 +28,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from variant_pipeline.stages import Level
+
 VARIANT_CHANNEL = "job_variant_state_changed"
 JOB_CHANNEL = "job_state_changed"
 CHANNELS: tuple[str, ...] = (VARIANT_CHANNEL, JOB_CHANNEL)
@@ -38,7 +40,7 @@ class Event:
     id: int
     xid: int
     created_at: datetime
-    kind: str  # 'variant' | 'job'
+    level: Level  # the row's: the table's column is named kind
     job_variants_id: uuid.UUID | None
     job_id: uuid.UUID
     tenant_id: str
@@ -112,7 +114,7 @@ def _event(row: Any) -> Event:
         id=row["id"],
         xid=int(row["xid_text"]),
         created_at=row["created_at"],
-        kind=row["kind"],
+        level=Level(row["kind"]),
         job_variants_id=uuid.UUID(variant) if variant else None,
         job_id=uuid.UUID(row["job_id"]),
         tenant_id=row["tenant_id"],

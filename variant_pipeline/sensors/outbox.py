@@ -27,6 +27,7 @@ from variant_pipeline.config import load_settings
 from variant_pipeline.data.engine import Engine
 from variant_pipeline.data.outbox import CHANNELS, Event, NotifyListener, decode_cursor, read_events_after
 from variant_pipeline.resources.database import DatabaseResource
+from variant_pipeline.stages import Level
 from variant_pipeline.state.transitions import is_request, start_stage_for
 
 OUTBOX_SENSOR_NAME = "outbox_sensor"
@@ -73,15 +74,15 @@ def plan_tick(events: Sequence[Event], known_variant_keys: Iterable[str], known_
         if job_key not in known_jobs:
             known_jobs.add(job_key)
             new_jobs.append(job_key)
-        if event.kind == "variant" and event.job_variants_id is not None:
+        if event.level == Level.VARIANT and event.job_variants_id is not None:
             variant_key = str(event.job_variants_id)
             if variant_key not in known_variants:
                 known_variants.add(variant_key)
                 new_variants.append(variant_key)
         # A run's own progress is not a request, and must not hide an earlier request in the batch.
         if is_request(event):
-            partition = str(event.job_variants_id) if event.kind == "variant" else job_key
-            latest[(event.kind, partition)] = event
+            partition = str(event.job_variants_id) if event.level == Level.VARIANT else job_key
+            latest[(event.level, partition)] = event
 
     runs: list[PlannedRun] = []
     for (level, key), event in latest.items():
@@ -188,6 +189,6 @@ def _existing(instance: dg.DagsterInstance, partitions_name: str, events: Sequen
     keys = {
         str(e.job_variants_id) if level == "variant" else str(e.job_id)
         for e in events
-        if (level == "job" or (e.kind == "variant" and e.job_variants_id is not None))
+        if (level == "job" or (e.level == Level.VARIANT and e.job_variants_id is not None))
     }
     return {k for k in keys if instance.has_dynamic_partition(partitions_name, k)}

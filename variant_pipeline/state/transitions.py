@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.data.outbox import Event
+from variant_pipeline.stages import Level
 from variant_pipeline.state.origins import RECOVERY_ORIGIN_PREFIX, RUN_ORIGIN_PREFIX
 
 
@@ -38,7 +39,7 @@ def start_stage_for(event: Event) -> str | None:
     """
     if event.new_status not in ("queued", "done"):
         return None
-    return restart_stage(event.kind, event.new_step, event.new_status)
+    return restart_stage(event.level, event.new_step, event.new_status)
 
 
 def is_own_run_write(origin: str) -> bool:
@@ -48,11 +49,11 @@ def is_own_run_write(origin: str) -> bool:
 
 def is_request(event: Event) -> bool:
     """Whether an outbox event may ask for a run: a change made by someone else, or a job's rollup."""
-    if event.kind == "variant" and event.job_variants_id is None:
+    if event.level == Level.VARIANT and event.job_variants_id is None:
         return False
     # A job's rollup is written inside the transaction of its last variant's write, so it carries
     # that run's origin; it is still the signal for the job stages.
-    rollup = event.kind == "job" and event.new_step == stage_graph.LAST_VARIANT_STAGE
+    rollup = event.level == Level.JOB and event.new_step == stage_graph.LAST_VARIANT_STAGE
     return rollup or not is_own_run_write(event.origin)
 
 
