@@ -338,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- vlm_analyze
     from variant_pipeline.work import vlm as vw
+    from variant_pipeline.work.types import Brief
 
     overlay_text = "따뜻한 김치찌개"
     ad_copy = "A hearty, spicy kimchi stew for cold winter nights."
@@ -385,9 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     # ---- vlm_judge
     judged_images = [o.image for o in overlays] if overlays else images
     if vlm is not None:
-        brief = vw.Brief(overlay_text, ad_copy, "kimchi stew")
+        brief = Brief("김치찌개", desc_eng="kimchi stew", ad_copy_eng=ad_copy)
         bench.run("vlm_judge", lambda: vw.judge_batch(
-            vlm, [vw.JudgeInput(im, brief) for im in judged_images], opts), batch=n)
+            vlm, [vw.JudgeInput(im, brief, overlay_text) for im in judged_images], opts), batch=n)
     else:
         bench.skip("vlm_judge", "VLM did not load")
 

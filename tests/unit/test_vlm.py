@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from variant_pipeline.work.types import Brief
 from variant_pipeline.work.vlm import (
     AnalyzeInput,
-    Brief,
     JudgeInput,
     VlmOptions,
     analyze_batch,
@@ -163,8 +163,8 @@ def test_parse_judge_variants():
 def test_prompts_carry_korean_copy_and_brief():
     p = font_prompt(DESCRIPTION, "따뜻한 한 그릇", "A warm bowl")
     assert "따뜻한 한 그릇" in p and "Hangul" in p and "Noto Sans KR" in p and "italic" in p
-    j = judge_prompt(Brief("따뜻한 한 그릇", "A warm bowl", "kimchi stew", "winter menu"))
-    assert "따뜻한 한 그릇" in j and "kimchi stew" in j and "winter menu" in j and "A warm bowl" in j
+    j = judge_prompt(Brief("김치찌개", desc_eng="kimchi stew", ad_copy_eng="A warm bowl"), "따뜻한 한 그릇")
+    assert "따뜻한 한 그릇" in j and "kimchi stew" in j and "A warm bowl" in j
 
 
 @pytest.fixture(scope="module")
@@ -208,12 +208,12 @@ def test_analyze_is_reproducible_and_font_seeds_differ(vlm):
 
 
 def test_judge_on_tiny_llava(vlm):
-    brief = Brief("따뜻한 찌개", "A warm stew", "kimchi stew")
-    verdicts = judge_batch(vlm, [JudgeInput(_img(4), brief), JudgeInput(_img(5), brief)], OPTS)
+    brief = Brief("김치찌개", desc_eng="kimchi stew", ad_copy_eng="A warm stew")
+    verdicts = judge_batch(vlm, [JudgeInput(_img(4), brief, "따뜻한 찌개"), JudgeInput(_img(5), brief, "따뜻한 찌개")], OPTS)
     assert len(verdicts) == 2
     for v in verdicts:
         assert v.raw and "kimchi stew" in v.prompt
         for name in ("on_brief", "occlusion", "contrast_ok", "cta_present"):
             assert getattr(v, name) in (True, False) or name in v.unparsed
-    again = judge_batch(vlm, [JudgeInput(_img(4), brief)], OPTS)[0]
+    again = judge_batch(vlm, [JudgeInput(_img(4), brief, "따뜻한 찌개")], OPTS)[0]
     assert again.raw == verdicts[0].raw  # greedy by default: reproducible

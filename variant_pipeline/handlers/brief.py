@@ -12,24 +12,15 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from variant_pipeline.data.engine import transaction
 from variant_pipeline.data.locks import wait_for_lock
 from variant_pipeline.data.stage_outputs import update_brief_texts, upsert_ad_copy, upsert_llm_trace
 from variant_pipeline.handlers.base import HandlerContext
 from variant_pipeline.handlers.rows import JobInputsRow, load_job_inputs
+from variant_pipeline.work.types import Brief
 
 BRIEF_FIELDS = ("desc_eng", "ad_copy_eng", "ad_copy_kor")
-
-
-@dataclass(frozen=True)
-class Brief:
-    desc_kor: str
-    desc_eng: str
-    ad_copy_eng: str
-    ad_copy_kor: str
-    generated: tuple[str, ...]  # which fields the text model wrote (the rest came with the job)
 
 
 def _lock_key(job_id: str) -> int:

@@ -13,7 +13,7 @@ from variant_pipeline.handlers.rows import overlay_of, variant_of
 
 
 def run(ctx: HandlerContext) -> StageOutcome:
-    from variant_pipeline.work.vlm import Brief, JudgeInput, judge_batch
+    from variant_pipeline.work.vlm import JudgeInput, judge_batch
 
     variant = variant_of(ctx)
     overlay = overlay_of(ctx, variant)
@@ -22,8 +22,8 @@ def run(ctx: HandlerContext) -> StageOutcome:
     start = time.perf_counter()
     [verdict] = judge_batch(ctx.models.get("vlm"), [JudgeInput(
         image=overlay.image,
-        brief=Brief(overlay_text=layout.get("text") or brief.ad_copy_kor, ad_copy=brief.ad_copy_eng or None,
-                    description=brief.desc_eng or None),
+        brief=brief,
+        headline=layout.get("text") or brief.ad_copy_kor,
         seed=ctx.settings.seed_base + variant.creation_order,
     )])
     latency = elapsed_ms(start)

@@ -81,6 +81,17 @@ class Detection:
 
 
 @dataclass(frozen=True)
+class Brief:
+    """The job's texts every stage reads: given with the job, or written once by the text model."""
+
+    desc_kor: str  # the product, in Korean (always given)
+    desc_eng: str = ""  # the product, in English
+    ad_copy_eng: str = ""  # English ad copy
+    ad_copy_kor: str = ""  # the short Korean line the overlay draws
+    generated: tuple[str, ...] = ()  # which of them the text model wrote (the rest came with the job)
+
+
+@dataclass(frozen=True)
 class FontRecommendation:
     """What the vision-language model suggested for the overlay text (each field may be unknown)."""
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from PIL import Image, ImageColor
 
 from variant_pipeline.work.model_json import TYPOGRAPHIC_QUOTES, lookup, parse_json_object
-from variant_pipeline.work.types import FontRecommendation
+from variant_pipeline.work.types import Brief, FontRecommendation
 
 
 class VlmGenerate(Protocol):
@@ -133,23 +133,15 @@ def font_prompt(analysis: str, overlay_text: str | None, ad_copy: str | None) ->
     )
 
 
-@dataclass(frozen=True)
-class Brief:
-    """What the ad was supposed to say; the judge sees it (the original's judge never did)."""
-
-    overlay_text: str  # the short Korean copy drawn on the image
-    ad_copy: str | None = None  # English ad copy
-    description: str | None = None  # the product, e.g. the job's English description
-    goal: str | None = None  # e.g. "promote the winter menu"
-
-
-def judge_prompt(brief: Brief) -> str:
-    lines = [f'- Headline that should appear on the image: "{brief.overlay_text.strip()}"']
-    if brief.description:
-        lines.append(f"- Product: {brief.description.strip()}")
-    if brief.ad_copy:
-        lines.append(f'- Ad copy (English): "{brief.ad_copy.strip()}"')
-    lines.append(f"- Goal: {brief.goal.strip() if brief.goal else 'make people want to order this product'}")
+def judge_prompt(brief: Brief, headline: str) -> str:
+    """The judge sees what the ad was supposed to say (the original's judge never did): the
+    ``headline`` drawn on the image, and the brief's English description and ad copy."""
+    lines = [f'- Headline that should appear on the image: "{headline.strip()}"']
+    if brief.desc_eng.strip():
+        lines.append(f"- Product: {brief.desc_eng.strip()}")
+    if brief.ad_copy_eng.strip():
+        lines.append(f'- Ad copy (English): "{brief.ad_copy_eng.strip()}"')
+    lines.append("- Goal: make people want to order this product")
     return (
         "This is a finished advertisement: a photo with a Korean headline drawn on it.\n"
         "The brief was:\n" + "\n".join(lines) + "\n\n"
@@ -477,6 +469,7 @@ def analyze(vlm: VlmGenerate, inp: AnalyzeInput, options: VlmOptions = VlmOption
 class JudgeInput:
     image: Image.Image  # the overlaid ad
     brief: Brief
+    headline: str  # the text drawn on it
     seed: int = 0  # used only when judge sampling is on
 
 
@@ -550,7 +543,7 @@ def judge_batch(vlm: VlmGenerate, inputs: Sequence[JudgeInput],
     """vlm_judge for several overlaid variants in one model call."""
     if not inputs:
         return []
-    prompts = [judge_prompt(i.brief) for i in inputs]
+    prompts = [judge_prompt(i.brief, i.headline) for i in inputs]
     answers = vlm.generate(
         [i.image for i in inputs], prompts, do_sample=options.judge_do_sample,
         temperature=options.judge_temperature, max_new_tokens=options.max_new_tokens,
