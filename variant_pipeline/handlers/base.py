@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from variant_pipeline import stages as stage_graph
 from variant_pipeline.config import Settings
 from variant_pipeline.data.engine import Connection, Engine
 from variant_pipeline.data.stage_inputs import VariantRow
@@ -25,10 +26,18 @@ from variant_pipeline.data.storage import AssetStore
 
 class Models(Protocol):
     """Lazy handles to the shared models, by model family name (``models.registry``); each
-    loads on first use, once per process."""
+    loads on first use, once per process. Handlers name a family by ``stage_model``."""
 
     def get(self, family: str) -> Any: ...
     def describe(self, family: str) -> str: ...
+
+
+def stage_model(stage: str) -> str:
+    """The model family ``stage`` uses, as the stage graph declares it (``Stage.model``)."""
+    family = stage_graph.stage(stage).model
+    if family is None:
+        raise ValueError(f"stage {stage!r} uses no model")
+    return family
 
 
 @dataclass

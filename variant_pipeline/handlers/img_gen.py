@@ -7,7 +7,7 @@ import time
 
 from variant_pipeline.data.engine import Connection
 from variant_pipeline.data.stage_outputs import replace_variant_image, set_variant_image
-from variant_pipeline.handlers.base import HandlerContext, StageOutcome, Thumbnail, elapsed_ms
+from variant_pipeline.handlers.base import HandlerContext, StageOutcome, Thumbnail, elapsed_ms, stage_model
 from variant_pipeline.handlers.brief import ensure_brief
 from variant_pipeline.handlers.rows import load_job_inputs, product_image, variant_of
 
@@ -26,7 +26,7 @@ def run(ctx: HandlerContext) -> StageOutcome:
     s = ctx.settings
     start = time.perf_counter()
     [generated] = generate_variants(
-        ctx.models.get("image_generator"),
+        ctx.models.get(stage_model("img_gen")),
         ImgGenRequest(
             job_id=variant.job_id, prompt=prompt, product_image=product, n_variants=1,
             first_order=variant.creation_order, width=s.image_width, height=s.image_height,
@@ -45,5 +45,5 @@ def run(ctx: HandlerContext) -> StageOutcome:
         metadata={"mode": generated.mode, "seed": generated.seed, "prompt": generated.prompt,
                   "width": generated.image.width, "height": generated.image.height, "latency_ms": latency},
         thumbnails=[Thumbnail("generated", generated.image, stored.uri)],
-        model=ctx.models.describe("image_generator"),
+        model=ctx.models.describe(stage_model("img_gen")),
     )

@@ -10,6 +10,7 @@ from variant_pipeline.handlers.base import (
     HandlerContext,
     StageOutcome,
     elapsed_ms,
+    stage_model,
 )
 from variant_pipeline.handlers.brief import ensure_brief
 from variant_pipeline.handlers.rows import (
@@ -33,13 +34,13 @@ def run(ctx: HandlerContext) -> StageOutcome:
     brief = ensure_brief(ctx, job_id, need=["ad_copy_eng"])
     start = time.perf_counter()
     feed = write_feed(
-        ctx.models.get("text_model"),
+        ctx.models.get(stage_model("instagram_feed_gen")),
         FeedInputs(ad_copy_eng=brief.ad_copy_eng, product_description=inputs.desc_kor, ad_copy_kor=translated),
         seed=ctx.settings.seed_base,
     )
     latency = elapsed_ms(start)
     trace = feed.trace()
-    model = ctx.models.describe("text_model")
+    model = ctx.models.describe(stage_model("instagram_feed_gen"))
 
     def write(conn: Connection) -> None:
         trace_id = upsert_llm_trace(conn, job_id, "feed_gen", trace)

@@ -7,7 +7,7 @@ import time
 
 from variant_pipeline.data.engine import Connection
 from variant_pipeline.data.stage_outputs import upsert_vlm_trace
-from variant_pipeline.handlers.base import HandlerContext, StageOutcome, elapsed_ms
+from variant_pipeline.handlers.base import HandlerContext, StageOutcome, elapsed_ms, stage_model
 from variant_pipeline.handlers.brief import ensure_brief
 from variant_pipeline.handlers.rows import variant_image, variant_of
 
@@ -19,11 +19,11 @@ def run(ctx: HandlerContext) -> StageOutcome:
     image = variant_image(ctx, variant)
     brief = ensure_brief(ctx, variant.job_id)
     start = time.perf_counter()
-    result = analyze(ctx.models.get("vlm"), AnalyzeInput(image=image, ad_copy=brief.ad_copy_eng or None,
+    result = analyze(ctx.models.get(stage_model("vlm_analyze")), AnalyzeInput(image=image, ad_copy=brief.ad_copy_eng or None,
                                                     overlay_text=brief.ad_copy_kor or None,
                                                     seed=ctx.settings.seed_base + variant.creation_order))
     latency = elapsed_ms(start)
-    model = ctx.models.describe("vlm")
+    model = ctx.models.describe(stage_model("vlm_analyze"))
     response = result.to_dict()
 
     def write(conn: Connection) -> None:

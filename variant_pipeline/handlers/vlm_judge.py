@@ -7,7 +7,7 @@ import time
 
 from variant_pipeline.data.engine import Connection
 from variant_pipeline.data.stage_outputs import upsert_vlm_trace
-from variant_pipeline.handlers.base import HandlerContext, StageOutcome, elapsed_ms
+from variant_pipeline.handlers.base import HandlerContext, StageOutcome, elapsed_ms, stage_model
 from variant_pipeline.handlers.brief import ensure_brief
 from variant_pipeline.handlers.rows import overlay_of, variant_of
 
@@ -20,14 +20,14 @@ def run(ctx: HandlerContext) -> StageOutcome:
     layout = overlay.layout
     brief = ensure_brief(ctx, variant.job_id)
     start = time.perf_counter()
-    [verdict] = judge_batch(ctx.models.get("vlm"), [JudgeInput(
+    [verdict] = judge_batch(ctx.models.get(stage_model("vlm_judge")), [JudgeInput(
         image=overlay.image,
         brief=brief,
         headline=layout.get("text") or brief.ad_copy_kor,
         seed=ctx.settings.seed_base + variant.creation_order,
     )])
     latency = elapsed_ms(start)
-    model = ctx.models.describe("vlm")
+    model = ctx.models.describe(stage_model("vlm_judge"))
 
     def write(conn: Connection) -> None:
         upsert_vlm_trace(conn, variant, "judge", model,

@@ -7,7 +7,7 @@ import time
 
 from variant_pipeline.data.engine import Connection
 from variant_pipeline.data.stage_outputs import replace_detections, replace_variant_image
-from variant_pipeline.handlers.base import HandlerContext, StageOutcome, Thumbnail, elapsed_ms
+from variant_pipeline.handlers.base import HandlerContext, StageOutcome, Thumbnail, elapsed_ms, stage_model
 from variant_pipeline.handlers.rows import variant_image, variant_of
 
 
@@ -18,11 +18,11 @@ def run(ctx: HandlerContext) -> StageOutcome:
     image = variant_image(ctx, variant)
     s = ctx.settings
     start = time.perf_counter()
-    [result] = detect(ctx.models.get("detector"), [image], forbidden_classes=s.forbidden_classes,
+    [result] = detect(ctx.models.get(stage_model("yolo_detect")), [image], forbidden_classes=s.forbidden_classes,
                       conf=s.detector_conf, iou=s.detector_iou)
     latency = elapsed_ms(start)
     mask = ctx.store.save_image(variant.tenant_id, "forbidden_mask", result.forbidden_mask)
-    model = ctx.models.describe("detector")
+    model = ctx.models.describe(stage_model("yolo_detect"))
 
     def write(conn: Connection) -> None:
         mask_id = replace_variant_image(conn, variant, mask, "forbidden_mask")
