@@ -1,8 +1,13 @@
 """Configuration in one place: environment variables over defaults.
 
 Every setting has an environment variable; nothing else in the project reads the
-environment for configuration. Defaults select the tiny offline model bundle that
-``variant-pipeline models build-tiny`` writes under ``$VARIANT_PIPELINE_HOME/models/tiny``.
+environment for configuration. The settings a model family declares (its model locations, whose
+defaults are the tiny offline bundle that ``variant-pipeline models build-tiny`` writes under
+``$VARIANT_PIPELINE_HOME/models/tiny``, and the ``VP_SERVE_*`` options) are resolved by the model
+layer from ``Settings.environ``, so this module knows no model family.
+
+Importing this module changes nothing; ``apply_offline_defaults()`` sets the model libraries'
+offline switches, called by the entry points (the CLI, the Dagster code location, the loaders).
 """
 
 from __future__ import annotations
@@ -10,12 +15,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
-
-T = TypeVar("T")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SQL_DIR = PROJECT_ROOT / "sql"
@@ -144,12 +145,6 @@ class Settings:
     # A local directory or s3://bucket[/prefix] (data/storage.py); local paths are absolute.
     asset_root: str
     models_dir: Path
-    # Model locations: a local directory/file, or a hub id (needs VP_ALLOW_NETWORK=1 or a warm cache).
-    vlm_model: str
-    detector_model: str
-    text2img_model: str
-    inpaint_model: str
-    text_model: str
     # "local" (transformers causal LM) or "openai" (OpenAI-compatible chat completions over HTTP).
     text_backend: str
     openai_base_url: str | None
@@ -203,34 +198,27 @@ class Settings:
     # Where the served model families run: "local" (in the run process) or "ray" (Ray Serve).
     model_backend: str = "local"
     ray_address: str | None = None  # RAY_ADDRESS; None: the local head `serve start` recorded
-    # Per served family: (max batch size, longest wait in seconds for a batch to fill).
-    serve_batch: dict[str, tuple[int, float]] = field(default_factory=dict)
-    serve_replicas: dict[str, int] = field(default_factory=dict)  # replicas per family (default 1)
-    serve_gpus: dict[str, float] = field(default_factory=dict)  # GPUs per replica (default 0)
     # Failure notices (sensors/notices.py): where to post them (None: nowhere), the UI address
     # their run links use, and the least time between two posts.
     alert_webhook_url: str | None = None
     ui_url: str = "http://127.0.0.1:3000"
     alert_min_interval_s: float = 30.0
     s3: S3Options = field(default_factory=S3Options)  # used when asset_root is s3://...
-    extra: dict[str, str] = field(default_factory=dict)
+    # The environment's VP_* variables as they were when these settings loaded. The settings a
+    # model family declares in its registry row (VP_VLM_MODEL, VP_SERVE_BATCH, ...) are read from
+    # here by the model layer (models/family_settings.py), so a new family needs no field here.
+    environ: dict[str, str] = field(default_factory=dict)
 
 
 def load_settings() -> Settings:
     home = home_dir()
     models_dir = Path(_env("VP_MODELS_DIR", str(home / "models" / "tiny"))).resolve()
     forbidden = _env("VP_FORBIDDEN_CLASSES")
-    tiny = _tiny_defaults(models_dir)
     return Settings(
         home=home,
         database_url=_env("DATABASE_URL"),
         asset_root=_asset_root(home),
         models_dir=models_dir,
-        vlm_model=_env("VP_VLM_MODEL", tiny["vlm_model"]),
-        detector_model=_env("VP_DETECTOR_MODEL", tiny["detector_model"]),
-        text2img_model=_env("VP_TEXT2IMG_MODEL", tiny["text2img_model"]),
-        inpaint_model=_env("VP_INPAINT_MODEL", tiny["inpaint_model"]),
-        text_model=_env("VP_TEXT_MODEL", tiny["text_model"]),
         text_backend=_env("VP_TEXT_BACKEND", "local"),
         openai_base_url=_env("VP_OPENAI_BASE_URL"),
         openai_api_key=_env("VP_OPENAI_API_KEY"),
@@ -273,9 +261,6 @@ def load_settings() -> Settings:
         check_max_text_iou=_fraction("VP_CHECK_MAX_TEXT_IOU", 0.05),
         model_backend=_model_backend(_env("VP_MODEL_BACKEND", "local") or "local"),
         ray_address=_env("RAY_ADDRESS"),
-        serve_batch={**DEFAULT_SERVE_BATCH, **_family_map("VP_SERVE_BATCH", _batch_setting)},
-        serve_replicas=_family_map("VP_SERVE_REPLICAS", _replicas_setting),
-        serve_gpus=_family_map("VP_SERVE_GPUS", _gpus_setting),
         alert_webhook_url=_http_url("VP_ALERT_WEBHOOK_URL", _env("VP_ALERT_WEBHOOK_URL")),
         ui_url=_http_url("VP_UI_URL", _env("VP_UI_URL", "http://127.0.0.1:3000")) or "http://127.0.0.1:3000",
         alert_min_interval_s=_seconds("VP_ALERT_MIN_INTERVAL_S", 30.0, allow_zero=True),
@@ -287,6 +272,7 @@ def load_settings() -> Settings:
             request_timeout_s=_seconds("VP_S3_TIMEOUT_S", 30.0),
             retry_timeout_s=_seconds("VP_S3_RETRY_TIMEOUT_S", 15.0, allow_zero=True),
         ),
+        environ={name: value for name, value in os.environ.items() if name.startswith("VP_") and value},
     )
 
 
@@ -306,13 +292,6 @@ def _http_url(name: str, value: str | None) -> str | None:
     if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
         raise SettingsError(f"{name} must be an http:// or https:// URL, got {value!r}")
     return value
-
-
-def _tiny_defaults(models_dir: Path) -> dict[str, str]:
-    """Model locations default to the tiny bundle, laid out as the model registry declares it."""
-    from variant_pipeline.models.registry import tiny_defaults
-
-    return tiny_defaults(models_dir)
 
 
 def _partition_budget(value: str | None) -> int:
@@ -350,11 +329,6 @@ def _wcag_level(value: str) -> str:
 
 
 MODEL_BACKENDS = ("local", "ray")
-# Batching defaults of the served families: the VLM and detector take large batches cheaply; the
-# diffusion pipelines' memory grows with the batch, so they wait for fewer calls.
-DEFAULT_SERVE_BATCH: dict[str, tuple[int, float]] = {
-    "vlm": (8, 0.05), "detector": (16, 0.02), "image_generator": (4, 0.05), "text_model": (8, 0.02),
-}
 
 
 def _model_backend(value: str) -> str:
@@ -364,7 +338,7 @@ def _model_backend(value: str) -> str:
     return value
 
 
-def _key_values(spec: str | None) -> list[tuple[str, str, str]]:
+def key_values(spec: str | None) -> list[tuple[str, str, str]]:
     """``"a=1, b=2"`` -> ``[("a=1", "a", "1"), ("b=2", "b", "2")]`` (item, key, value), blanks skipped."""
     out = []
     for item in (spec or "").split(","):
@@ -372,43 +346,6 @@ def _key_values(spec: str | None) -> list[tuple[str, str, str]]:
             key, _, value = item.partition("=")
             out.append((item.strip(), key.strip(), value))
     return out
-
-
-def _family_map(name: str, parse: Callable[[str, str], T]) -> dict[str, T]:
-    """``"vlm=8:0.05,detector=16:0.02"`` -> per-family values, each checked by ``parse``."""
-    from variant_pipeline.models.registry import FAMILIES
-
-    served = [f.name for f in FAMILIES if f.served]
-    values: dict[str, T] = {}
-    for item, family, value in _key_values(_env(name, "")):
-        if family not in served:
-            raise SettingsError(f"{name}: unknown model family {family!r}; served families: {', '.join(served)}")
-        try:
-            values[family] = parse(value.strip(), family)
-        except ValueError as exc:
-            raise SettingsError(f"{name}: {item!r}: {exc}") from None
-    return values
-
-
-def _batch_setting(value: str, family: str) -> tuple[int, float]:
-    size, _, wait = value.partition(":")
-    max_batch, wait_s = int(size), float(wait or DEFAULT_SERVE_BATCH[family][1])
-    if max_batch < 1 or not (math.isfinite(wait_s) and wait_s >= 0):
-        raise ValueError("expected FAMILY=MAX_BATCH[:WAIT_SECONDS] with MAX_BATCH >= 1 and WAIT_SECONDS >= 0")
-    return max_batch, wait_s
-
-
-def _replicas_setting(value: str, _family: str) -> int:
-    if int(value) < 1:
-        raise ValueError("a family needs at least 1 replica")
-    return int(value)
-
-
-def _gpus_setting(value: str, _family: str) -> float:
-    gpus = float(value)
-    if not (math.isfinite(gpus) and gpus >= 0):
-        raise ValueError("GPUs per replica must be 0 or more")
-    return gpus
 
 
 def _seconds(name: str, default: float, *, allow_zero: bool = False) -> float:
@@ -451,7 +388,7 @@ def _stage_timeouts(spec: str | None) -> dict[str, float]:
     from variant_pipeline.stages import STAGES_BY_NAME
 
     limits: dict[str, float] = {}
-    for item, name, value in _key_values(spec):
+    for item, name, value in key_values(spec):
         if name not in STAGES_BY_NAME:
             raise SettingsError(f"VP_STAGE_TIMEOUTS: unknown stage {name!r} in {spec!r}")
         try:

@@ -35,7 +35,10 @@ class Environment:
 
 def ensure_tiny_bundle(settings: Settings, log=print) -> None:
     """Build the tiny offline model bundle if the settings point at it and it is not there yet."""
-    if not Path(settings.vlm_model).exists() and settings.models_dir.as_posix() in settings.vlm_model:
+    from variant_pipeline.models.registry import model_location
+
+    vlm_model = model_location(settings, "vlm_model")
+    if not Path(vlm_model).exists() and settings.models_dir.as_posix() in vlm_model:
         from variant_pipeline.models.tiny import build_tiny_bundle
 
         log(f"building the tiny offline model bundle in {settings.models_dir} (first run only)")

@@ -18,6 +18,7 @@ from variant_pipeline.models.causal_lm import CausalLM, load_causal_lm
 from variant_pipeline.models.detector import Detector
 from variant_pipeline.models.device import DeviceConfigError, resolve_device, resolve_dtype
 from variant_pipeline.models.image_gen import ImageGenerator
+from variant_pipeline.models.registry import model_location
 from variant_pipeline.models.vlm import VlmBackend
 
 
@@ -30,11 +31,11 @@ def test_bundle_layout_matches_settings_defaults(tiny_models, monkeypatch):
     for name in ("VP_VLM_MODEL", "VP_DETECTOR_MODEL", "VP_TEXT2IMG_MODEL", "VP_INPAINT_MODEL", "VP_TEXT_MODEL"):
         monkeypatch.delenv(name, raising=False)
     s = load_settings()
-    assert Path(s.vlm_model) == tiny_models["vlm_model"]
-    assert Path(s.detector_model) == tiny_models["detector_model"]
-    assert Path(s.text2img_model) == tiny_models["text2img_model"]
-    assert Path(s.inpaint_model) == tiny_models["inpaint_model"]
-    assert Path(s.text_model) == tiny_models["text_model"]
+    assert Path(model_location(s, "vlm_model")) == tiny_models["vlm_model"]
+    assert Path(model_location(s, "detector_model")) == tiny_models["detector_model"]
+    assert Path(model_location(s, "text2img_model")) == tiny_models["text2img_model"]
+    assert Path(model_location(s, "inpaint_model")) == tiny_models["inpaint_model"]
+    assert Path(model_location(s, "text_model")) == tiny_models["text_model"]
     assert (tiny_models["root"] / "bundle.json").is_file()
 
 

@@ -78,14 +78,15 @@ def test_settings_defaults_are_the_tiny_layout(monkeypatch, tmp_path: Path) -> N
     settings = load_settings()
     for fam in registry.FAMILIES:
         for tiny in fam.tiny:
-            assert getattr(settings, tiny.setting) == str(tmp_path / tiny.path)
+            assert registry.model_location(settings, tiny.setting) == str(tmp_path / tiny.path)
 
 
 def test_resource_overrides_replace_settings_by_name() -> None:
     base = load_settings()
     s = _with_overrides(base, {"device": "cpu", "vlm_model": "/m", "vlm_load_in_8bit": "true",
                                "detector_conf": "0.5"})
-    assert (s.device, s.vlm_model, s.vlm_load_in_8bit, s.detector_conf) == ("cpu", "/m", True, 0.5)
+    assert (s.device, registry.model_location(s, "vlm_model"), s.vlm_load_in_8bit, s.detector_conf) == (
+        "cpu", "/m", True, 0.5)
     assert ModelResource(family="vlm", overrides={"vlm_model": "/m"}).location() == "/m"
     with pytest.raises(SettingsError, match="'no_such' is not a setting"):
         _with_overrides(base, {"no_such": "1"})
@@ -102,7 +103,8 @@ def test_a_family_added_to_the_registry_shows_up_everywhere(monkeypatch, tmp_pat
         name="toy", description="A test family.", location=lambda s: f"toy@{s.device}", load=_toy_load,
         tiny=(registry.TinyModel("extra", "toy/model.txt",
                                  lambda path: (path.parent.mkdir(parents=True), path.write_text("toy"), path)[2]),),
-        kinds=frozenset({"toykind"}), accelerator=True, served=True,
+        kinds=frozenset({"toykind"}), accelerator=True,
+        served=registry.Serving(methods={"echo": registry.BatchedMethod(items=("texts",))}),
     )
     monkeypatch.setattr(registry, "FAMILIES", (*registry.FAMILIES, toy))
 

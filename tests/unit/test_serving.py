@@ -10,9 +10,10 @@ from variant_pipeline.config import SettingsError, load_settings
 
 
 def test_calls_combine_per_item_and_split_back_in_order() -> None:
-    from variant_pipeline.models.serving import METHODS, ModelCall, _group_key, combine, split
+    from variant_pipeline.models.registry import family
+    from variant_pipeline.models.serving import ModelCall, _group_key, combine, split
 
-    spec = METHODS["vlm"]["generate"]
+    spec = family("vlm").served.methods["generate"]
     ims = [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(3)]
     a = ModelCall("generate", {"images": ims[:2], "prompts": ["p", "q"], "do_sample": True, "seed": 7})
     b = ModelCall("generate", {"images": ims[2:], "prompts": ["r"], "do_sample": True, "seed": [9]})
@@ -26,7 +27,7 @@ def test_calls_combine_per_item_and_split_back_in_order() -> None:
     with pytest.raises(RuntimeError, match="returned 2 results for 3 items"):
         split(["A", "B"], [a, b], spec)
 
-    inpaint = METHODS["image_generator"]["inpaint"]
+    inpaint = family("image_generator").served.methods["inpaint"]
     small = ModelCall("inpaint", {"images": [Image.new("RGB", (8, 8))], "masks": [], "prompts": [], "seeds": [],
                                   "negative": None, "steps": 2})
     large = ModelCall("inpaint", {**small.kwargs, "images": [Image.new("RGB", (16, 16))]})
@@ -34,9 +35,16 @@ def test_calls_combine_per_item_and_split_back_in_order() -> None:
 
 
 def test_serve_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The VP_SERVE_* options belong to the served families: the model layer reads them from the
+    # settings, and every code location checks them when it builds its model resources.
+    from variant_pipeline.models.serve_options import serve_options
+    from variant_pipeline.resources import model_resources
+
     monkeypatch.setenv("VP_SERVE_BATCH", "vlm=4:0.1,ocr=2")
     with pytest.raises(SettingsError, match="unknown model family 'ocr'"):
-        load_settings()
+        serve_options(load_settings())
+    with pytest.raises(SettingsError, match="unknown model family 'ocr'"):
+        model_resources()
     monkeypatch.setenv("VP_SERVE_BATCH", "vlm=4:0.1")
     monkeypatch.setenv("VP_MODEL_BACKEND", "gpu")
     with pytest.raises(SettingsError, match="VP_MODEL_BACKEND must be one of local, ray"):
@@ -44,11 +52,11 @@ def test_serve_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VP_MODEL_BACKEND", "ray")
     monkeypatch.setenv("VP_SERVE_REPLICAS", "vlm=0")
     with pytest.raises(SettingsError, match="VP_SERVE_REPLICAS: 'vlm=0': a family needs at least 1 replica"):
-        load_settings()
+        serve_options(load_settings())
     monkeypatch.delenv("VP_SERVE_REPLICAS")
-    settings = load_settings()
-    assert settings.serve_batch["vlm"] == (4, 0.1)
-    assert settings.serve_batch["detector"] == (16, 0.02)  # the default
+    options = serve_options(load_settings())
+    assert (options["vlm"].max_batch_size, options["vlm"].batch_wait_s) == (4, 0.1)
+    assert (options["detector"].max_batch_size, options["detector"].batch_wait_s) == (16, 0.02)  # the default
 
 
 def test_a_cluster_that_is_down_is_one_clear_error_naming_its_address(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -154,7 +154,8 @@ def test_batch_and_stub_default_responder() -> None:
 
 def test_factory(tmp_path: Path) -> None:
     base = load_settings()
-    local = text_model_from_settings(dataclasses.replace(base, text_backend="local", text_model=str(tmp_path)))
+    local = text_model_from_settings(dataclasses.replace(base, text_backend="local",
+                                                         environ={**base.environ, "VP_TEXT_MODEL": str(tmp_path)}))
     assert isinstance(local, LocalCausalLMBackend) and local.name == str(tmp_path)
     with openai_stub_server() as stub:
         remote = text_model_from_settings(dataclasses.replace(

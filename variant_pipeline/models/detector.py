@@ -15,6 +15,7 @@ from PIL import Image
 
 from variant_pipeline.models.cache import MODEL_CACHE, ModelCache, resolve_yolo_source
 from variant_pipeline.models.device import resolve
+from variant_pipeline.models.registry import model_location
 from variant_pipeline.work.types import RawDetection
 
 if TYPE_CHECKING:
@@ -84,5 +85,5 @@ class Detector:
 
 def load_detector(settings: Settings) -> Detector:
     """The registry's loader: the configured detector, once per process."""
-    return Detector.load(settings.detector_model, settings.device, settings.dtype,
+    return Detector.load(model_location(settings, "detector_model"), settings.device, settings.dtype,
                          allow_network=settings.allow_network)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from variant_pipeline.models.cache import MODEL_CACHE, ModelCache, resolve_hf_source
 from variant_pipeline.models.device import resolve
+from variant_pipeline.models.registry import model_location
 
 if TYPE_CHECKING:
     from variant_pipeline.config import Settings
@@ -141,5 +142,5 @@ def _negatives(negative: Sequence[str] | str | None, n: int) -> list[str] | None
 
 def load_image_generator(settings: Settings) -> ImageGenerator:
     """The registry's loader: both configured pipelines, each loaded (once) when first used."""
-    return ImageGenerator.create(settings.text2img_model, settings.inpaint_model, settings.device,
-                                 settings.dtype, allow_network=settings.allow_network)
+    return ImageGenerator.create(model_location(settings, "text2img_model"), model_location(settings, "inpaint_model"),
+                                 settings.device, settings.dtype, allow_network=settings.allow_network)

@@ -21,12 +21,9 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from variant_pipeline.config import PROJECT_ROOT, Settings
-
-if TYPE_CHECKING:
-    from variant_pipeline.models.registry import ModelFamily
 
 RAY_NAMESPACE = "variant_pipeline"
 _CONNECT_LOCK = threading.Lock()
@@ -47,14 +44,6 @@ class HeadRecord:
     pid: int  # the `ray start --block` process; every process of the head descends from it
     temp_dir: str
     log: str
-
-
-def served_by_ray(fam: ModelFamily, settings: Settings) -> bool:
-    """Whether runs reach this family through Ray Serve: the ray backend and a served family, the
-    text model only as a local LM (an OpenAI-compatible API is already a server: the run keeps
-    its HTTP client)."""
-    return (settings.model_backend == "ray" and fam.served
-            and (fam.name != "text_model" or settings.text_backend == "local"))
 
 
 def _record_path(settings: Settings) -> Path:

@@ -1,9 +1,11 @@
-"""The run's side of the ``ray`` model backend: clients with the model objects' own methods.
+"""The run's side of the ``ray`` model backend: a client with the model object's own methods.
 
 A stage calls ``vlm.generate(images, prompts, ...)`` whether the VLM is in its process or in a
 Ray Serve replica; here each call becomes one request to the family's application, which may
-serve it in one model call with other runs' requests. This module imports ray, PIL and numpy only
-(never torch or a model library), so a run worker stays near Dagster's own memory.
+serve it in one model call with other runs' requests. The client's methods are those its
+registry row serves (``Serving.methods``, ``attributes``, ``adapters``): a family needs no client
+code of its own. This module imports ray only (never torch or a model library), so a run worker
+stays near Dagster's own memory.
 
 Each call waits at most until the stage's deadline and is cancelled in Serve when it passes. A
 replica that dies, or a cluster that is down, raises ``ModelServerError``: a transient failure,
@@ -12,11 +14,10 @@ which the stage's retry protocol re-runs.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from typing import Any
-
-from PIL import Image
 
 from variant_pipeline.config import Settings
 from variant_pipeline.models.ray_head import (
@@ -25,9 +26,8 @@ from variant_pipeline.models.ray_head import (
     cluster_address,
     connect,
 )
+from variant_pipeline.models.registry import Serving, family
 from variant_pipeline.models.serving import CallInfo, ModelCall, Reply, app_name
-from variant_pipeline.work.text_model import ChatMessage, ChatRequest, Completion
-from variant_pipeline.work.types import RawDetection
 
 
 class ModelCallTimeout(ModelServerError, TimeoutError):
@@ -37,8 +37,12 @@ class ModelCallTimeout(ModelServerError, TimeoutError):
 class ServedModel:
     """One family's application on the cluster; records what each of its calls went through."""
 
-    def __init__(self, family: str, settings: Settings, deadline: float | None = None) -> None:
-        self.family = family
+    def __init__(self, family_name: str, settings: Settings, deadline: float | None = None) -> None:
+        served = family(family_name).served
+        if served is None:
+            raise ValueError(f"model family {family_name!r} is not served (its row's `served` is None)")
+        self.family = family_name
+        self.serving: Serving = served
         self.settings = settings
         self.deadline = deadline  # time.monotonic() by which every call must have returned
         self.calls: list[CallInfo] = []
@@ -76,11 +80,13 @@ class ServedModel:
             raise ModelServerError(f"{self.family}.{what} on the Ray cluster at {address} failed: "
                                    f"{type(exc).__name__}: {first_line}") from exc
 
-    def call(self, method: str, **kwargs: Any) -> list[Any]:
-        reply: Reply = self._wait(self.handle().remote(ModelCall(method, kwargs)), method)
+    def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        call = ModelCall(method, {k: _plain(v) for k, v in kwargs.items()}, tuple(_plain(a) for a in args))
+        reply: Reply = self._wait(self.handle().remote(call), method)
         if reply.error is not None:
             raise reply.error
-        self.calls.append(reply.info)
+        if reply.info is not None:
+            self.calls.append(reply.info)
         return reply.result
 
     def attribute(self, name: str) -> Any:
@@ -88,78 +94,24 @@ class ServedModel:
             self._attributes[name] = self._wait(self.handle().attribute.remote(name), name)
         return self._attributes[name]
 
-
-class ServedVlm(ServedModel):
-    def generate(self, images: Sequence[Image.Image], prompts: Sequence[str], *, do_sample: bool = False,
-                 temperature: float = 0.7, max_new_tokens: int = 256, min_new_tokens: int = 0,
-                 seed: int | Sequence[int] | None = None) -> list[str]:
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-        if not images:
-            return []
-        return self.call("generate", images=list(images), prompts=list(prompts), do_sample=do_sample,
-                         temperature=temperature, max_new_tokens=max_new_tokens,
-                         min_new_tokens=min_new_tokens, seed=seed if isinstance(seed, int | None) else list(seed))
-
-
-class ServedDetector(ServedModel):
-    @property
-    def class_names(self) -> dict[int, str]:
-        return self.attribute("class_names")
-
-    def predict(self, images: Sequence[Image.Image], conf: float = 0.25, iou: float = 0.45, *,
-                imgsz: int | None = None, max_det: int = 300) -> list[list[RawDetection]]:
-        if not images:
-            return []
-        return self.call("predict", images=list(images), conf=conf, iou=iou, imgsz=imgsz, max_det=max_det)
+    def __getattr__(self, name: str) -> Any:
+        """The row's served methods, adapters and attributes, as the model object has them."""
+        serving = self.__dict__.get("serving")
+        if serving is None or name.startswith("_"):
+            raise AttributeError(name)
+        if name in serving.methods:
+            return functools.partial(self.call, name)
+        if name in serving.adapters:
+            return functools.partial(serving.adapters[name], self)
+        if name in serving.attributes:
+            return self.attribute(name)
+        raise AttributeError(f"the served {self.family} model has no {name!r}")
 
 
-class ServedImageGenerator(ServedModel):
-    def text_to_image(self, prompts: Sequence[str], negative: Sequence[str] | str | None, seeds: Sequence[int],
-                      width: int, height: int, steps: int, *, guidance_scale: float = 7.5) -> list[Image.Image]:
-        if not prompts:
-            return []
-        return self.call("text_to_image", prompts=list(prompts), negative=_listed(negative), seeds=list(seeds),
-                         width=width, height=height, steps=steps, guidance_scale=guidance_scale)
-
-    def inpaint(self, images: Sequence[Image.Image], masks: Sequence[Image.Image], prompts: Sequence[str],
-                negative: Sequence[str] | str | None, seeds: Sequence[int], steps: int, *,
-                guidance_scale: float = 7.5, strength: float = 1.0) -> list[Image.Image]:
-        if not images:
-            return []
-        return self.call("inpaint", images=list(images), masks=list(masks), prompts=list(prompts),
-                         negative=_listed(negative), seeds=list(seeds), steps=steps,
-                         guidance_scale=guidance_scale, strength=strength)
-
-
-class ServedTextModel(ServedModel):
-    @property
-    def name(self) -> str:
-        return self.attribute("name")
-
-    @property
-    def provider(self) -> str:
-        return self.attribute("provider")
-
-    def complete(self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int,
-                 json_mode: bool = False, seed: int | None = None) -> Completion:
-        return self.complete_batch([ChatRequest(tuple(messages), temperature, max_tokens, json_mode, seed)])[0]
-
-    def complete_batch(self, requests: Sequence[ChatRequest]) -> list[Completion]:
-        if not requests:
-            return []
-        return self.call("complete_batch", requests=list(requests))
-
-
-def _listed(value: Sequence[str] | str | None) -> list[str] | str | None:
-    return value if isinstance(value, str | None) else list(value)
-
-
-CLIENTS: dict[str, type[ServedModel]] = {
-    "vlm": ServedVlm, "detector": ServedDetector, "image_generator": ServedImageGenerator,
-    "text_model": ServedTextModel,
-}
+def _plain(value: Any) -> Any:
+    """Sequences travel as lists (a tuple or a view may not pickle, or group, as its list does)."""
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, str | bytes | list) else value
 
 
 def served(family: str, settings: Settings, deadline: float | None = None) -> ServedModel:
-    return CLIENTS[family](family, settings, deadline)
+    return ServedModel(family, settings, deadline)

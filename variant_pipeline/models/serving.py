@@ -1,11 +1,14 @@
 """Ray Serve deployments of the served model families: the replica side, and deploying them.
 
-One Serve application per family (``vp-vlm``, ``vp-detector``, ...). Each replica loads its
-family's model once, with the same loading code and load-once cache a run uses, and coalesces
-concurrent calls from every run (``@serve.batch``) into one call of the family's own batched
-method: three variants asking the VLM one question each become one ``generate`` over three
-images. Calls are grouped by method and by their non-list arguments (a greedy call and a sampled
-one never share a model call); per-item arguments such as seeds travel with their items.
+One Serve application per family (``vp-vlm``, ``vp-detector``, ...), built from its registry row
+(``ModelFamily.served``: the batched methods, attributes and batch default), which the deployment
+carries, so a replica serves whatever row it was given. Each replica loads its family's model
+once, with the same loading code and load-once cache a run uses, and coalesces concurrent calls
+from every run (``@serve.batch``) into one call of the family's own batched method: three
+variants asking the VLM one question each become one ``generate`` over three images. A call's
+arguments are bound to the model method's own signature (its defaults filled in), then grouped
+by method and by their non-list arguments (a greedy call and a sampled one never share a model
+call); per-item arguments such as seeds travel with their items.
 
 Each replica keeps counters (loads, calls, a histogram of calls per model call, queue length)
 and reports them to one small named actor, so ``serve status`` and the tests read them for every
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import os
 import resource
 import time
@@ -27,7 +31,9 @@ from typing import Any
 
 from variant_pipeline.config import Settings, load_settings
 from variant_pipeline.models import registry
-from variant_pipeline.models.ray_head import RAY_NAMESPACE, bind_to_node_ip, prepare_driver_env, served_by_ray
+from variant_pipeline.models.ray_head import RAY_NAMESPACE, bind_to_node_ip, prepare_driver_env
+from variant_pipeline.models.registry import BatchedMethod, ModelFamily, served_by_ray
+from variant_pipeline.models.serve_options import serve_options
 
 # This module imports ray (the batching decorator below): Ray's switches go first.
 prepare_driver_env(load_settings())
@@ -41,38 +47,21 @@ def app_name(family: str) -> str:
 
 
 @dataclass(frozen=True)
-class BatchedMethod:
-    """How the calls of one model method combine into one call."""
-
-    items: tuple[str, ...]  # per-item sequences, concatenated across the coalesced calls
-    spread: tuple[str, ...] = ()  # one value for all items or one per item (seeds, negative prompts)
-    same_size: str | None = None  # these images must share one size in a model call (inpainting)
-
-
-# The batched methods a deployment serves; every one returns one result per item, in order.
-METHODS: dict[str, dict[str, BatchedMethod]] = {
-    "vlm": {"generate": BatchedMethod(items=("images", "prompts"), spread=("seed",))},
-    "detector": {"predict": BatchedMethod(items=("images",))},
-    "image_generator": {
-        "text_to_image": BatchedMethod(items=("prompts", "seeds"), spread=("negative",)),
-        "inpaint": BatchedMethod(items=("images", "masks", "prompts", "seeds"), spread=("negative",),
-                                 same_size="images"),
-    },
-    "text_model": {"complete_batch": BatchedMethod(items=("requests",))},
-}
-# Plain attributes a client may read once (they do not change while a replica lives).
-ATTRIBUTES: dict[str, tuple[str, ...]] = {"detector": ("class_names",), "text_model": ("name", "provider")}
-
-
-@dataclass(frozen=True)
 class ModelCall:
-    """One run's call: a method of the family's model and its arguments, all by name."""
+    """One run's call: a method of the family's model and its arguments (by name once bound)."""
 
     method: str
     kwargs: dict[str, Any]
+    args: tuple[Any, ...] = ()  # positional arguments, as the run's code passed them
 
     def n_items(self, spec: BatchedMethod) -> int:
         return len(self.kwargs[spec.items[0]])
+
+    def bound(self, method: Callable[..., Any]) -> ModelCall:
+        """Every argument by name, defaults included, so equal calls group alike."""
+        arguments = inspect.signature(method).bind(*self.args, **self.kwargs)
+        arguments.apply_defaults()
+        return ModelCall(self.method, dict(arguments.arguments))
 
 
 @dataclass(frozen=True)
@@ -89,7 +78,7 @@ class CallInfo:
 @dataclass(frozen=True)
 class Reply:
     result: Any
-    info: CallInfo
+    info: CallInfo | None  # None: a call with no items, answered without a model call
     error: BaseException | None = None
 
 
@@ -140,19 +129,22 @@ def _serve_batch() -> Callable[[Any], Any]:
 
 
 class ModelServer:
-    """A replica of one family (wrapped as a Serve deployment by ``deployment_for``)."""
+    """A replica of one family (wrapped as a Serve deployment by ``deploy``)."""
 
-    def __init__(self, family: str, settings: Settings, max_batch_size: int, batch_wait_s: float) -> None:
+    def __init__(self, fam: ModelFamily, settings: Settings, max_batch_size: int, batch_wait_s: float) -> None:
         from ray import serve
 
         # Serve starts this replica's internal gRPC server after __init__ returns: bind it to the
         # node's address, not to every interface.
         bind_to_node_ip()
-        self.family = family
+        if fam.served is None:
+            raise ValueError(f"model family {fam.name!r} is not served (its row's `served` is None)")
+        self.family = fam.name
         self.replica = serve.get_replica_context().replica_id.unique_id
-        self._methods = METHODS[family]
-        # The registry's loader, as a run would call it: load-once through the process's cache.
-        self.model = registry.family(family).load(settings)
+        self._methods = fam.served.methods
+        self._attributes = fam.served.attributes
+        # The row's loader, as a run would call it: load-once through the process's cache.
+        self.model = fam.load(settings)
         self._coalesce.set_max_batch_size(max_batch_size)
         self._coalesce.set_batch_wait_timeout_s(batch_wait_s)
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
@@ -173,6 +165,12 @@ class ModelServer:
     async def __call__(self, call: ModelCall) -> Reply:
         if call.method not in self._methods:
             raise ValueError(f"{self.family} serves {sorted(self._methods)}, not {call.method!r}")
+        try:
+            call = call.bound(getattr(self.model, call.method))
+        except TypeError as exc:  # arguments the method does not take: the caller's error, raised there
+            return Reply(None, None, exc)
+        if call.n_items(self._methods[call.method]) == 0:
+            return Reply([], None)
         self.calls += 1
         self.in_flight += 1
         token = id(call)
@@ -222,7 +220,7 @@ class ModelServer:
         return [self._run_group([c])[0] for c in calls]
 
     def attribute(self, name: str) -> Any:
-        if name not in ATTRIBUTES.get(self.family, ()):
+        if name not in self._attributes:
             raise AttributeError(f"{self.family} model server does not expose {name!r}")
         return getattr(self.model, name)
 
@@ -272,8 +270,8 @@ def _stats_actor() -> Any:
 
 
 def served_families(settings: Settings) -> tuple[str, ...]:
-    """The registry's served families; with the OpenAI text backend the text model stays an HTTP
-    client in the run."""
+    """The registry's families served with these settings (with the OpenAI text backend the text
+    model stays an HTTP client in the run)."""
     ray_settings = dataclasses.replace(settings, model_backend="ray")
     return tuple(f.name for f in registry.FAMILIES if served_by_ray(f, ray_settings))
 
@@ -283,22 +281,23 @@ def deploy(settings: Settings, families: tuple[str, ...] | None = None) -> dict[
     each is running. Returns family -> application name."""
     from ray import serve
 
+    options = serve_options(settings)  # checked before anything is deployed
     serve.start(proxy_location="Disabled")  # runs reach the replicas by handle, never over HTTP
     _stats_actor()
     apps = {}
     for family in families or served_families(settings):
-        max_batch, wait_s = settings.serve_batch[family]
+        opts = options[family]
         deployment = serve.deployment(
             ModelServer,
             name=f"{family}_server",
-            num_replicas=settings.serve_replicas.get(family, 1),
+            num_replicas=opts.replicas,
             # Room for every call that may wait for a batch, plus the batch being computed.
-            max_ongoing_requests=max(64, 4 * max_batch),
-            ray_actor_options={
-                "num_cpus": 0, "num_gpus": settings.serve_gpus.get(family, 0.0),
-            },
+            max_ongoing_requests=max(64, 4 * opts.max_batch_size),
+            ray_actor_options={"num_cpus": 0, "num_gpus": opts.gpus},
         )
-        serve.run(deployment.bind(family, settings, max_batch, wait_s), name=app_name(family), route_prefix=None)
+        # The row itself goes with the deployment: the replica needs no registry lookup.
+        bound = deployment.bind(registry.family(family), settings, opts.max_batch_size, opts.batch_wait_s)
+        serve.run(bound, name=app_name(family), route_prefix=None)
         apps[family] = app_name(family)
     return apps
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from variant_pipeline.models.registry import model_location
 from variant_pipeline.work.text_model import ChatMessage, ChatRequest, Completion, TextModel
 
 if TYPE_CHECKING:
@@ -396,9 +397,10 @@ def text_model_from_settings(settings: Settings) -> TextModel:
         return OpenAIChatBackend(settings.openai_base_url, settings.openai_api_key,
                                  settings.openai_model, settings.openai_timeout_s)
     if backend == "local":
-        if not settings.text_model:
+        location = model_location(settings, "text_model")
+        if not location:
             raise TextModelConfigError("VP_TEXT_BACKEND=local needs VP_TEXT_MODEL (a directory or hub id)")
-        return LocalCausalLMBackend(settings.text_model, settings.device, settings.dtype,
+        return LocalCausalLMBackend(location, settings.device, settings.dtype,
                                     allow_network=settings.allow_network)
     raise TextModelConfigError(
         f"unknown text backend {settings.text_backend!r} (VP_TEXT_BACKEND): use 'local' or 'openai'")

@@ -18,6 +18,7 @@ from PIL import Image
 
 from variant_pipeline.models.cache import MODEL_CACHE, ModelCache, resolve_hf_source
 from variant_pipeline.models.device import resolve
+from variant_pipeline.models.registry import model_location
 
 if TYPE_CHECKING:
     from variant_pipeline.config import Settings
@@ -169,5 +170,5 @@ class VlmBackend:
 
 def load_vlm(settings: Settings) -> VlmBackend:
     """The registry's loader: the configured vision-language model, once per process."""
-    return VlmBackend.load(settings.vlm_model, settings.device, settings.dtype,
+    return VlmBackend.load(model_location(settings, "vlm_model"), settings.device, settings.dtype,
                            load_in_8bit=settings.vlm_load_in_8bit, allow_network=settings.allow_network)

@@ -131,7 +131,7 @@ def _dagster(settings: Settings) -> list[Check]:
 
 
 def _models(settings: Settings) -> list[Check]:
-    from variant_pipeline.models.registry import tiny_defaults
+    from variant_pipeline.models.registry import model_location, tiny_defaults
 
     tiny = tiny_defaults(settings.models_dir)
     checks = []
@@ -140,7 +140,7 @@ def _models(settings: Settings) -> list[Check]:
             checks.append(Check("model text_model", True, f"OpenAI-compatible API at {settings.openai_base_url}, "
                                 f"model {settings.openai_model} (not called by doctor)"))
             continue
-        value = getattr(settings, field_name)
+        value = model_location(settings, field_name)
         checks.append(_guard(f"model {field_name}", lambda f=field_name, v=value: _model(f, v, tiny[f], settings)))
     return checks
 
@@ -230,7 +230,7 @@ def _fonts() -> Check:
 def _ray(settings: Settings) -> Check:
     def check() -> Check:
         from variant_pipeline.models import ray_head
-        from variant_pipeline.models.registry import FAMILIES
+        from variant_pipeline.models.registry import FAMILIES, served_by_ray
         from variant_pipeline.models.serving import app_name
 
         try:
@@ -240,7 +240,7 @@ def _ray(settings: Settings) -> Check:
         from ray import serve
 
         apps = serve.status().applications
-        wanted = [app_name(f.name) for f in FAMILIES if ray_head.served_by_ray(f, settings)]
+        wanted = [app_name(f.name) for f in FAMILIES if served_by_ray(f, settings)]
         missing = [a for a in wanted if a not in apps]
         unhealthy = [f"{a} {apps[a].status.value}" for a in wanted if a in apps and apps[a].status.value != "RUNNING"]
         if missing or unhealthy:

@@ -18,14 +18,21 @@ import dagster as dg
 
 from variant_pipeline.config import Settings, SettingsError, load_settings
 from variant_pipeline.models import registry
-from variant_pipeline.models.ray_head import served_by_ray
-from variant_pipeline.models.registry import ModelFamily, family
+from variant_pipeline.models.registry import (
+    ModelFamily,
+    family,
+    served_by_ray,
+    setting_variable,
+    tiny_defaults,
+)
+from variant_pipeline.models.serve_options import serve_options
 
 
 class ModelResource(dg.ConfigurableResource):
     """A model family's handle. ``overrides`` replace settings for this resource only, by
-    Settings field name (``{"device": "cpu"}``, ``{"vlm_model": "llava-hf/llava-1.5-7b-hf"}``,
-    ``{"vlm_load_in_8bit": "true"}``); empty: the environment (config.py) decides."""
+    Settings field name or a family's location setting (``{"device": "cpu"}``,
+    ``{"vlm_model": "llava-hf/llava-1.5-7b-hf"}``, ``{"vlm_load_in_8bit": "true"}``); empty: the
+    environment (config.py, and for the location settings the registry's rows) decides."""
 
     family: str
     overrides: dict[str, str] = {}
@@ -50,13 +57,17 @@ class ModelResource(dg.ConfigurableResource):
         return self.model_family().load(settings)
 
 
-
 def _with_overrides(settings: Settings, overrides: dict[str, str]) -> Settings:
     if not overrides:
         return settings
-    fields = {f.name for f in dataclasses.fields(settings)}
+    fields = {f.name for f in dataclasses.fields(settings)} - {"environ"}
+    locations = tiny_defaults(settings.models_dir)
     values: dict[str, Any] = {}
+    environ = dict(settings.environ)
     for name, text in overrides.items():
+        if name in locations:  # a family's location setting: read from the settings' environment
+            environ[setting_variable(name)] = text
+            continue
         if name not in fields:
             raise SettingsError(f"model resource override {name!r} is not a setting")
         current = getattr(settings, name)
@@ -73,11 +84,16 @@ def _with_overrides(settings: Settings, overrides: dict[str, str]) -> Settings:
             values[name] = text
         else:
             raise SettingsError(f"model resource override {name!r} is not a plain value setting")
-    return dataclasses.replace(settings, **values)
+    return dataclasses.replace(settings, **values, environ=environ)
 
 
 def model_resources() -> dict[str, ModelResource]:
-    """One resource per registered family, keyed by its name (the key stages ask for)."""
+    """One resource per registered family, keyed by its name (the key stages ask for).
+
+    The families' own settings (``VP_SERVE_*``) are checked here, so a code location with a bad
+    value fails to load with the variable named, as one with any other bad setting does.
+    """
+    serve_options(load_settings())
     return {fam.name: ModelResource(family=fam.name) for fam in registry.FAMILIES}
 
 
