@@ -51,7 +51,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-import variant_pipeline  # noqa: E402,F401  (offline switches first)
+from variant_pipeline.config import apply_offline_defaults  # noqa: E402
+
+apply_offline_defaults()  # the model libraries' offline switches, before any of them is imported
 
 TENANT = "bench-capacity"
 DESCRIPTION = "얼큰한 부대찌개 2인분"

@@ -44,7 +44,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import variant_pipeline  # noqa: E402,F401  (offline switches first)
+from variant_pipeline.config import apply_offline_defaults  # noqa: E402
+
+apply_offline_defaults()  # the model libraries' offline switches, before any of them is imported
 
 BENCH_TENANT = "bench-latency"
 EVENT_STEP, EVENT_STATUS = "readability_eval", "done"  # the sensor answers with a run of iou_eval

@@ -48,7 +48,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import variant_pipeline  # noqa: E402,F401  (offline switches first)
+from variant_pipeline.config import apply_offline_defaults  # noqa: E402
+
+apply_offline_defaults()  # the model libraries' offline switches, before any of them is imported
 
 _INHERITED = ("DATABASE_URL", "DAGSTER_DATABASE_URL", "VP_DAGSTER_STORAGE_URL", "DAGSTER_HOME",
               "VP_MODEL_BACKEND", "RAY_ADDRESS")

@@ -29,7 +29,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import variant_pipeline  # noqa: E402,F401  (offline switches first)
+from variant_pipeline.config import apply_offline_defaults  # noqa: E402
+
+apply_offline_defaults()  # the model libraries' offline switches, before any of them is imported
 
 
 def log(message: str) -> None:

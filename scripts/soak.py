@@ -69,7 +69,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import soak_checks as checks  # noqa: E402
 from soak_schedule import FAULT_KINDS_RAY, FAULT_KINDS_S3, Action, build_schedule, parse_duration, summarize  # noqa: E402
 
-import variant_pipeline  # noqa: E402,F401  (offline switches before any model library import)
+from variant_pipeline.config import apply_offline_defaults  # noqa: E402
+
+apply_offline_defaults()  # the model libraries' offline switches, before any of them is imported
 from variant_pipeline.stages import LAST_JOB_STAGE, LAST_VARIANT_STAGE  # noqa: E402
 
 SHOP, BAD_CLI_TENANT, UPSTREAM, BAD_ROWS = "soak-shop", "soak-bad", "soak-upstream", "soak-badrows"

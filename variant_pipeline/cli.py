@@ -699,7 +699,10 @@ def _one_line(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from variant_pipeline.config import SettingsError
+    from variant_pipeline.config import SettingsError, apply_offline_defaults
+
+    # Before anything imports a model library (build-tiny, serve, demo) or Dagster (its telemetry).
+    apply_offline_defaults()
     from variant_pipeline.data.embedded_pg import EmbeddedServerError
     from variant_pipeline.data.engine import ConnectionLost, SchemaMissing, normalize_database_url, redact
     from variant_pipeline.data.migrations import MigrationError
