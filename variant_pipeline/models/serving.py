@@ -29,14 +29,11 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from variant_pipeline.config import Settings, load_settings
+from variant_pipeline.config import Settings
 from variant_pipeline.models import registry
 from variant_pipeline.models.ray_head import RAY_NAMESPACE, bind_to_node_ip, prepare_driver_env
 from variant_pipeline.models.registry import BatchedMethod, ModelFamily, served_by_ray
 from variant_pipeline.models.serve_options import serve_options
-
-# This module imports ray (the batching decorator below): Ray's switches go first.
-prepare_driver_env(load_settings())
 
 APP_PREFIX = "vp-"
 STATS_ACTOR = "vp-model-stats"
@@ -121,13 +118,6 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _serve_batch() -> Callable[[Any], Any]:
-    """``serve.batch`` with placeholder limits; each replica sets its family's in ``__init__``."""
-    from ray import serve
-
-    return serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-
-
 class ModelServer:
     """A replica of one family (wrapped as a Serve deployment by ``deploy``)."""
 
@@ -145,8 +135,10 @@ class ModelServer:
         self._attributes = fam.served.attributes
         # The row's loader, as a run would call it: load-once through the process's cache.
         self.model = fam.load(settings)
-        self._coalesce.set_max_batch_size(max_batch_size)
-        self._coalesce.set_batch_wait_timeout_s(batch_wait_s)
+        # Batching wraps this replica's own method with its family's limits (importing this
+        # module imports no ray: a run reaches it only through a connected driver).
+        self._coalesce = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_s)(
+            self._coalesce_batch)
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
         self.calls = 0
         self.in_flight = 0  # calls received and not yet answered (waiting or in a model call)
@@ -184,8 +176,7 @@ class ModelServer:
             self.in_flight -= 1
             self._report()
 
-    @_serve_batch()
-    async def _coalesce(self, arrivals: list[tuple[ModelCall, int, float]]) -> list[Reply]:
+    async def _coalesce_batch(self, arrivals: list[tuple[ModelCall, int, float]]) -> list[Reply]:
         started = time.monotonic()
         for _call, token, _t in arrivals:
             self._queued.discard(token)
@@ -279,9 +270,10 @@ def served_families(settings: Settings) -> tuple[str, ...]:
 def deploy(settings: Settings, families: tuple[str, ...] | None = None) -> dict[str, str]:
     """Deploy (or update) one Serve application per family on the connected cluster; waits until
     each is running. Returns family -> application name."""
+    options = serve_options(settings)  # checked before anything is deployed
+    prepare_driver_env(settings)
     from ray import serve
 
-    options = serve_options(settings)  # checked before anything is deployed
     serve.start(proxy_location="Disabled")  # runs reach the replicas by handle, never over HTTP
     _stats_actor()
     apps = {}
