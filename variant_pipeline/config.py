@@ -206,7 +206,8 @@ class Settings:
     s3: S3Options = field(default_factory=S3Options)  # used when asset_root is s3://...
     # The environment's VP_* variables as they were when these settings loaded. The settings a
     # model family declares in its registry row (VP_VLM_MODEL, VP_SERVE_BATCH, ...) are read from
-    # here by the model layer (models/family_settings.py), so a new family needs no field here.
+    # here by the model layer (models/registry.py, models/serve_options.py): a new family needs no
+    # field here.
     environ: dict[str, str] = field(default_factory=dict)
 
 

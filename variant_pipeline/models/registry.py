@@ -48,6 +48,10 @@ class TinyModel:
     path: str  # relative to the bundle directory (VP_MODELS_DIR)
     build: Callable[[Path], Path]  # writes the model at the given path, returns it
 
+    def location(self, settings: Settings) -> str:
+        """The setting's value: ``VP_<SETTING>`` (a local path or a hub id), else this tiny model."""
+        return settings.environ.get(setting_variable(self.setting)) or str(settings.models_dir / self.path)
+
 
 @dataclass(frozen=True)
 class BatchedMethod:
@@ -97,14 +101,21 @@ class ModelFamily:
 
         return build
 
+    def setting(self, settings: Settings, name: str | None = None) -> str:
+        """This row's location setting ``name`` (its only one when omitted). A loader reads its
+        own row's, so a replica given the row needs no registry lookup."""
+        matches = [t for t in self.tiny if name in (None, t.setting)]
+        if len(matches) != 1:
+            raise ValueError(f"model family {self.name!r} declares the location settings "
+                             f"{[t.setting for t in self.tiny]}, asked for {name!r}")
+        return matches[0].location(settings)
+
 
 def model_location(settings: Settings, name: str) -> str:
-    """A location setting a row declares (``TinyModel.setting``, say ``vlm_model``): the
-    environment's ``VP_<NAME>`` (a local path or a hub id), else its model in the tiny bundle."""
+    """A location setting any row declares (``TinyModel.setting``, say ``vlm_model``)."""
     for fam in FAMILIES:
-        for tiny in fam.tiny:
-            if tiny.setting == name:
-                return settings.environ.get(setting_variable(name)) or str(settings.models_dir / tiny.path)
+        if any(t.setting == name for t in fam.tiny):
+            return fam.setting(settings, name)
     raise ValueError(f"unknown model setting {name!r}; the families declare: {', '.join(tiny_defaults(Path()))}")
 
 
