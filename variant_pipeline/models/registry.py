@@ -23,7 +23,10 @@ from typing import TYPE_CHECKING, Any
 from variant_pipeline.config import apply_offline_defaults
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from variant_pipeline.config import Settings
+    from variant_pipeline.work.text_model import ChatMessage, Completion
 
 
 def _lazy(module: str, attr: str) -> Callable[..., Any]:
@@ -128,8 +131,8 @@ def _text_location(s: Settings) -> str:
     return f"{s.text_backend}:{s.openai_model if s.text_backend == 'openai' else model_location(s, 'text_model')}"
 
 
-def _complete_one(client: Any, messages: Any, *, temperature: float, max_tokens: int,
-                  json_mode: bool = False, seed: int | None = None) -> Any:
+def _complete_one(client: Any, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int,
+                  json_mode: bool = False, seed: int | None = None) -> Completion:
     """The text model's ``complete`` on its served ``complete_batch``: one request, one answer."""
     from variant_pipeline.work.text_model import ChatRequest
 
@@ -248,11 +251,6 @@ def tiny_defaults(bundle_dir: Path) -> dict[str, str]:
 def tiny_settings_in_use(settings: Settings) -> list[str]:
     """The location settings (``vlm_model``, ...) that still point at the tiny random-weight bundle."""
     return [name for name, path in tiny_defaults(settings.models_dir).items() if model_location(settings, name) == path]
-
-
-def served_families() -> tuple[str, ...]:
-    """The families that may run behind Ray Serve (whatever the backend in use)."""
-    return tuple(f.name for f in FAMILIES if f.served is not None)
 
 
 def served_by_ray(fam: ModelFamily, settings: Settings) -> bool:

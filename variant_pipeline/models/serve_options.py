@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from variant_pipeline.config import Settings, SettingsError, key_values
 from variant_pipeline.models import registry
+from variant_pipeline.models.registry import Serving
 
 T = TypeVar("T")
 
@@ -39,36 +40,35 @@ def serve_options(settings: Settings) -> dict[str, ServeOptions]:
     return options
 
 
-def _family_map(settings: Settings, name: str, parse: Callable[[str, registry.ModelFamily], T]) -> dict[str, T]:
+def _family_map(settings: Settings, name: str, parse: Callable[[str, Serving], T]) -> dict[str, T]:
     """``"vlm=8:0.05,detector=16:0.02"`` -> per-family values, each checked by ``parse``."""
-    served = registry.served_families()
+    served = {f.name: f.served for f in registry.FAMILIES if f.served is not None}
     values: dict[str, T] = {}
     for item, family, value in key_values(settings.environ.get(name, "")):
         if family not in served:
             raise SettingsError(f"{name}: unknown model family {family!r}; served families: {', '.join(served)}")
         try:
-            values[family] = parse(value.strip(), registry.family(family))
+            values[family] = parse(value.strip(), served[family])
         except ValueError as exc:
             raise SettingsError(f"{name}: {item!r}: {exc}") from None
     return values
 
 
-def _batch_setting(value: str, fam: registry.ModelFamily) -> tuple[int, float]:
-    assert fam.served is not None  # _family_map passes served families only
+def _batch_setting(value: str, serving: Serving) -> tuple[int, float]:
     size, _, wait = value.partition(":")
-    max_batch, wait_s = int(size), float(wait or fam.served.batch[1])
+    max_batch, wait_s = int(size), float(wait or serving.batch[1])
     if max_batch < 1 or not (math.isfinite(wait_s) and wait_s >= 0):
         raise ValueError("expected FAMILY=MAX_BATCH[:WAIT_SECONDS] with MAX_BATCH >= 1 and WAIT_SECONDS >= 0")
     return max_batch, wait_s
 
 
-def _replicas_setting(value: str, _fam: registry.ModelFamily) -> int:
+def _replicas_setting(value: str, _serving: Serving) -> int:
     if int(value) < 1:
         raise ValueError("a family needs at least 1 replica")
     return int(value)
 
 
-def _gpus_setting(value: str, _fam: registry.ModelFamily) -> float:
+def _gpus_setting(value: str, _serving: Serving) -> float:
     gpus = float(value)
     if not (math.isfinite(gpus) and gpus >= 0):
         raise ValueError("GPUs per replica must be 0 or more")
