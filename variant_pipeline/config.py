@@ -208,7 +208,7 @@ class Settings:
     # model family declares in its registry row (VP_VLM_MODEL, VP_SERVE_BATCH, ...) are read from
     # here by the model layer (models/registry.py, models/serve_options.py): a new family needs no
     # field here.
-    environ: dict[str, str] = field(default_factory=dict)
+    environ: dict[str, str] = field(default_factory=dict, repr=False)  # holds secrets too: never in a log line
 
 
 def load_settings() -> Settings:
