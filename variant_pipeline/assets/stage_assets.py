@@ -110,7 +110,7 @@ def build_stage_asset(stage: stage_graph.Stage) -> dg.AssetsDefinition:
         deps=deps,
         group_name=f"{stage.level}_stages",
         kinds=set(kinds_for(stage.model)),
-        metadata={"stage_position": stage.position, "level": stage.level, "model_resource": stage.model or "none"},
+        metadata={"stage_position": stage.position, "level": str(stage.level), "model_resource": stage.model or "none"},
         partitions_def=partitions,
         skippable=True,
     )
