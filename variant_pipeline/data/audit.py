@@ -318,3 +318,153 @@ def final_failure_times(conn: Connection) -> list[tuple[str, datetime]]:
             WHERE outcome IN ('failed', 'lost') AND will_retry = false AND finished_at IS NOT NULL
             ORDER BY attempt_id""")).all()
     return [(r[0], r[1]) for r in rows]
+
+
+# --- The benchmarks' measurements ----------------------------------------------------------------
+
+
+def event_count(conn: Connection) -> int:
+    """Outbox events retained."""
+    n: int = conn.execute(sa.text("SELECT count(*) FROM pipeline_events")).scalar_one()
+    return n
+
+
+def job_and_variant_counts(conn: Connection) -> tuple[int, int]:
+    """(jobs, variants)."""
+    row = conn.execute(sa.text("SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM jobs_variants)")).one()
+    return row[0], row[1]
+
+
+def oldest_job_id(conn: Connection) -> str:
+    """The first job submitted (the table must have one)."""
+    job_id: str = conn.execute(sa.text("SELECT job_id::text FROM jobs ORDER BY created_at LIMIT 1")).scalar_one()
+    return job_id
+
+
+def last_event_position(conn: Connection) -> tuple[int, int] | None:
+    """(xid, id) of the last outbox event in the outbox reader's order, or None when there is none."""
+    # Ordered by the xid8 column itself: its text form would sort "9" after "10".
+    row = conn.execute(sa.text("SELECT xid::text AS xid_text, id FROM pipeline_events "
+                               "ORDER BY pipeline_events.xid DESC, id DESC LIMIT 1")).first()
+    return (int(row[0]), row[1]) if row else None
+
+
+def last_event_time_of_jobs(conn: Connection, job_ids: Sequence[str]) -> float | None:
+    """When the latest outbox event of these jobs was written (epoch seconds)."""
+    at: float | None = conn.execute(sa.text(
+        "SELECT extract(epoch FROM max(created_at))::float8 FROM pipeline_events "
+        "WHERE job_id = ANY(CAST(:j AS uuid[]))"), {"j": list(job_ids)}).scalar_one()
+    return at
+
+
+def database_activity(conn: Connection) -> tuple[int, int]:
+    """(committed transactions, rows inserted) so far in the connection's database (any database:
+    the benchmarks read Dagster's with it)."""
+    row = conn.execute(sa.text("SELECT xact_commit, tup_inserted FROM pg_stat_database "
+                               "WHERE datname = current_database()")).one()
+    return int(row[0]), int(row[1])
+
+
+def own_variant_event(conn: Connection) -> tuple[int, float] | None:
+    """(id, created_at epoch) of the last variant event this transaction wrote, or None."""
+    row = conn.execute(sa.text(
+        "SELECT id, EXTRACT(EPOCH FROM created_at)::float8 FROM pipeline_events "
+        "WHERE xid = pg_current_xact_id() AND kind = 'variant' ORDER BY id DESC LIMIT 1")).first()
+    return (int(row[0]), float(row[1])) if row else None
+
+
+def sensor_tick_bodies(conn: Connection) -> list[str]:
+    """The serialized sensor ticks in a Dagster storage database, oldest first."""
+    return [r[0] for r in conn.execute(sa.text(
+        "SELECT tick_body FROM job_ticks WHERE type = 'SENSOR' ORDER BY id")).all()]
+
+
+def all_job_ids(conn: Connection) -> set[str]:
+    """Every job id."""
+    return {r[0] for r in conn.execute(sa.text("SELECT job_id::text FROM jobs"))}
+
+
+def variants_by_job(conn: Connection) -> list[tuple[str, str]]:
+    """(job_id, job_variants_id) of every variant, job by job in creation order."""
+    return [(r[0], r[1]) for r in conn.execute(sa.text(
+        "SELECT job_id::text, job_variants_id::text FROM jobs_variants ORDER BY job_id, creation_order")).all()]
+
+
+def job_count(conn: Connection) -> int:
+    """Jobs in the table."""
+    n: int = conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one()
+    return n
+
+
+def live_done_job_count(conn: Connection) -> int:
+    """Done jobs that prune has touched in no way."""
+    n: int = conn.execute(sa.text("SELECT count(*) FROM jobs WHERE partitions_removed_at IS NULL "
+                                  "AND pruned_at IS NULL AND status = 'done'")).scalar_one()
+    return n
+
+
+def live_done_job_at(conn: Connection, offset: int, *, other_than: str) -> str:
+    """The ``offset``-th (by id) done job prune has not touched, ``other_than`` left out."""
+    job_id: str = conn.execute(sa.text(
+        "SELECT job_id::text FROM jobs WHERE job_id <> :t AND partitions_removed_at IS NULL "
+        "AND pruned_at IS NULL AND status = 'done' ORDER BY job_id OFFSET :o LIMIT 1"),
+        {"t": other_than, "o": offset}).scalar_one()
+    return job_id
+
+
+def first_variant_of(conn: Connection, job_id: str) -> str:
+    """A job's first variant."""
+    variant_id: str = conn.execute(sa.text(
+        "SELECT job_variants_id::text FROM jobs_variants WHERE job_id = :j ORDER BY creation_order LIMIT 1"),
+        {"j": job_id}).scalar_one()
+    return variant_id
+
+
+def stage_time_of_jobs(conn: Connection, job_ids: Sequence[str]) -> tuple[float, int]:
+    """(seconds spent in stage attempts, attempts failed for good) of these jobs."""
+    row = conn.execute(sa.text(
+        """SELECT COALESCE(sum(EXTRACT(EPOCH FROM finished_at - started_at)), 0),
+                  count(*) FILTER (WHERE outcome = 'failed' AND NOT will_retry)
+             FROM stage_attempts WHERE job_id = ANY(CAST(:jobs AS uuid[]))"""), {"jobs": list(job_ids)}).one()
+    return float(row[0]), int(row[1])
+
+
+def mean_stage_times_of_jobs(conn: Connection, job_ids: Sequence[str]) -> dict[str, float]:
+    """Stage -> mean attempt time (s) over these jobs."""
+    rows = conn.execute(sa.text(
+        """SELECT stage, avg(EXTRACT(EPOCH FROM finished_at - started_at))
+             FROM stage_attempts WHERE job_id = ANY(CAST(:jobs AS uuid[])) GROUP BY stage"""),
+        {"jobs": list(job_ids)}).all()
+    return {stage: float(mean) for stage, mean in rows}
+
+
+def running_attempt_count_at(conn: Connection, stage: str) -> int:
+    """Attempts at ``stage`` still ``running``."""
+    n: int = conn.execute(sa.text("SELECT count(*) FROM stage_attempts WHERE stage = :s AND "
+                                  "outcome = 'running'"), {"s": stage}).scalar_one()
+    return n
+
+
+def ended_job_count(conn: Connection, job_ids: Sequence[str], last_job_stage: str) -> int:
+    """Those of these jobs failed or done at ``last_job_stage``."""
+    n: int = conn.execute(sa.text(
+        """SELECT count(*) FROM jobs WHERE job_id = ANY(CAST(:j AS uuid[]))
+             AND (status = 'failed' OR (status = 'done' AND current_step = :last))"""),
+        {"j": list(job_ids), "last": last_job_stage}).scalar_one()
+    return n
+
+
+def done_job_count(conn: Connection, job_ids: Sequence[str]) -> int:
+    """Those of these jobs whose status is ``done``."""
+    n: int = conn.execute(sa.text("SELECT count(*) FROM jobs WHERE job_id = ANY(CAST(:j AS uuid[])) "
+                                  "AND status = 'done'"), {"j": list(job_ids)}).scalar_one()
+    return n
+
+
+def stages_committed_twice(conn: Connection) -> int:
+    """(partition, stage) pairs with more than one ``done`` attempt."""
+    n: int = conn.execute(sa.text(
+        """SELECT count(*) FROM (
+            SELECT 1 FROM stage_attempts WHERE outcome = 'done'
+             GROUP BY coalesce(job_variants_id, job_id), stage HAVING count(*) > 1) d""")).scalar_one()
+    return n

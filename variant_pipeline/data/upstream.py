@@ -1,7 +1,7 @@
 """What another system writing straight into the tables does: jobs, their inputs, variants and
 images inserted as plain rows, with none of ``jobs.submit_job``'s checks.
 
-The soak's upstream producers stand in for such a system.
+The soak's upstream producers and the capacity benchmark's bulk fill stand in for such a system.
 The triggers treat these rows as any others (an inserted variant is an outbox event the pipeline
 acts on), and the stages apply the input limits to them (``variant_pipeline.validation``). Writes
 of a state to a row that already exists are ``partition_state.set_state``.
@@ -63,3 +63,22 @@ def assign_image(conn: Connection, image_asset_id: str, variant_id: str) -> None
     """An image row now belongs to a variant (inserted after the image that it names)."""
     conn.execute(sa.text("UPDATE image_assets SET job_variants_id = :v WHERE image_asset_id = :a"),
                  {"v": variant_id, "a": image_asset_id})
+
+
+def insert_jobs_in_bulk(conn: Connection, tenant_id: str, n_jobs: int, *, first_stage: str, desc_kor: str,
+                        prompt: str) -> list[tuple[str, str]]:
+    """``n_jobs`` jobs of 3 variants in one statement, each with its inputs, every row queued at
+    ``first_stage`` (a load generator's fill); returns (job_variants_id, job_id) of each variant."""
+    rows = conn.execute(sa.text(
+        """WITH new_jobs AS (
+               INSERT INTO jobs (tenant_id, current_step, status, expected_variants)
+               SELECT :tenant, :first, 'queued', 3 FROM generate_series(1, :n)
+               RETURNING job_id
+           ), inputs AS (
+               INSERT INTO job_inputs (job_id, desc_kor, prompt) SELECT job_id, :desc, :prompt FROM new_jobs
+           )
+           INSERT INTO jobs_variants (job_id, creation_order, current_step, status)
+           SELECT job_id, n, :first, 'queued' FROM new_jobs, generate_series(1, 3) AS n
+           RETURNING job_variants_id::text, job_id::text"""),
+        {"tenant": tenant_id, "first": first_stage, "n": n_jobs, "desc": desc_kor, "prompt": prompt}).all()
+    return [(r[0], r[1]) for r in rows]
