@@ -79,38 +79,23 @@ def log(message: str) -> None:
 
 # --- 1. Fill -------------------------------------------------------------------------------------
 
-_SUBMIT = """
-WITH new_jobs AS (
-    INSERT INTO jobs (tenant_id, current_step, status, expected_variants)
-    SELECT :tenant, :first, 'queued', 3 FROM generate_series(1, :n)
-    RETURNING job_id
-), inputs AS (
-    INSERT INTO job_inputs (job_id, desc_kor, prompt) SELECT job_id, :desc, :prompt FROM new_jobs
-)
-INSERT INTO jobs_variants (job_id, creation_order, current_step, status)
-SELECT job_id, n, :first, 'queued' FROM new_jobs, generate_series(1, 3) AS n
-RETURNING job_variants_id::text, job_id::text
-"""
-
-
 def submit_batch(engine, n_jobs: int, origin: str) -> tuple[list[str], list[str]]:
     """``n_jobs`` jobs of 3 variants in one transaction, the rows submit_job writes."""
-    import sqlalchemy as sa
-
     from variant_pipeline import stages as stage_graph
     from variant_pipeline.data.engine import transaction
+    from variant_pipeline.data.upstream import insert_jobs_in_bulk
 
     with transaction(engine, origin) as conn:
-        rows = conn.execute(sa.text(_SUBMIT), {"tenant": TENANT, "first": stage_graph.FIRST_VARIANT_STAGE,
-                                               "n": n_jobs, "desc": DESCRIPTION, "prompt": PROMPT}).all()
+        rows = insert_jobs_in_bulk(conn, TENANT, n_jobs, first_stage=stage_graph.FIRST_VARIANT_STAGE,
+                                   desc_kor=DESCRIPTION, prompt=PROMPT)
     return [r[0] for r in rows], sorted({r[1] for r in rows})
 
 
 def event_count(engine) -> int:
-    import sqlalchemy as sa
+    from variant_pipeline.data import audit
 
     with engine.connect() as conn:
-        return conn.execute(sa.text("SELECT count(*) FROM pipeline_events")).scalar_one()
+        return audit.event_count(conn)
 
 
 def move(engine, level: str, keys: list[str], step: str, status: str, chunk: int) -> None:
@@ -169,13 +154,12 @@ def fill(engine, instance, n_variants: int, n_events: int, batch: int) -> dict[s
 
 def filled_home(engine, instance) -> dict[str, Any]:
     """What an earlier run's fill left in the home."""
-    import sqlalchemy as sa
-
     from variant_pipeline.assets.partitions import job_partitions, variant_partitions
+    from variant_pipeline.data import audit
 
     with engine.connect() as conn:
-        jobs, variants = conn.execute(sa.text("SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM jobs_variants)")).one()
-        sample = conn.execute(sa.text("SELECT job_id::text FROM jobs ORDER BY created_at LIMIT 1")).scalar_one()
+        jobs, variants = audit.job_and_variant_counts(conn)
+        sample = audit.oldest_job_id(conn)
     return {"jobs": jobs, "variants": variants, "events": event_count(engine), "sample_job": sample,
             "variant_partitions": len(instance.get_dynamic_partitions(variant_partitions.name)),
             "job_partitions": len(instance.get_dynamic_partitions(job_partitions.name))}
@@ -190,15 +174,12 @@ def outbox_state(instance):
 
 def move_cursor_to_end(engine, instance) -> str:
     """Save the outbox sensor's cursor past every event, as after the sensor read the backlog."""
-    import sqlalchemy as sa
-
+    from variant_pipeline.data import audit
     from variant_pipeline.data.outbox import encode_cursor
 
     with engine.connect() as conn:
-        # Order by the xid8 column itself: its text alias would sort "9" after "10".
-        last = conn.execute(sa.text("SELECT xid::text AS xid_text, id FROM pipeline_events "
-                                    "ORDER BY pipeline_events.xid DESC, id DESC LIMIT 1")).first()
-    cursor = encode_cursor(int(last[0]), last[1]) if last else None
+        last = audit.last_event_position(conn)
+    cursor = encode_cursor(*last) if last else None
     state = outbox_state(instance)
     instance.update_instigator_state(state.with_data(state.instigator_data._replace(cursor=cursor)))
     return cursor
@@ -263,23 +244,19 @@ def cpu_seconds(pid: int) -> float:
 
 def dagster_db_counters(url: str) -> tuple[int, int]:
     """(committed transactions, rows inserted) in Dagster's database so far."""
-    import sqlalchemy as sa
-
+    from variant_pipeline.data import audit
     from variant_pipeline.data.engine import make_engine
 
     engine = make_engine(url, pool=False)
     try:
         with engine.connect() as conn:
-            row = conn.execute(sa.text("SELECT xact_commit, tup_inserted FROM pg_stat_database "
-                                       "WHERE datname = current_database()")).one()
+            return audit.database_activity(conn)
     finally:
         engine.dispose()
-    return int(row[0]), int(row[1])
 
 
 def daemon_burst(environment, engine, instance, burst_jobs: int, profile: Path | None) -> dict[str, Any]:
-    import sqlalchemy as sa
-
+    from variant_pipeline.data import audit
     from variant_pipeline.services import start_services
 
     services = start_services(environment, webserver_port=None, log=log)
@@ -303,8 +280,7 @@ def daemon_burst(environment, engine, instance, burst_jobs: int, profile: Path |
         counters0 = dagster_db_counters(environment.dagster_url)
         variants, jobs = submit_batch(engine, burst_jobs, "bench:burst")
         with engine.connect() as conn:
-            committed = conn.execute(sa.text("SELECT extract(epoch FROM max(created_at))::float8 FROM pipeline_events "
-                                             "WHERE job_id = ANY(CAST(:j AS uuid[]))"), {"j": jobs}).scalar_one()
+            committed = audit.last_event_time_of_jobs(conn, jobs)
         keys = set(variants) | set(jobs)
         expected = len(variants)  # one run per variant; the jobs wait for their variants
         wait_until(lambda: len(burst_runs(instance, keys)) >= expected, 900, f"{expected} burst runs", poll_s=0.5)

@@ -127,21 +127,15 @@ def create_bench_job(engine, variants: int) -> list[str]:
 
 def fire_event(engine, variant_id: str) -> tuple[int, float, float]:
     """The external change; returns (event id, created_at epoch, commit time epoch)."""
-    import sqlalchemy as sa
-
+    from variant_pipeline.data.audit import own_variant_event
     from variant_pipeline.data.engine import transaction
 
     with transaction(engine, origin="bench:latency") as conn:
         set_variant_state(conn, variant_id, EVENT_STEP, EVENT_STATUS)
-        row = conn.execute(
-            sa.text(
-                "SELECT id, EXTRACT(EPOCH FROM created_at)::float8 FROM pipeline_events "
-                "WHERE xid = pg_current_xact_id() AND kind = 'variant' ORDER BY id DESC LIMIT 1"
-            )
-        ).first()
-        if row is None:
+        event = own_variant_event(conn)
+        if event is None:
             raise RuntimeError(f"variant {variant_id}: the update wrote no outbox event (already in that state?)")
-    return int(row[0]), float(row[1]), time.time()
+    return event[0], event[1], time.time()
 
 
 # --- Reading Dagster ----------------------------------------------------------------------
@@ -180,14 +174,14 @@ def fill_from_dagster(instance, timing: EventTiming) -> None:
 
 def sensor_ticks(dagster_url: str, name: str) -> list[Any]:
     """The ticks (TickData) of sensor ``name`` in Dagster's storage, oldest first."""
-    import sqlalchemy as sa
     from dagster import deserialize_value
 
+    from variant_pipeline.data.audit import sensor_tick_bodies
     from variant_pipeline.data.engine import make_engine
 
     with make_engine(dagster_url, pool=False).connect() as conn:
-        rows = conn.execute(sa.text("SELECT tick_body FROM job_ticks WHERE type = 'SENSOR' ORDER BY id")).all()
-    ticks = (deserialize_value(r[0]) for r in rows)
+        bodies = sensor_tick_bodies(conn)
+    ticks = (deserialize_value(body) for body in bodies)
     return sorted((t for t in ticks if t.instigator_name == name), key=lambda t: t.timestamp)
 
 

@@ -218,30 +218,21 @@ def _submit_and_wait(app_url: str, n_jobs: int, timeout_s: float) -> tuple[list[
 
 
 def _stage_seconds(app_url: str, job_ids: list[str]) -> tuple[float, int]:
-    import sqlalchemy as sa
-
+    from variant_pipeline.data.audit import stage_time_of_jobs
     from variant_pipeline.data.engine import get_engine
 
     with get_engine(app_url).connect() as conn:
-        row = conn.execute(sa.text(
-            """SELECT COALESCE(sum(EXTRACT(EPOCH FROM finished_at - started_at)), 0),
-                      count(*) FILTER (WHERE outcome = 'failed' AND NOT will_retry)
-                 FROM stage_attempts WHERE job_id = ANY(CAST(:jobs AS uuid[]))"""), {"jobs": job_ids}).one()
-    return float(row[0]), int(row[1])
+        return stage_time_of_jobs(conn, job_ids)
 
 
 def _stage_means(app_url: str, job_ids: list[str]) -> dict[str, float]:
     """Mean attempt time per stage, to see where a variant's time goes."""
-    import sqlalchemy as sa
-
+    from variant_pipeline.data.audit import mean_stage_times_of_jobs
     from variant_pipeline.data.engine import get_engine
 
     with get_engine(app_url).connect() as conn:
-        rows = conn.execute(sa.text(
-            """SELECT stage, avg(EXTRACT(EPOCH FROM finished_at - started_at))
-                 FROM stage_attempts WHERE job_id = ANY(CAST(:jobs AS uuid[])) GROUP BY stage"""),
-            {"jobs": job_ids}).all()
-    return {stage: round(float(mean), 2) for stage, mean in rows}
+        means = mean_stage_times_of_jobs(conn, job_ids)
+    return {stage: round(mean, 2) for stage, mean in means.items()}
 
 
 def _run_ids() -> set[str]:

@@ -118,13 +118,11 @@ def run_template_job(environment) -> str:
 def capture_template(instance, engine, job_id: str) -> Template:
     """The latest successful run of each of the job's partitions, and its history events."""
     import dagster as dg
-    import sqlalchemy as sa
     from dagster import serialize_value
 
-    with engine.connect() as conn:
-        variants = [r[0] for r in conn.execute(sa.text(
-            "SELECT job_variants_id::text FROM jobs_variants WHERE job_id = :j ORDER BY creation_order"),
-            {"j": job_id})]
+    from variant_pipeline.data.jobs import variant_ids_of_jobs
+
+    variants = variant_ids_of_jobs(engine, [job_id])
     storage = instance.event_log_storage
     runs = []
     for level, key in [("variant", v) for v in variants] + [("job", job_id)]:
@@ -256,10 +254,10 @@ def write_history(instance, template: Template, jobs: list[tuple[str, list[str]]
 def grow(engine, instance, template: Template, target: int, batch_jobs: int = 500) -> dict[str, Any]:
     """Fill up to ``target`` variant partitions (scripts/bench_capacity.py's fill) and write the
     history of every job added, one job a minute going back from now (a deployment's pace)."""
-    import sqlalchemy as sa
     from bench_capacity import TENANT, fill
 
     from variant_pipeline.assets.partitions import variant_partitions
+    from variant_pipeline.data import audit
     from variant_pipeline.data.jobs import add_tenant
 
     live = len(instance.get_dynamic_partitions(variant_partitions.name))
@@ -267,13 +265,12 @@ def grow(engine, instance, template: Template, target: int, batch_jobs: int = 50
     if target <= live:
         return figures
     with engine.connect() as conn:
-        before = {r[0] for r in conn.execute(sa.text("SELECT job_id::text FROM jobs"))}
+        before = audit.all_job_ids(conn)
     started = time.perf_counter()
     add_tenant(engine, TENANT)
     figures["fill"] = fill(engine, instance, target - live, 10**12, 1000)
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT job_id::text, job_variants_id::text FROM jobs_variants "
-                                    "ORDER BY job_id, creation_order")).all()
+        rows = audit.variants_by_job(conn)
     variants_of: dict[str, list[str]] = collections.defaultdict(list)
     for job_id, variant_id in rows:
         if job_id not in before:
@@ -531,17 +528,13 @@ PAGE_NAMES = ["lineage", "asset overview", "asset partitions", "materialize dial
 
 def sample_keys(engine, template: Template) -> dict[str, str]:
     """A variant and its job from the middle of the live ones (not the template job)."""
-    import sqlalchemy as sa
+    from variant_pipeline.data import audit
 
     with engine.connect() as conn:
-        total = conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one()
-        live = conn.execute(sa.text("SELECT count(*) FROM jobs WHERE partitions_removed_at IS NULL "
-                                    "AND pruned_at IS NULL AND status = 'done'")).scalar_one()
-        job = conn.execute(sa.text("SELECT job_id::text FROM jobs WHERE job_id <> :t AND partitions_removed_at IS NULL "
-                                   "AND pruned_at IS NULL AND status = 'done' ORDER BY job_id OFFSET :o LIMIT 1"),
-                           {"t": template.job_id, "o": min(total, live) // 2}).scalar_one()
-        variant = conn.execute(sa.text("SELECT job_variants_id::text FROM jobs_variants WHERE job_id = :j "
-                                       "ORDER BY creation_order LIMIT 1"), {"j": job}).scalar_one()
+        total = audit.job_count(conn)
+        live = audit.live_done_job_count(conn)
+        job = audit.live_done_job_at(conn, min(total, live) // 2, other_than=template.job_id)
+        variant = audit.first_variant_of(conn, job)
     return {"job": job, "variant": variant}
 
 

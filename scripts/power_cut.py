@@ -23,8 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -32,17 +33,20 @@ sys.path.insert(0, str(REPO))
 from variant_pipeline.config import apply_offline_defaults  # noqa: E402
 
 apply_offline_defaults()  # the model libraries' offline switches, before any of them is imported
+from variant_pipeline.data import audit  # noqa: E402
+from variant_pipeline.data.engine import Engine  # noqa: E402
+
+T = TypeVar("T")
 
 
 def log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
 
 
-def _scalar(engine, sql: str, **params: Any) -> Any:
-    import sqlalchemy as sa
-
+def _read(engine: Engine, query: Callable[..., T], *args: Any) -> T:
+    """One of ``data.audit``'s reads, on a connection of its own."""
     with engine.connect() as conn:
-        return conn.execute(sa.text(sql), params).scalar()
+        return query(conn, *args)
 
 
 def _wait(predicate, timeout_s: float, what: str) -> float:
@@ -54,13 +58,10 @@ def _wait(predicate, timeout_s: float, what: str) -> float:
     return time.monotonic() - started
 
 
-def _all_ended(engine, job_ids: list[str]) -> bool:
+def _all_ended(engine: Engine, job_ids: list[str]) -> bool:
     from variant_pipeline import stages as stage_graph
 
-    ended = _scalar(engine, """SELECT count(*) FROM jobs WHERE job_id = ANY(CAST(:j AS uuid[]))
-                                 AND (status = 'failed' OR (status = 'done' AND current_step = :last))""",
-                    j=job_ids, last=stage_graph.LAST_JOB_STAGE)
-    return ended == len(job_ids)
+    return _read(engine, audit.ended_job_count, job_ids, stage_graph.LAST_JOB_STAGE) == len(job_ids)
 
 
 def one_run(jobs: int, crash: bool, stage: str, down_s: float) -> dict[str, Any]:
@@ -81,9 +82,8 @@ def one_run(jobs: int, crash: bool, stage: str, down_s: float) -> dict[str, Any]
         submitted = time.monotonic()
         job_ids = [str(submit_sample_job(environment.app_url).job_id) for _ in range(jobs)]
         if crash:
-            _wait(lambda: _scalar(engine, "SELECT count(*) FROM stage_attempts WHERE stage = :s AND "
-                                          "outcome = 'running'", s=stage) > 0, 600, f"a variant inside {stage}")
-            running = _scalar(engine, "SELECT count(*) FROM stage_attempts WHERE outcome = 'running'")
+            _wait(lambda: _read(engine, audit.running_attempt_count_at, stage) > 0, 600, f"a variant inside {stage}")
+            running = _read(engine, audit.running_attempt_count)
             postmaster = embedded_server_state().pid
             daemon = services.processes["daemon"].pid
             os.killpg(daemon, signal.SIGKILL)
@@ -107,12 +107,9 @@ def one_run(jobs: int, crash: bool, stage: str, down_s: float) -> dict[str, Any]
         else:
             _wait(lambda: _all_ended(engine, job_ids), 1800, "every job to end")
         figures["done_after_submit_s"] = round(time.monotonic() - submitted, 1)
-        figures["jobs_done"] = _scalar(engine, "SELECT count(*) FROM jobs WHERE job_id = ANY(CAST(:j AS uuid[])) "
-                                               "AND status = 'done'", j=job_ids)
-        figures["committed_twice"] = _scalar(engine, """SELECT count(*) FROM (
-            SELECT 1 FROM stage_attempts WHERE outcome = 'done'
-             GROUP BY coalesce(job_variants_id, job_id), stage HAVING count(*) > 1) d""")
-        figures["attempts"] = dict(_rows(engine, "SELECT outcome, count(*) FROM stage_attempts GROUP BY 1"))
+        figures["jobs_done"] = _read(engine, audit.done_job_count, job_ids)
+        figures["committed_twice"] = _read(engine, audit.stages_committed_twice)
+        figures["attempts"] = _read(engine, audit.attempt_outcome_counts)
         return figures
     finally:
         if services is not None:
@@ -120,13 +117,6 @@ def one_run(jobs: int, crash: bool, stage: str, down_s: float) -> dict[str, Any]
         dispose_engines()
         stop_embedded_server(home / "pgdata")
         shutil.rmtree(home, ignore_errors=True)
-
-
-def _rows(engine, sql: str) -> list[tuple]:
-    import sqlalchemy as sa
-
-    with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(sa.text(sql)).all()]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,7 +72,8 @@ from soak_schedule import FAULT_KINDS_RAY, FAULT_KINDS_S3, Action, build_schedul
 from variant_pipeline.config import apply_offline_defaults  # noqa: E402
 
 apply_offline_defaults()  # the model libraries' offline switches, before any of them is imported
-from variant_pipeline.stages import LAST_JOB_STAGE, LAST_VARIANT_STAGE  # noqa: E402
+from variant_pipeline.data import audit, upstream  # noqa: E402
+from variant_pipeline.stages import FIRST_VARIANT_STAGE, LAST_JOB_STAGE, LAST_VARIANT_STAGE  # noqa: E402
 
 SHOP, BAD_CLI_TENANT, UPSTREAM, BAD_ROWS = "soak-shop", "soak-bad", "soak-upstream", "soak-badrows"
 UNKNOWN_TENANT = "soak-nobody"
@@ -406,17 +407,13 @@ class Soak:
 
     def run_worker_mid_stage(self, rng: random.Random, wait_s: float = 60.0) -> dict[str, Any] | None:
         """A run worker of a daemon (not a hand CLI) inside a stage: its attempt, from the database."""
-        import sqlalchemy as sa
-
         deadline = time.time() + wait_s
         while time.time() < deadline and not self.stop_event.is_set():
             ours = {p.pid for p in self.daemon_tree()}
             host = socket.gethostname()
             try:
                 with self.engine.connect() as conn:
-                    rows = conn.execute(sa.text(
-                        """SELECT attempt_id, coalesce(job_variants_id, job_id)::text, stage, run_id, worker
-                             FROM stage_attempts WHERE outcome = 'running' ORDER BY attempt_id""")).all()
+                    rows = audit.running_attempts(conn)
             except Exception:
                 rows = []
             candidates = []
@@ -481,14 +478,13 @@ class Soak:
     def _retrying(self, what, attempts: int = 10, pause_s: float = 5.0):
         """Direct writes by an upstream system (SQL, files) retry while the database or the object
         store is restarting."""
-        import sqlalchemy as sa
-
+        from variant_pipeline.data.engine import ConnectionLost
         from variant_pipeline.data.storage import StorageUnavailable
 
         for i in range(attempts):
             try:
                 return what()
-            except (sa.exc.OperationalError, sa.exc.InterfaceError, StorageUnavailable):
+            except (*ConnectionLost, StorageUnavailable):
                 if i == attempts - 1:
                     raise
                 time.sleep(pause_s)
@@ -523,20 +519,14 @@ class Soak:
         self.record(action, "ok", job=ids["job_id"], photo=p["photo"], variants=p["variants"])
 
     def do_producer_job(self, action: Action) -> None:
-        import sqlalchemy as sa
-
         p = action.params
 
         def write() -> str:
             with self.engine.begin() as conn:
-                job_id = str(conn.execute(sa.text(
-                    "INSERT INTO jobs (tenant_id, expected_variants) VALUES (:t, :n) RETURNING job_id"),
-                    {"t": UPSTREAM, "n": p["expected"]}).scalar_one())
-                conn.execute(sa.text("INSERT INTO job_inputs (job_id, desc_kor) VALUES (:j, :d)"),
-                             {"j": job_id, "d": p["description"]})
+                job_id = upstream.insert_job(conn, UPSTREAM, p["expected"])
+                upstream.insert_job_inputs(conn, job_id, p["description"])
                 for order in range(1, p["first"] + 1):
-                    conn.execute(sa.text("INSERT INTO jobs_variants (job_id, creation_order, current_step, status) "
-                                         "VALUES (:j, :o, 'img_gen', 'queued')"), {"j": job_id, "o": order})
+                    upstream.insert_variant(conn, job_id, order, FIRST_VARIANT_STAGE, "queued")
             return job_id
 
         job_id = self._retrying(write)
@@ -546,8 +536,6 @@ class Soak:
         self.record(action, "ok", job=job_id, variants_now=p["first"], expected=p["expected"])
 
     def do_producer_variants(self, action: Action) -> None:
-        import sqlalchemy as sa
-
         deadline = time.time() + 120
         while action.params["of"] not in self.producer_jobs and time.time() < deadline:
             time.sleep(1)
@@ -559,9 +547,7 @@ class Soak:
         def write() -> None:
             with self.engine.begin() as conn:
                 for order in range(first + 1, expected + 1):
-                    conn.execute(sa.text("INSERT INTO jobs_variants (job_id, creation_order, current_step, status) "
-                                         "VALUES (:j, :o, 'img_gen', 'queued') ON CONFLICT DO NOTHING"),
-                                 {"j": job_id, "o": order})
+                    upstream.insert_variant_if_absent(conn, job_id, order, FIRST_VARIANT_STAGE, "queued")
 
         self._retrying(write)
         self.record(action, "ok", job=job_id, added=expected - first)
@@ -572,8 +558,6 @@ class Soak:
         return AssetStore.from_settings(self.environment.settings)
 
     def do_producer_img_done(self, action: Action) -> None:
-        import sqlalchemy as sa
-
         p = action.params
         store = self._store()
         images = [self._retrying(lambda i=i: store.save_image(UPSTREAM, "generated", _photo(p["photo_seed"] + i, 256, 256)))
@@ -581,24 +565,15 @@ class Soak:
 
         def write() -> tuple[str, list[str]]:
             with self.engine.begin() as conn:
-                job_id = str(conn.execute(sa.text(
-                    "INSERT INTO jobs (tenant_id, expected_variants) VALUES (:t, :n) RETURNING job_id"),
-                    {"t": UPSTREAM, "n": p["variants"]}).scalar_one())
-                conn.execute(sa.text("INSERT INTO job_inputs (job_id, desc_kor) VALUES (:j, :d)"),
-                             {"j": job_id, "d": p["description"]})
+                job_id = upstream.insert_job(conn, UPSTREAM, p["variants"])
+                upstream.insert_job_inputs(conn, job_id, p["description"])
                 variants = []
                 for order, image in enumerate(images, start=1):
-                    asset = conn.execute(sa.text(
-                        """INSERT INTO image_assets (tenant_id, job_id, image_type, path, width, height, sha256)
-                           VALUES (:t, :j, 'generated', :p, :w, :h, :s) RETURNING image_asset_id"""),
-                        {"t": UPSTREAM, "j": job_id, "p": image.relative_path, "w": image.width, "h": image.height,
-                         "s": image.sha256}).scalar_one()
-                    vid = str(conn.execute(sa.text(
-                        """INSERT INTO jobs_variants (job_id, creation_order, current_step, status, img_asset_id)
-                           VALUES (:j, :o, 'img_gen', 'done', :a) RETURNING job_variants_id"""),
-                        {"j": job_id, "o": order, "a": asset}).scalar_one())
-                    conn.execute(sa.text("UPDATE image_assets SET job_variants_id = :v WHERE image_asset_id = :a"),
-                                 {"v": vid, "a": asset})
+                    asset = upstream.insert_image_asset(conn, UPSTREAM, job_id, "generated", image.relative_path,
+                                                        width=image.width, height=image.height, sha256=image.sha256)
+                    vid = upstream.insert_variant(conn, job_id, order, FIRST_VARIANT_STAGE, "done",
+                                                  img_asset_id=asset)
+                    upstream.assign_image(conn, asset, vid)
                     variants.append(vid)
             return job_id, variants
 
@@ -613,7 +588,6 @@ class Soak:
         self.record(action, "ok", job=job_id, variants=len(variants))
 
     def do_bad_rows(self, action: Action) -> None:
-        import sqlalchemy as sa
         from PIL import Image
 
         p = action.params
@@ -645,28 +619,19 @@ class Soak:
 
         def write() -> tuple[str, list[str]]:
             with self.engine.begin() as conn:
-                job_id = str(conn.execute(sa.text(
-                    "INSERT INTO jobs (tenant_id, expected_variants) VALUES (:t, :n) RETURNING job_id"),
-                    {"t": BAD_ROWS, "n": len(variants)}).scalar_one())
+                job_id = upstream.insert_job(conn, BAD_ROWS, len(variants))
                 photo_id = None
                 if photo:
-                    photo_id = conn.execute(sa.text(
-                        "INSERT INTO image_assets (tenant_id, job_id, image_type, path) VALUES (:t, :j, 'product', :p) "
-                        "RETURNING image_asset_id"), {"t": BAD_ROWS, "j": job_id, "p": photo}).scalar_one()
-                conn.execute(sa.text("INSERT INTO job_inputs (job_id, desc_kor, ad_copy_kor, product_image_asset_id) "
-                                     "VALUES (:j, '얼큰한 부대찌개', :k, :a)"),
-                             {"j": job_id, "k": ad_copy_kor, "a": photo_id})
+                    photo_id = upstream.insert_image_asset(conn, BAD_ROWS, job_id, "product", photo)
+                upstream.insert_job_inputs(conn, job_id, "얼큰한 부대찌개", ad_copy_kor=ad_copy_kor,
+                                           product_image_asset_id=photo_id)
                 ids = []
                 for order, (status, image, _expect) in enumerate(variants, start=1):
                     image_id = None
                     if image:
-                        image_id = conn.execute(sa.text(
-                            "INSERT INTO image_assets (tenant_id, job_id, image_type, path) VALUES (:t, :j, 'generated', :p) "
-                            "RETURNING image_asset_id"), {"t": BAD_ROWS, "j": job_id, "p": image}).scalar_one()
-                    ids.append(str(conn.execute(sa.text(
-                        "INSERT INTO jobs_variants (job_id, creation_order, current_step, status, img_asset_id) "
-                        "VALUES (:j, :o, 'img_gen', :s, :a) RETURNING job_variants_id"),
-                        {"j": job_id, "o": order, "s": status, "a": image_id}).scalar_one()))
+                        image_id = upstream.insert_image_asset(conn, BAD_ROWS, job_id, "generated", image)
+                    ids.append(upstream.insert_variant(conn, job_id, order, FIRST_VARIANT_STAGE, status,
+                                                       img_asset_id=image_id))
             return job_id, ids
 
         job_id, ids = self._retrying(write)
@@ -679,12 +644,8 @@ class Soak:
     # --- workload: operations ---
 
     def _counts(self, tenant: str) -> tuple[int, int, int]:
-        import sqlalchemy as sa
-
         with self.engine.connect() as conn:
-            jobs = conn.execute(sa.text("SELECT count(*) FROM jobs WHERE tenant_id = :t"), {"t": tenant}).scalar_one()
-            images = conn.execute(sa.text("SELECT count(*) FROM image_assets WHERE tenant_id = :t"),
-                                  {"t": tenant}).scalar_one()
+            jobs, images = audit.tenant_row_counts(conn, tenant)
         files = sum(1 for _ in self._store().files(f"tenants/{tenant}"))
         return jobs, images, files
 
@@ -749,17 +710,11 @@ class Soak:
         """Finished variants of jobs finished lately whose partitions prune has not removed (what a
         person re-renders), waiting for some while none has finished yet (at most until the
         workload stops)."""
-        import sqlalchemy as sa
-
         deadline = min(time.time() + wait_s, self.t0 + self.duration_s)
         while True:
             try:
                 with self.engine.connect() as conn:
-                    keys = [r[0] for r in conn.execute(sa.text(
-                        """SELECT v.job_variants_id::text FROM jobs_variants v JOIN jobs j USING (job_id)
-                            WHERE v.current_step = 'iou_eval' AND v.status = 'done' AND j.partitions_removed_at IS NULL
-                              AND j.status IN ('done', 'failed') AND j.finished_at > now() - interval '100 seconds'
-                            ORDER BY v.job_variants_id"""))]
+                    keys = audit.recently_finished_variants(conn, LAST_VARIANT_STAGE)
             except Exception:
                 keys = []
             if keys or time.time() > deadline or self.stop_event.is_set():
@@ -823,15 +778,11 @@ class Soak:
                     backfill=result.get("backfillId"), answer=None if ok else json.dumps(answer)[:300])
 
     def do_retry(self, action: Action) -> None:
-        import sqlalchemy as sa
-
         rng = random.Random(f"{self.args.seed}:{action.id}")
 
         def failed_rows() -> list[str]:
             with self.engine.connect() as conn:
-                return [r[0] for r in conn.execute(sa.text(
-                    """SELECT job_variants_id::text FROM jobs_variants WHERE status = 'failed'
-                       UNION ALL SELECT job_id::text FROM jobs WHERE status = 'failed' ORDER BY 1"""))]
+                return audit.failed_keys(conn)
 
         failed = self._retrying(failed_rows)
         if not failed:
@@ -878,22 +829,8 @@ class Soak:
 
     def in_flight_snapshot(self) -> dict[str, int]:
         """Partitions not terminal now -> their last committed attempt id (0: none yet)."""
-        import sqlalchemy as sa
-
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.text(
-                """WITH open AS (
-                       SELECT job_variants_id AS k FROM jobs_variants
-                        WHERE NOT (status = 'failed' OR (status = 'done' AND current_step = 'iou_eval'))
-                       UNION ALL
-                       SELECT job_id FROM jobs
-                        WHERE NOT (status = 'failed' OR (status = 'done' AND current_step = 'instagram_feed_gen'))
-                          AND (current_step IN (SELECT name FROM pipeline_stages WHERE level = 'job')
-                               OR (current_step = 'iou_eval' AND status = 'done')))
-                   SELECT o.k::text, coalesce(max(a.attempt_id) FILTER (WHERE a.outcome = 'done'), 0)
-                     FROM open o LEFT JOIN stage_attempts a ON coalesce(a.job_variants_id, a.job_id) = o.k
-                    GROUP BY o.k""")).all()
-        return {k: int(done) for k, done in rows}
+            return audit.last_commits_in_flight(conn, LAST_VARIANT_STAGE, LAST_JOB_STAGE)
 
     def fault_start(self, action: Action, **detail: Any) -> dict[str, Any]:
         try:
@@ -1148,15 +1085,11 @@ class Soak:
                 self.log(f"check round skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
 
     def sampler_loop(self) -> None:
-        import sqlalchemy as sa
-
         while not self.stop_event.wait(5.0):
             sample: dict[str, Any] = {"t": round(self.elapsed(), 1), "load": os.getloadavg()}
             try:
                 with self.engine.connect() as conn:
-                    sample["jobs_in_flight"] = conn.execute(sa.text(
-                        "SELECT count(*) FROM jobs WHERE NOT (status = 'failed' OR "
-                        "(status = 'done' AND current_step = 'instagram_feed_gen'))")).scalar_one()
+                    sample["jobs_in_flight"] = audit.open_job_count(conn, LAST_JOB_STAGE)
             except Exception:
                 sample["jobs_in_flight"] = None
             with self.lock:
@@ -1164,7 +1097,6 @@ class Soak:
 
     def quiet_period(self) -> None:
         import dagster as dg
-        import sqlalchemy as sa
 
         from variant_pipeline.services import IN_FLIGHT_RUN_STATUSES
 
@@ -1175,11 +1107,8 @@ class Soak:
         while True:
             try:
                 with self.engine.connect() as conn:
-                    open_jobs = conn.execute(sa.text(
-                        "SELECT count(*) FROM jobs WHERE NOT (status = 'failed' OR "
-                        "(status = 'done' AND current_step = 'instagram_feed_gen'))")).scalar_one()
-                    running = conn.execute(sa.text(
-                        "SELECT count(*) FROM stage_attempts WHERE outcome = 'running'")).scalar_one()
+                    open_jobs = audit.open_job_count(conn, LAST_JOB_STAGE)
+                    running = audit.running_attempt_count(conn)
                 with dg.DagsterInstance.get() as instance:
                     runs = instance.get_runs_count(dg.RunsFilter(statuses=statuses))
                     backfills = [b for b in instance.get_backfills() if b.status.value == "REQUESTED"]
@@ -1239,11 +1168,7 @@ class Soak:
                 bound = self.last_prune_started - max(120.0, settings.orphan_min_age_s) - 5
                 found += checks.check_orphan_files(conn, self._store(), bound)
             # `results JOB --json` for every finished job, through the CLI's own entry point.
-            import sqlalchemy as sa
-
-            finished = [r[0] for r in conn.execute(sa.text(
-                "SELECT job_id::text FROM jobs WHERE finished_at IS NOT NULL ORDER BY created_at"))]
-            for job_id in finished:
+            for job_id in audit.finished_job_ids(conn):
                 buffer = io.StringIO()
                 with contextlib.redirect_stdout(buffer):
                     rc = cli_main(["results", job_id, "--json"])
@@ -1257,17 +1182,11 @@ class Soak:
     # --- report ---
 
     def outcomes(self) -> dict[str, Any]:
-        import sqlalchemy as sa
-
         with self.engine.connect() as conn:
-            jobs = conn.execute(sa.text(
-                """SELECT job_id::text, tenant_id, current_step, status, created_at, finished_at, expected_variants
-                     FROM jobs ORDER BY created_at""")).all()
+            jobs = audit.job_rows(conn)
             latency = job_latency(conn, list(self.faults.values()))
-            variants = conn.execute(sa.text(
-                "SELECT current_step, status, error FROM jobs_variants")).all()
-            attempts = conn.execute(sa.text(
-                "SELECT outcome, count(*) FROM stage_attempts GROUP BY outcome")).all()
+            variants = audit.variant_outcome_rows(conn)
+            attempts = audit.attempt_outcome_counts(conn)
         def job_outcome(step: str, status: str) -> str:
             return "done" if (step, status) == ("instagram_feed_gen", "done") else (
                 "failed" if status == "failed" else f"open ({step}/{status})")
@@ -1284,7 +1203,7 @@ class Soak:
             "jobs": dict(Counter(job_outcome(r[2], r[3]) for r in jobs)),
             "jobs_by_source": dict(Counter(self.jobs.get(r[0], {}).get("source", "?") for r in jobs)),
             "variants": dict(variant_outcomes),
-            "attempts": {o: n for o, n in attempts},
+            "attempts": attempts,
             "latency_s": latency,
             "completions_per_minute": {str(k): v for k, v in sorted(per_minute.items())},
         }
@@ -1445,15 +1364,9 @@ def job_latency(conn: Any, faults: list[dict[str, Any]]) -> dict[str, dict[str, 
     """Job latency, submission to the job's first Instagram feed (p50, p95), for jobs with and
     without a fault while they ran. The first feed, not the job's finish time: a person's re-run
     later sets that again, and is not how long the job took."""
-    import sqlalchemy as sa
-
     windows = [(f["start"], f["end"] or f["start"]) for f in faults if not f.get("skipped")]
     latency: dict[str, list[float]] = {"with_fault": [], "without_fault": []}
-    for created, first_feed in conn.execute(sa.text(
-            """SELECT j.created_at, min(a.finished_at) FROM jobs j
-                 JOIN stage_attempts a ON a.job_id = j.job_id AND a.level = 'job' AND a.stage = :last
-                                      AND a.outcome = 'done'
-                GROUP BY j.job_id, j.created_at"""), {"last": LAST_JOB_STAGE}):
+    for created, first_feed in audit.first_feed_times(conn, LAST_JOB_STAGE):
         c, f = created.timestamp(), first_feed.timestamp()
         overlaps = any(s <= f and e >= c for s, e in windows)
         latency["with_fault" if overlaps else "without_fault"].append(f - c)
@@ -1478,32 +1391,21 @@ def run_spans(instance: Any) -> list[RunSpan]:
 
 def attempt_times(conn: Any) -> tuple[list[Attempt], dict[str, float]]:
     """Every attempt but stale runs' records, and when each finished partition finished."""
-    import sqlalchemy as sa
-
     attempts = [Attempt(k, stage, started.timestamp(), finished.timestamp() if finished else None, outcome, run_id)
-                for k, stage, started, finished, outcome, run_id in conn.execute(sa.text(
-                    """SELECT coalesce(job_variants_id, job_id)::text, stage, started_at, finished_at, outcome, run_id
-                         FROM stage_attempts WHERE outcome <> 'skipped' ORDER BY attempt_id"""))]
-    terminal = {k: f.timestamp() for k, f in conn.execute(sa.text(
-        """SELECT job_variants_id::text, finished_at FROM jobs_variants WHERE finished_at IS NOT NULL
-           UNION ALL SELECT job_id::text, finished_at FROM jobs WHERE finished_at IS NOT NULL"""))}
+                for k, stage, started, finished, outcome, run_id in audit.attempt_spans(conn)]
+    terminal = {k: f.timestamp() for k, f in audit.finish_times(conn).items()}
     return attempts, terminal
 
 
 def failure_times(conn: Any) -> dict[str, list[float]]:
     """When each variant or job was marked failed (its retry budget spent, or a reason that is
     not retried): recovery settled it, as the rules say, even if a person retries it later."""
-    import sqlalchemy as sa
-
     # From the attempts that ended the row (no retry after them), not the outbox events: the
     # soak's prune deletes events as it goes. (A claim that replaces a dead worker's attempt
     # also records it lost without a retry; the new attempt starts at that moment, which counts
     # as moving again anyway.)
     failed: dict[str, list[float]] = defaultdict(list)
-    for key, at in conn.execute(sa.text(
-            """SELECT coalesce(job_variants_id, job_id)::text, finished_at FROM stage_attempts
-                WHERE outcome IN ('failed', 'lost') AND will_retry = false AND finished_at IS NOT NULL
-                ORDER BY attempt_id""")):
+    for key, at in audit.final_failure_times(conn):
         failed[key].append(at.timestamp())
     return failed
 

@@ -1,5 +1,7 @@
-"""The soak's invariants: each check takes a SQLAlchemy connection (and what else it needs, passed
-in) and returns a list of violation strings, one line each, empty when the invariant holds.
+"""The soak's invariants: each check takes a database connection (and what else it needs, passed
+in) and returns a list of violation strings, one line each, empty when the invariant holds. The
+rows come from ``variant_pipeline.data.audit``: queries of their own, not the pipeline's, so that
+a mistake in how the pipeline reads its tables is not repeated by the check meant to catch it.
 
 ``scripts/soak.py`` calls the *always* checks every 30 s while faults and load run, in one
 REPEATABLE READ snapshot (``always_checks``), and the *final* checks after its quiet period
@@ -59,8 +61,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from variant_pipeline.data import audit
+from variant_pipeline.data.engine import Connection
 
 if TYPE_CHECKING:
     from variant_pipeline.data.storage import AssetStore
@@ -126,12 +128,14 @@ class Attempt:
     finished_at: datetime | None
 
 
-def load_attempts(conn: Connection, where: str = "TRUE", **params: Any) -> list[Attempt]:
-    rows = conn.execute(sa.text(
-        f"""SELECT attempt_id, coalesce(job_variants_id, job_id)::text, level, stage, attempt, run_id, outcome,
-                   finished_at
-              FROM stage_attempts WHERE {where} ORDER BY attempt_id"""), params).all()
-    return [Attempt(*r) for r in rows]
+def load_attempts(conn: Connection) -> list[Attempt]:
+    """Every attempt, oldest first."""
+    return [Attempt(*r) for r in audit.all_attempts(conn)]
+
+
+def load_attempts_at_stage(conn: Connection, partition: str, level: str, stage: str) -> list[Attempt]:
+    """One partition's attempts at one stage, oldest first."""
+    return [Attempt(*r) for r in audit.attempts_at_stage(conn, partition, level, stage)]
 
 
 def round_violations(attempts: Iterable[Attempt], runs: Mapping[str, RunInfo]) -> list[str]:
@@ -213,13 +217,8 @@ def check_images(conn: Connection, store: AssetStore, exclude_paths: Iterable[st
     name, so later rounds only check that they are still there.
     """
     skip = set(exclude_paths)
-    rows = conn.execute(sa.text(
-        """SELECT a.path, a.image_type, coalesce(a.job_variants_id::text, a.job_id::text, '-')
-             FROM image_assets a LEFT JOIN jobs j ON j.job_id = a.job_id
-            WHERE j.pruned_at IS NULL OR a.created_at > j.pruned_at
-            ORDER BY a.created_at""")).all()
     out = []
-    for path, kind, owner in rows:
+    for path, kind, owner in audit.unpruned_images(conn):
         if path in skip:
             continue
         if verified is not None and path in verified:
@@ -240,10 +239,7 @@ def still_named_unpruned(conn_factory: Callable[[], Any]) -> Callable[[str], boo
     def recheck(path: str) -> bool:
         time.sleep(1.0)
         with conn_factory() as conn:
-            return conn.execute(sa.text(
-                """SELECT count(*) FROM image_assets a LEFT JOIN jobs j ON j.job_id = a.job_id
-                    WHERE a.path = :p AND (j.pruned_at IS NULL OR a.created_at > j.pruned_at)"""),
-                {"p": path}).scalar_one() > 0
+            return audit.image_named_unpruned(conn, path)
     return recheck
 
 
@@ -252,8 +248,7 @@ def still_named_unpruned(conn_factory: Callable[[], Any]) -> Callable[[str], boo
 
 def check_bad_cli_tenant(conn: Connection, store: AssetStore, tenant: str) -> list[str]:
     out = []
-    jobs = conn.execute(sa.text("SELECT count(*) FROM jobs WHERE tenant_id = :t"), {"t": tenant}).scalar_one()
-    images = conn.execute(sa.text("SELECT count(*) FROM image_assets WHERE tenant_id = :t"), {"t": tenant}).scalar_one()
+    jobs, images = audit.tenant_row_counts(conn, tenant)
     if jobs or images:
         out.append(f"refused CLI input wrote rows: tenant {tenant} has {jobs} jobs and {images} image rows")
     files = [f.relative_path for f in store.files(f"tenants/{tenant}")]
@@ -268,13 +263,9 @@ def check_bad_cli_tenant(conn: Connection, store: AssetStore, tenant: str) -> li
 def check_event_chains(conn: Connection) -> list[str]:
     """Each row's retained events chain from one state to the next and end at its current state."""
     out = []
-    rows = conn.execute(sa.text(
-        """SELECT 'variant', job_variants_id::text, current_step, status FROM jobs_variants
-           UNION ALL SELECT 'job', job_id::text, current_step, status FROM jobs""")).all()
+    rows = audit.current_states(conn)
     events: dict[tuple[str, str], list[tuple]] = defaultdict(list)
-    for kind, key, old_step, old_status, new_step, new_status, event_id in conn.execute(sa.text(
-            """SELECT kind, coalesce(job_variants_id, job_id)::text, old_step, old_status, new_step, new_status, id
-                 FROM pipeline_events ORDER BY id""")):
+    for kind, key, old_step, old_status, new_step, new_status, event_id in audit.event_transitions(conn):
         events[(kind, key)].append((old_step, old_status, new_step, new_status, event_id))
     for kind, key, step, status in rows:
         chain = events.get((kind, key), [])
@@ -295,15 +286,6 @@ def check_event_chains(conn: Connection) -> list[str]:
 # --- Stateful watches ------------------------------------------------------------------------------
 
 
-def _held_advisory_keys(conn: Connection) -> set[int]:
-    """Advisory locks held in this database, as the signed 64-bit keys the pipeline uses (read
-    from pg_locks: never by trying to take one, which could turn a worker away)."""
-    return {int(k) for (k,) in conn.execute(sa.text(
-        """SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks
-            WHERE locktype = 'advisory' AND objsubid = 1 AND granted
-              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"""))}
-
-
 @dataclass
 class LostClaimWatch:
     """Attempts ``running`` whose partition lock is free: recovery must notice them within its
@@ -315,12 +297,9 @@ class LostClaimWatch:
     def check(self, conn: Connection, now: float, up_since: float) -> list[str]:
         from variant_pipeline.data.locks import lock_key
 
-        held = _held_advisory_keys(conn)
-        running = conn.execute(sa.text(
-            """SELECT attempt_id, coalesce(job_variants_id, job_id)::text, stage, run_id, worker
-                 FROM stage_attempts WHERE outcome = 'running'""")).all()
+        held = audit.held_advisory_keys(conn)
         out, seen = [], set()
-        for attempt_id, key, stage, run_id, worker in running:
+        for attempt_id, key, stage, run_id, worker in audit.running_attempts(conn):
             if lock_key(key) in held:
                 continue
             seen.add(attempt_id)
@@ -346,7 +325,7 @@ class DuplicateRunWatch:
         from variant_pipeline.data.locks import run_lock_key
 
         runs = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
-        held = _held_advisory_keys(conn)
+        held = audit.held_advisory_keys(conn)
         by_partition: dict[str, list[str]] = defaultdict(list)
         for run in runs:
             partition = run.tags.get(PARTITION_TAG)
@@ -363,46 +342,33 @@ class DuplicateRunWatch:
 
 def check_all_terminal(conn: Connection) -> list[str]:
     out = []
-    for job_id, step, status in conn.execute(sa.text(
-            "SELECT job_id::text, current_step, status FROM jobs WHERE NOT (status = 'failed' OR "
-            "(status = 'done' AND current_step = :last)) ORDER BY created_at"), {"last": LAST_JOB_STAGE}):
+    for job_id, step, status in audit.open_jobs(conn, LAST_JOB_STAGE):
         out.append(f"job not terminal after the quiet period: {job_id} at {step}/{status}")
-    for vid, job_id, step, status in conn.execute(sa.text(
-            "SELECT job_variants_id::text, job_id::text, current_step, status FROM jobs_variants WHERE NOT "
-            "(status = 'failed' OR (status = 'done' AND current_step = :last)) ORDER BY created_at"),
-            {"last": LAST_VARIANT_STAGE}):
+    for vid, job_id, step, status in audit.open_variants(conn, LAST_VARIANT_STAGE):
         out.append(f"variant not terminal after the quiet period: {vid} (job {job_id}) at {step}/{status}")
     return out
 
 
 def check_no_running_attempts(conn: Connection) -> list[str]:
     return [f"attempt #{a} ({stage} of {key}, run {run}) still running after the quiet period"
-            for a, key, stage, run in conn.execute(sa.text(
-                "SELECT attempt_id, coalesce(job_variants_id, job_id)::text, stage, run_id FROM stage_attempts "
-                "WHERE outcome = 'running' ORDER BY attempt_id"))]
+            for a, key, stage, run, _worker in audit.running_attempts(conn)]
 
 
 def check_failures_explained(conn: Connection, max_attempts: int) -> list[str]:
     """``failed`` only with a recorded input reason, a cancel, a job whose variants all failed, or
     an exhausted retry budget whose attempts are all recorded (in the failing stage's last round)."""
     out = []
-    failed = conn.execute(sa.text(
-        """SELECT 'variant', job_variants_id::text, job_id::text, current_step, error FROM jobs_variants WHERE status = 'failed'
-           UNION ALL SELECT 'job', job_id::text, job_id::text, current_step, error FROM jobs WHERE status = 'failed'""")).all()
-    for level, key, job_id, step, error in failed:
+    for level, key, job_id, step, error in audit.failed_rows(conn):
         error = error or ""
         if error.startswith("StageInputError") or error.startswith("cancelled:"):
             continue
         if level == "job" and error.startswith("all ") and error.endswith(" variants failed"):
-            n_failed = conn.execute(sa.text("SELECT count(*) FILTER (WHERE status = 'failed'), count(*) "
-                                            "FROM jobs_variants WHERE job_id = :j"), {"j": job_id}).one()
+            n_failed = audit.failed_variant_count(conn, job_id)
             if n_failed[0] != n_failed[1] or n_failed[1] == 0:
                 out.append(f"job {key} failed as '{error}' but {n_failed[0]} of {n_failed[1]} variants failed")
             continue
-        attempts = [a for a in load_attempts(conn, "coalesce(job_variants_id, job_id) = CAST(:k AS uuid) AND "
-                                             "level = :level AND stage = :s", k=key, level=level, s=step)]
         last_round: list[Attempt] = []
-        for a in attempts:
+        for a in load_attempts_at_stage(conn, key, level, step):
             if a.outcome == "skipped":
                 continue
             if a.attempt == 1:
@@ -432,10 +398,7 @@ def check_done_stages_committed(conn: Connection) -> list[str]:
     from variant_pipeline import stages as stage_graph
 
     out = []
-    done = conn.execute(sa.text(
-        """SELECT 'variant', job_variants_id::text FROM jobs_variants WHERE status = 'done' AND current_step = :lv
-           UNION ALL SELECT 'job', job_id::text FROM jobs WHERE status = 'done' AND current_step = :lj"""),
-        {"lv": LAST_VARIANT_STAGE, "lj": LAST_JOB_STAGE}).all()
+    done = audit.finished_partitions(conn, LAST_VARIANT_STAGE, LAST_JOB_STAGE)
     attempts: dict[tuple[str, str], set[str]] = defaultdict(set)
     committed: dict[tuple[str, str], set[str]] = defaultdict(set)
     for a in load_attempts(conn):
@@ -469,13 +432,7 @@ def check_partitions(conn: Connection, variant_keys: Iterable[str], job_keys: It
     removed since they finished (by age or the partition budget) have none."""
     variants, jobs = set(variant_keys), set(job_keys)
     out = []
-    for level, key, pruned in conn.execute(sa.text(
-            """SELECT 'variant', v.job_variants_id::text,
-                      (j.partitions_removed_at IS NOT NULL AND j.partitions_removed_at >= j.finished_at)
-                 FROM jobs_variants v JOIN jobs j USING (job_id)
-               UNION ALL
-               SELECT 'job', job_id::text, (partitions_removed_at IS NOT NULL AND partitions_removed_at >= finished_at)
-                 FROM jobs""")):
+    for level, key, pruned in audit.partition_removal_marks(conn):
         known = key in (variants if level == "variant" else jobs)
         if pruned and known:
             out.append(f"{level} {key} was pruned but its Dagster partition is still there")
@@ -490,8 +447,7 @@ def check_orphan_files(conn: Connection, store: AssetStore, older_than: float) -
     candidates = {f.relative_path: f.modified for f in store.files("tenants") if f.modified.timestamp() < older_than}
     if not candidates:
         return []
-    named = {p for (p,) in conn.execute(sa.text("SELECT path FROM image_assets WHERE path = ANY(:p)"),
-                                        {"p": list(candidates)})}
+    named = audit.named_paths(conn, list(candidates))
     return [f"orphan file outlived the orphan rule: {rel} (modified {candidates[rel].isoformat(timespec='seconds')})"
             for rel in sorted(set(candidates) - named)]
 
@@ -499,18 +455,13 @@ def check_orphan_files(conn: Connection, store: AssetStore, older_than: float) -
 def compare_results(conn: Connection, job_id: str, answer: Mapping[str, Any], store: AssetStore) -> list[str]:
     """``variant-pipeline results JOB --json`` against the rows."""
     out = []
-    job = conn.execute(sa.text("""SELECT current_step, status, error, expected_variants,
-                                         partitions_removed_at IS NOT NULL, pruned_at IS NOT NULL
-                                    FROM jobs WHERE job_id = :j"""), {"j": job_id}).one()
+    job = audit.job_result_row(conn, job_id)
     if (answer.get("step"), answer.get("status"), answer.get("error")) != (job[0], job[1], job[2]):
         out.append(f"results {job_id}: job {answer.get('step')}/{answer.get('status')} vs rows {job[0]}/{job[1]}")
     said = (answer.get("partitions_removed_at") is not None, answer.get("files_removed_at") is not None)
     if said != (job[4], job[5]):
         out.append(f"results {job_id}: says partitions/files removed {said} vs rows {(job[4], job[5])}")
-    rows = {r[0]: r[1:] for r in conn.execute(sa.text(
-        """SELECT v.job_variants_id::text, v.current_step, v.status, a.path FROM jobs_variants v
-             LEFT JOIN image_assets a ON a.image_asset_id = v.overlaid_img_asset_id WHERE v.job_id = :j"""),
-        {"j": job_id})}
+    rows = {r[0]: r[1:] for r in audit.variant_result_rows(conn, job_id)}
     listed = {v["job_variants_id"]: v for v in answer.get("variants", [])}
     if set(listed) != set(rows):
         out.append(f"results {job_id}: variants {sorted(listed)} vs rows {sorted(rows)}")
@@ -523,9 +474,8 @@ def compare_results(conn: Connection, job_id: str, answer: Mapping[str, Any], st
         expected = store.uri_for(path) if path else None
         if v.get("image_path") != expected:
             out.append(f"results {job_id}: variant {vid} image {v.get('image_path')} vs rows {expected}")
-    feed = conn.execute(sa.text("SELECT instagram_ad_copy, hashtags FROM instagram_feeds WHERE job_id = :j"),
-                        {"j": job_id}).first()
-    if (answer.get("instagram_copy"), answer.get("hashtags")) != ((feed[0], list(feed[1])) if feed else (None, [])):
+    feed = audit.instagram_feed(conn, job_id)
+    if (answer.get("instagram_copy"), answer.get("hashtags")) != (feed or (None, [])):
         out.append(f"results {job_id}: Instagram copy or hashtags differ from instagram_feeds")
     return out
 
@@ -535,8 +485,7 @@ def check_expectations(conn: Connection, expectations: Mapping[str, str]) -> lis
     (their siblings) are not failed by one."""
     out = []
     for vid, expect in expectations.items():
-        row = conn.execute(sa.text("SELECT current_step, status, error FROM jobs_variants WHERE job_variants_id = :v"),
-                           {"v": vid}).first()
+        row = audit.variant_state(conn, vid)
         if row is None:
             out.append(f"planted variant {vid} is gone")
             continue
@@ -552,8 +501,4 @@ def check_expectations(conn: Connection, expectations: Mapping[str, str]) -> lis
 def check_no_partial_jobs(conn: Connection) -> list[str]:
     """Every job has its inputs and its expected number of variants (bad input never leaves half a job)."""
     return [f"partial job {j}: inputs {'present' if has_inputs else 'missing'}, {n} of {expected} variants"
-            for j, has_inputs, n, expected in conn.execute(sa.text(
-                """SELECT j.job_id::text, i.job_id IS NOT NULL, count(v.job_variants_id), j.expected_variants
-                     FROM jobs j LEFT JOIN job_inputs i USING (job_id) LEFT JOIN jobs_variants v USING (job_id)
-                    GROUP BY j.job_id, i.job_id, j.expected_variants
-                   HAVING i.job_id IS NULL OR count(v.job_variants_id) < j.expected_variants"""))]
+            for j, has_inputs, n, expected in audit.partial_jobs(conn)]

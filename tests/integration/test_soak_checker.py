@@ -14,8 +14,11 @@ from PIL import Image
 
 from tests.fixtures.db import create_job
 from tests.fixtures.state import set_variant_state
+from variant_pipeline.data import upstream
+from variant_pipeline.data.jobs import add_tenant
 from variant_pipeline.data.locks import PartitionLock
 from variant_pipeline.data.storage import AssetStore
+from variant_pipeline.stages import FIRST_VARIANT_STAGE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
@@ -70,8 +73,7 @@ def test_a_missing_or_undecodable_image_is_reported_and_a_pruned_jobs_is_not(eng
     store.put_bytes(broken.relative_path, b"not a png")
     with engine.begin() as conn:
         for path in (good.relative_path, broken.relative_path, "tenants/tenant-a/generated/gone.png"):
-            conn.execute(sa.text("INSERT INTO image_assets (tenant_id, job_id, image_type, path) "
-                                 "VALUES ('tenant-a', :j, 'generated', :p)"), {"j": str(job.job_id), "p": path})
+            upstream.insert_image_asset(conn, "tenant-a", str(job.job_id), "generated", path)
     with engine.connect() as conn:
         found = checks.check_images(conn, store)
         assert len(found) == 2, found
@@ -171,3 +173,29 @@ def test_partitions_removed_by_age_or_budget_are_expected_gone_and_live_ones_exp
         assert message == f"variant {variants[0]} was pruned but its Dagster partition is still there"
         [message] = checks.check_partitions(conn, [], [str(kept.job_id)])
         assert message == f"variant {live[0]} is live but has no Dagster partition"
+
+
+def test_an_upstream_job_missing_variants_is_partial_until_they_arrive_and_planted_rows_end_as_expected(
+        engine) -> None:
+    add_tenant(engine, "soak-upstream")
+    with engine.begin() as conn:  # the soak's upstream producer: the job and its first variant now...
+        job_id = upstream.insert_job(conn, "soak-upstream", 2)
+        upstream.insert_job_inputs(conn, job_id, "얼큰한 부대찌개")
+        first = upstream.insert_variant(conn, job_id, 1, FIRST_VARIANT_STAGE, "queued")
+    with engine.connect() as conn:
+        [message] = checks.check_no_partial_jobs(conn)
+    assert message == f"partial job {job_id}: inputs present, 1 of 2 variants"
+    with engine.begin() as conn:  # ...the rest later, each once however often it is written
+        assert not upstream.insert_variant_if_absent(conn, job_id, 1, FIRST_VARIANT_STAGE, "queued")
+        assert upstream.insert_variant_if_absent(conn, job_id, 2, FIRST_VARIANT_STAGE, "queued")
+    with engine.connect() as conn:
+        assert checks.check_no_partial_jobs(conn) == []
+        # A row planted as bad input must end failed with its input error, its sibling must not.
+        [message] = checks.check_expectations(conn, {first: "bad"})
+        assert message.startswith(f"bad input variant {first} ended {FIRST_VARIANT_STAGE}/queued")
+    with engine.begin() as conn:
+        set_variant_state(conn, first, FIRST_VARIANT_STAGE, "failed", error="StageInputError: the photo is 1 px")
+    with engine.connect() as conn:
+        assert checks.check_expectations(conn, {first: "bad"}) == []
+        [message] = checks.check_expectations(conn, {first: "good"})
+        assert message.startswith(f"sibling of a bad input, variant {first}, failed with its input error")

@@ -16,5 +16,7 @@ Callers get ``Engine``, ``Connection`` and the errors they tell apart from ``eng
 - ``outbox``: reading ``pipeline_events`` in commit order, and the NOTIFY wake-up hint.
 - ``retention``: prune's queries; ``results``: the results contract; ``metrics``, ``notices``:
   what the metrics endpoint reads and the failure notices due.
+- ``audit``: reads that check the tables from outside (the soak's checkers, the benchmarks);
+  ``upstream``: another system's plain inserts (the soak's producers, a benchmark's fill).
 - ``storage``: asset files under a directory or an S3 bucket.
 """
