@@ -131,6 +131,8 @@ def _field_variable(model: type[BaseModel], info: ValidationInfo) -> str:
     return _variable(model, info.field_name or "")
 
 
+# The checks below are ours, not pydantic's constraints: their messages name the variable and the
+# unit, as operators have read them so far, where pydantic's name the field.
 def _seconds(variable: str, value: float, *, allow_zero: bool) -> float:
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = "0 or more" if allow_zero else "more than 0"
@@ -153,8 +155,10 @@ class S3Options(BaseModel):
 
     model_config = ConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True)
 
-    endpoint_url: str | None = Field(None, validation_alias=AliasChoices("VP_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"))
-    access_key_id: str | None = Field(None, validation_alias=AliasChoices("VP_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"))
+    endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("VP_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"))
+    access_key_id: str | None = Field(
+        None, validation_alias=AliasChoices("VP_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"))
     secret_access_key: str | None = Field(  # never in a log line
         None, repr=False, validation_alias=AliasChoices("VP_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"))
     region: str | None = Field(
@@ -183,8 +187,9 @@ class S3Options(BaseModel):
 
 class _FromEnvironment(BaseSettings):
     """Fields read from ``VP_<FIELD>`` in the process environment only (no .env file, no secrets
-    directory); an empty variable counts as unset, values are never JSON (lists and maps are
-    parsed by the fields' own validators), and defaults pass the same validators."""
+    directory; names match case-insensitively, as pydantic-settings does); an empty variable counts
+    as unset, values are never JSON (lists and maps are parsed by the fields' own validators), and
+    defaults pass the same validators."""
 
     model_config = SettingsConfigDict(env_prefix="VP_", env_ignore_empty=True, enable_decoding=False,
                                       validate_default=True, frozen=True, extra="ignore")
@@ -260,7 +265,8 @@ class Settings(_FromEnvironment):
     check_max_text_iou: float = 0.05  # text box overlap with any forbidden object at or below this
     # Where the served model families run: "local" (in the run process) or "ray" (Ray Serve).
     model_backend: str = "local"
-    ray_address: str | None = Field(None, validation_alias="RAY_ADDRESS")  # None: the local head `serve start` recorded
+    # None: the local head `serve start` recorded.
+    ray_address: str | None = Field(None, validation_alias="RAY_ADDRESS")
     # Failure notices (sensors/notices.py): where to post them (None: nowhere), the UI address
     # their run links use, and the least time between two posts.
     alert_webhook_url: str | None = None
@@ -405,15 +411,17 @@ class Settings(_FromEnvironment):
 
 
 def load_settings() -> Settings:
-    if os.environ.get("VP_ASSETS_DIR"):
+    """The settings the process environment gives now; a bad value raises ``SettingsError``."""
+    if os.environ.get("VP_ASSETS_DIR"):  # no field: a renamed variable, refused by its new name
         raise SettingsError("VP_ASSETS_DIR was renamed VP_ASSET_ROOT (a directory or s3://bucket/prefix)")
     variables = {name: value for name, value in os.environ.items() if value}
     try:
         s3 = S3Options.model_validate(variables, by_name=False)  # by variable name only
     except ValidationError as exc:
         raise SettingsError(_first_problem(S3Options, exc)) from None
+    environ = {name: value for name, value in variables.items() if name.startswith("VP_")}
     try:
-        return Settings(s3=s3, environ={name: value for name, value in variables.items() if name.startswith("VP_")})
+        return Settings(s3=s3, environ=environ)
     except ValidationError as exc:
         raise SettingsError(_first_problem(Settings, exc)) from None
 
@@ -427,7 +435,8 @@ _UNREADABLE = {
 
 
 def _first_problem(model: type[BaseModel], exc: ValidationError) -> str:
-    """One line for the first bad value: our validator's message, or the variable and what it must be."""
+    """One line for the first bad value: our validator's message, or the variable and what it must be
+    (pydantic's own text is several lines, names the field, not the variable, and links its docs)."""
     error: ErrorDetails = exc.errors(include_url=False)[0]
     if error["type"] == "value_error":
         return str(error.get("ctx", {}).get("error", error["msg"]))
