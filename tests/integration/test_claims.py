@@ -31,7 +31,7 @@ STAGE = "img_gen"
 def _ctx(engine, key: str, tmp_path: Path, origin: str = "dagster-run:test-run", **settings) -> HandlerContext:
     base = load_settings()
     return HandlerContext(engine=engine, store=AssetStore(tmp_path / "assets"),
-                          settings=dataclasses.replace(base, **settings), models=None,  # type: ignore[arg-type]
+                          settings=base.model_copy(update=settings), models=None,  # type: ignore[arg-type]
                           origin=origin, partition_key=key, log=lambda _m: None,
                           run_id=origin.removeprefix("dagster-run:"))
 

@@ -4,7 +4,6 @@ later, once; unset, nothing is sent."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -45,8 +44,8 @@ def _fail(engine, key: str, tmp_path: Path, monkeypatch, reason: str = "product 
 
 
 def _settings(url: str | None, **more):
-    return dataclasses.replace(load_settings(), alert_webhook_url=url, ui_url="http://ui.example:3000",
-                               alert_min_interval_s=0.2, **more)
+    return load_settings().model_copy(update={"alert_webhook_url": url, "ui_url": "http://ui.example:3000",
+                                              "alert_min_interval_s": 0.2, **more})
 
 
 def _deliveries(engine) -> list[tuple[str, int]]:

@@ -41,7 +41,7 @@ def _value(samples: dict, name: str, **labels: str) -> float:
 
 def _ctx(engine, key: str, tmp_path: Path, **settings) -> HandlerContext:
     return HandlerContext(engine=engine, store=AssetStore(tmp_path / "assets"),
-                          settings=dataclasses.replace(load_settings(), **settings), models=None,  # type: ignore[arg-type]
+                          settings=load_settings().model_copy(update=settings), models=None,  # type: ignore[arg-type]
                           origin="dagster-run:metrics-test", partition_key=key, log=lambda _m: None,
                           run_id="metrics-test")
 
@@ -52,7 +52,7 @@ def _done(ctx: HandlerContext) -> StageOutcome:
 
 @pytest.fixture
 def collector(engine, dagster_instance, pipeline_env) -> PipelineCollector:
-    settings = dataclasses.replace(load_settings(), stall_after_s=0.5)
+    settings = load_settings().model_copy(update={"stall_after_s": 0.5})
     return PipelineCollector(engine, dagster_instance, settings)
 
 

@@ -190,8 +190,6 @@ def test_a_young_run_whose_worker_died_after_claiming_a_stage_is_failed_and_its_
 
 
 def test_a_due_retry_is_launched_once_and_names_the_failed_run(pipeline_env, dagster_instance, tmp_path) -> None:
-    import dataclasses
-
     from variant_pipeline.assets.jobs import RETRIES_RUN_TAG
     from variant_pipeline.config import load_settings
     from variant_pipeline.data.storage import AssetStore
@@ -201,7 +199,7 @@ def test_a_due_retry_is_launched_once_and_names_the_failed_run(pipeline_env, dag
     engine = get_engine(pipeline_env.app_url)
     job = submit_sample(pipeline_env.app_url, variants=1)
     key = str(job.variant_ids[0])
-    settings = dataclasses.replace(load_settings(), faults="img_gen:raise", retry_backoff_s=0)
+    settings = load_settings().model_copy(update={"faults": "img_gen:raise", "retry_backoff_s": 0})
     ctx = HandlerContext(engine=engine, store=AssetStore(tmp_path), settings=settings, models=None,  # type: ignore[arg-type]
                          origin="dagster-run:failed-run-1", partition_key=key, log=lambda _m: None,
                          run_id="failed-run-1")

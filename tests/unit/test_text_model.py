@@ -3,7 +3,6 @@ the tiny causal LM, and the factory."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -154,20 +153,20 @@ def test_batch_and_stub_default_responder() -> None:
 
 def test_factory(tmp_path: Path) -> None:
     base = load_settings()
-    local = text_model_from_settings(dataclasses.replace(base, text_backend="local",
-                                                         environ={**base.environ, "VP_TEXT_MODEL": str(tmp_path)}))
+    local = text_model_from_settings(base.model_copy(update={
+        "text_backend": "local", "environ": {**base.environ, "VP_TEXT_MODEL": str(tmp_path)}}))
     assert isinstance(local, LocalCausalLMBackend) and local.name == str(tmp_path)
     with openai_stub_server() as stub:
-        remote = text_model_from_settings(dataclasses.replace(
-            base, text_backend="openai", openai_base_url=stub.base_url, openai_api_key=None,
-            openai_model="m1", openai_timeout_s=5.0))
+        remote = text_model_from_settings(base.model_copy(update={
+            "text_backend": "openai", "openai_base_url": stub.base_url, "openai_api_key": None,
+            "openai_model": "m1", "openai_timeout_s": 5.0}))
         assert isinstance(remote, OpenAIChatBackend)
         assert remote.complete(MESSAGES, temperature=0.3, max_tokens=5).model == "m1"
         remote.close()
     with pytest.raises(TextModelConfigError, match="VP_OPENAI_BASE_URL"):
-        text_model_from_settings(dataclasses.replace(base, text_backend="openai", openai_base_url=None))
+        text_model_from_settings(base.model_copy(update={"text_backend": "openai", "openai_base_url": None}))
     with pytest.raises(TextModelConfigError, match="unknown text backend 'gpt'"):
-        text_model_from_settings(dataclasses.replace(base, text_backend="gpt"))
+        text_model_from_settings(base.model_copy(update={"text_backend": "gpt"}))
 
 
 def test_local_missing_model_is_clear(tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import inspect
 import os
 import resource
@@ -263,7 +262,7 @@ def _stats_actor() -> Any:
 def served_families(settings: Settings) -> tuple[str, ...]:
     """The registry's families served with these settings (with the OpenAI text backend the text
     model stays an HTTP client in the run)."""
-    ray_settings = dataclasses.replace(settings, model_backend="ray")
+    ray_settings = settings.model_copy(update={"model_backend": "ray"})
     return tuple(f.name for f in registry.FAMILIES if served_by_ray(f, ray_settings))
 
 

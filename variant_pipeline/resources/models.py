@@ -11,7 +11,6 @@ and a run that only re-does iou_eval loads no model at all.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import dagster as dg
@@ -60,7 +59,7 @@ class ModelResource(dg.ConfigurableResource):
 def _with_overrides(settings: Settings, overrides: dict[str, str]) -> Settings:
     if not overrides:
         return settings
-    fields = {f.name for f in dataclasses.fields(settings)} - {"environ"}
+    fields = set(type(settings).model_fields) - {"environ"}
     locations = tiny_defaults(settings.models_dir)
     values: dict[str, Any] = {}
     environ = dict(settings.environ)
@@ -84,7 +83,7 @@ def _with_overrides(settings: Settings, overrides: dict[str, str]) -> Settings:
             values[name] = text
         else:
             raise SettingsError(f"model resource override {name!r} is not a plain value setting")
-    return dataclasses.replace(settings, **values, environ=environ)
+    return settings.model_copy(update={**values, "environ": environ})
 
 
 def model_resources() -> dict[str, ModelResource]:
