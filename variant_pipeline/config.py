@@ -246,7 +246,7 @@ class Settings(_FromEnvironment):
     recovery_interval_s: float = 15.0
     run_lease_grace_s: float = 60.0  # a STARTED run without its lease for this long is dead
     # A frozen worker (SIGSTOP, a paused VM) loses its partition lock and run lease after this
-    # long without its heartbeat (state/locks.py); 0: never. The heartbeat beats every quarter of
+    # long without its heartbeat (data/locks.py); 0: never. The heartbeat beats every quarter of
     # it, so 30 s tolerates three missed beats and lets recovery begin within the 60 s aim.
     lease_timeout_s: float = 30.0
     vlm_load_in_8bit: bool = False  # bitsandbytes 8-bit VLM (CUDA only)
