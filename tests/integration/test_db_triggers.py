@@ -281,4 +281,4 @@ def test_retrying_a_variant_reopens_a_finished_variant_phase(engine: Engine) -> 
 def test_reader_sees_submit_events(engine: Engine) -> None:
     job = create_job(engine, variants=2)
     got, _ = read_events_after(engine, None)
-    assert [(e.kind, e.job_id) for e in got] == [("job", job.job_id)] + [("variant", job.job_id)] * 2
+    assert [(e.level, e.job_id) for e in got] == [("job", job.job_id)] + [("variant", job.job_id)] * 2
