@@ -25,7 +25,6 @@ from variant_pipeline.config import SettingsError
 
 # The only names of SQLAlchemy the rest of the package uses: the engine and connection types it is
 # handed, and the errors it tells apart. No module outside ``data`` imports SQLAlchemy itself.
-DatabaseError = sa.exc.DBAPIError  # any error the driver raised
 ConnectionLost = (sa.exc.OperationalError, sa.exc.InterfaceError)  # the server or the session went away
 SchemaMissing = sa.exc.ProgrammingError  # a table or a function is not there: the schema is not applied
 
