@@ -1,6 +1,7 @@
 -- 001: the data model. Pipeline state lives in jobs / jobs_variants as (current_step, status);
--- stage outputs are keyed per variant (spec I1, I2) with at most one current answer per
--- (variant, kind), so re-running a stage replaces its answer instead of adding a second one.
+-- stage outputs are keyed per variant (the original keyed some by job, so variants of one job
+-- read each other's answers) with at most one current answer per (variant, kind), so
+-- re-running a stage replaces its answer instead of adding a second one.
 --
 -- Stage names are not listed here: `variant-pipeline db upgrade` fills pipeline_stages from
 -- variant_pipeline/stages.py after the migrations, and every step column references it.
@@ -63,7 +64,8 @@ CREATE TABLE jobs_variants (
     finished_at           timestamptz,
     UNIQUE (job_id, creation_order),
     -- Target of the (job_variants_id, job_id) foreign keys below: a stage output row can never
-    -- name a variant of another job (the original's cross-variant mix-ups, spec P6).
+    -- name a variant of another job (the original mixed up variants of
+    -- different jobs this way).
     UNIQUE (job_variants_id, job_id)
 );
 CREATE INDEX jobs_variants_state_idx ON jobs_variants (current_step, status);
@@ -136,7 +138,7 @@ CREATE TABLE detections (
 CREATE INDEX detections_variant_idx ON detections (job_variants_id);
 
 -- planner: image_asset_id is the variant's own image (the original keyed it by the job's
--- upload, so overlay never found the proposals: spec I1).
+-- upload, so overlay never found the proposals).
 CREATE TABLE planner_proposals (
     proposal_id            uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     job_variants_id        uuid NOT NULL UNIQUE,
@@ -160,7 +162,8 @@ CREATE TABLE overlay_layouts (
     y_ratio           double precision NOT NULL CHECK (y_ratio BETWEEN 0 AND 1),
     width_ratio       double precision NOT NULL CHECK (width_ratio > 0 AND width_ratio <= 1),
     height_ratio      double precision NOT NULL CHECK (height_ratio > 0 AND height_ratio <= 1),
-    -- Where the text was actually drawn (the evaluations measure this, not the box: spec I10).
+    -- Where the text was actually drawn (the evaluations measure this, not the box the
+    -- planner proposed).
     text_x_ratio      double precision,
     text_y_ratio      double precision,
     text_width_ratio  double precision,

@@ -100,7 +100,8 @@ CREATE TABLE pipeline_events (
 CREATE INDEX pipeline_events_xid_id_idx ON pipeline_events (xid, id);
 CREATE INDEX pipeline_events_job_idx ON pipeline_events (job_id, id);
 
--- The job rollup (the original's check_all_variants_done, made race-free: spec P1, I3).
+-- The job rollup (the original's check_all_variants_done, made race-free: two
+-- variants finishing at once could each miss the other and leave the job unfinished).
 -- Called after a variant's state changed. Lock the job row first, then count in a separate
 -- statement: under READ COMMITTED that statement takes a fresh snapshot after the lock wait,
 -- so of two variants finishing concurrently, the second to get the lock sees the first.

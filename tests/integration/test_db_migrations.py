@@ -6,6 +6,7 @@ import re
 import shutil
 import threading
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from variant_pipeline.data.engine import (
     normalize_database_url,
 )
 from variant_pipeline.data.migrations import (
+    REWORDED,
     MigrationError,
     discover_migrations,
     migration_status,
@@ -47,10 +49,69 @@ def test_a_new_file_is_pending_then_applied_once(engine: Engine, sql_copy: Path)
 
 def test_a_changed_applied_file_is_an_error(engine: Engine, sql_copy: Path) -> None:
     path = sql_copy / "001_schema.sql"
-    path.write_text(path.read_text() + "\n-- edited after release\n")
+    path.write_text(path.read_text() + "\nCREATE TABLE added_after_release (id int);\n")
     assert migration_status(engine, sql_copy).changed == ["001_schema.sql"]
     with pytest.raises(MigrationError, match="changed after it was applied"):
         upgrade(engine, sql_copy)
+
+
+def test_rewording_an_applied_files_comments_is_not_a_change(engine: Engine, sql_copy: Path) -> None:
+    path = sql_copy / "001_schema.sql"
+    text = path.read_text()
+    path.write_text("-- a new first line\n" + text.replace("-- 001: the data model.", "--   001, the data model:") + "\n-- a last word\n")
+    assert migration_status(engine, sql_copy).changed == []
+    assert upgrade(engine, sql_copy) == []
+
+
+def test_checksums_recorded_before_statement_checksums_are_brought_up_to_date(engine: Engine) -> None:
+    """A database migrated when a checksum covered the whole file (comments included), and before
+    001's comments were reworded, is up to date: its records are rewritten, nothing is re-applied;
+    a checksum that is neither is still refused."""
+    files = {m.version: m for m in discover_migrations()}
+    old_001 = sorted(REWORDED["001"])[0]
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE schema_migrations SET checksum = :c WHERE version = '001'"), {"c": old_001})
+        conn.execute(sa.text("UPDATE schema_migrations SET checksum = :c WHERE version = '003'"),
+                     {"c": files["003"].file_checksum})
+    assert migration_status(engine).changed == []
+    assert upgrade(engine) == []
+    with engine.connect() as conn:
+        recorded = dict(conn.execute(sa.text("SELECT version, checksum FROM schema_migrations")).all())
+    assert recorded == {v: m.checksum for v, m in files.items()}
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE schema_migrations SET checksum = 'f00d' WHERE version = '002'"))
+    with pytest.raises(MigrationError, match="002_events.sql changed after it was applied"):
+        upgrade(engine)
+
+
+def test_010_renames_the_stored_font_size_keys_and_keeps_updated_at(engine: Engine) -> None:
+    from tests.fixtures.db import create_job
+
+    job = create_job(engine, variants=1)
+    variant = str(job.variant_ids[0])
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            """INSERT INTO overlay_layouts (job_variants_id, job_id, x_ratio, y_ratio, width_ratio, height_ratio,
+                                            layout, updated_at)
+               VALUES (:v, :j, 0.1, 0.1, 0.5, 0.2, CAST(:layout AS jsonb), '2026-01-02T03:04:05Z')"""),
+            {"v": variant, "j": str(job.job_id),
+             "layout": '{"text": "t", "font_size": 31, "line_spacing": 6, "text_color": "#FFFFFF"}'})
+        conn.execute(sa.text(
+            """INSERT INTO evaluations (job_variants_id, job_id, evaluation_type, metrics, updated_at)
+               VALUES (:v, :j, 'readability', CAST(:m AS jsonb), '2026-01-02T03:04:05Z')"""),
+            {"v": variant, "j": str(job.job_id), "m": '{"contrast_ratio": 4.5, "text_size": 31.0}'})
+    with engine.begin() as conn:
+        conn.execution_options(no_parameters=True).exec_driver_sql((SQL_DIR / "010_font_vocabulary.sql").read_text())
+    with engine.connect() as conn:
+        layout, touched = conn.execute(sa.text("SELECT layout, updated_at FROM overlay_layouts")).one()
+        metrics, evaluated = conn.execute(sa.text("SELECT metrics, updated_at FROM evaluations")).one()
+        triggers = conn.execute(sa.text(
+            """SELECT count(*) FROM pg_trigger WHERE tgname IN ('overlay_layouts_touch_updated_at',
+                                                              'evaluations_touch_updated_at') AND tgenabled = 'O'""")).scalar_one()
+    assert layout == {"text": "t", "font_size_px": 31, "line_spacing_px": 6, "text_color": "#FFFFFF"}
+    assert metrics == {"contrast_ratio": 4.5, "font_size_px": 31.0}
+    assert touched == evaluated == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert triggers == 2  # enabled again
 
 
 def test_a_failing_migration_applies_nothing_of_itself(engine: Engine, sql_copy: Path) -> None:

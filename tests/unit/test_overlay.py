@@ -63,7 +63,7 @@ def test_render_records_what_was_drawn() -> None:
     assert box_iou(r.text_box, NormBox.from_px(food, 256, 256)) == 0.0
     assert missing_glyphs(r.font.path, KOREAN) == []
     d = r.to_dict()
-    assert d["font_size"] == r.font_size_px and d["text_color"] == r.color_hex and d["fits"]
+    assert d["font_size_px"] == r.font_size_px and d["text_color"] == r.color_hex and d["fits"]
 
 
 def test_deterministic() -> None:

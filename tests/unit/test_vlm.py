@@ -120,6 +120,13 @@ def test_parse_font_json_in_fence_with_escaped_underscores():
     assert f.unparsed == ()
 
 
+def test_parse_font_reads_the_colour_under_the_key_the_prompt_asks_for():
+    assert '"text_color_hex"' in font_prompt("a bowl of stew", "맛있는 찌개", None)
+    f = parse_font('{"font_style": "bold", "font_name": "Black Han Sans", "font_size_category": "large", '
+                   '"text_color_hex": "#112233", "reasoning": "dark on light"}')
+    assert f.color_hex == "112233" and f.unparsed == ()
+
+
 def test_parse_font_rejects_fonts_without_hangul_and_italics():
     f = parse_font('{"font_style": "italic", "font_name": "Arial", "font_size_category": "Big", '
                    '"font_color_hex": "black", "reasoning": "classic"}')

@@ -26,13 +26,34 @@ class MigrationError(RuntimeError):
     pass
 
 
+# Checksums recorded before a migration's comments were reworded, by version: the file's
+# statements did not change, so a database that applied the earlier text is up to date. (Until
+# then a checksum covered the whole file, comments included; see ``statement_checksum``.)
+REWORDED: dict[str, frozenset[str]] = {
+    # 001 and 002 named sections of a document outside the repository; they say what it said now.
+    "001": frozenset({"a05691e5d969d940aa254ad6a77b9db177826abf9b2f0e6f37b3c52d747e5469"}),
+    "002": frozenset({"a7ffbfa3f1f793d486ec09ce7b4de80e9893f1f35a9cecfccdc78b31fae30334"}),
+}
+
+
+def statement_checksum(text: str) -> str:
+    """sha256 of a migration's statements: its lines without the comment lines (``--`` first) and
+    trailing blanks. Rewording a comment is not a schema change; any other edit is."""
+    lines = [line.rstrip() for line in text.splitlines() if not line.lstrip().startswith("--")]
+    return hashlib.sha256("\n".join(line for line in lines if line).encode()).hexdigest()
+
 
 @dataclass(frozen=True)
 class Migration:
     version: str
     name: str
     path: Path
-    checksum: str
+    checksum: str  # statement_checksum of the file
+    file_checksum: str  # sha256 of the whole file: what a database recorded before statement checksums
+
+    def recorded_as_applied(self, recorded: str) -> bool:
+        """Whether a recorded checksum is this file's: its statements, or an earlier recording of them."""
+        return recorded in (self.checksum, self.file_checksum) or recorded in REWORDED.get(self.version, ())
 
     @property
     def sql(self) -> str:
@@ -65,8 +86,10 @@ def discover_migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
         if version in seen:
             raise MigrationError(f"two migrations with version {version}: {seen[version].name}, {path.name}")
         seen[version] = path
-        checksum = hashlib.sha256(path.read_bytes()).hexdigest()
-        migrations.append(Migration(version=version, name=name, path=path, checksum=checksum))
+        data = path.read_bytes()
+        migrations.append(Migration(version=version, name=name, path=path,
+                                    checksum=statement_checksum(data.decode("utf-8")),
+                                    file_checksum=hashlib.sha256(data).hexdigest()))
     return migrations
 
 
@@ -99,7 +122,7 @@ def migration_status(engine: Engine, sql_dir: Path = SQL_DIR) -> MigrationStatus
     changed = [
         by_version[a.version].path.name
         for a in applied
-        if a.version in by_version and by_version[a.version].checksum != a.checksum
+        if a.version in by_version and not by_version[a.version].recorded_as_applied(a.checksum)
     ]
     pending = [m for m in files if m.version not in applied_versions]
     return MigrationStatus(applied=applied, pending=pending, changed=changed)
@@ -108,8 +131,9 @@ def migration_status(engine: Engine, sql_dir: Path = SQL_DIR) -> MigrationStatus
 def upgrade(engine: Engine, sql_dir: Path = SQL_DIR) -> list[Migration]:
     """Apply pending migrations in order (each in its own transaction), then sync pipeline_stages.
 
-    Returns the migrations applied now (empty when up to date). A file changed after it was
-    applied is an error: write a new migration instead.
+    Returns the migrations applied now (empty when up to date). A file whose statements changed
+    after it was applied is an error: write a new migration instead. A file whose comments alone
+    changed is not; its recorded checksum is brought up to date.
     """
     files = discover_migrations(sql_dir)
     applied_now: list[Migration] = []
@@ -126,12 +150,16 @@ def upgrade(engine: Engine, sql_dir: Path = SQL_DIR) -> list[Migration]:
             for migration in files:
                 done = applied.get(migration.version)
                 if done is not None:
-                    if done.checksum != migration.checksum:
+                    if not migration.recorded_as_applied(done.checksum):
                         raise MigrationError(
                             f"migration {migration.path.name} changed after it was applied "
                             f"(recorded checksum {done.checksum[:12]}, file {migration.checksum[:12]}); "
                             "add a new migration file instead of editing an applied one"
                         )
+                    if done.checksum != migration.checksum:
+                        with conn.begin():
+                            conn.execute(sa.text("UPDATE schema_migrations SET checksum = :c WHERE version = :v"),
+                                         {"c": migration.checksum, "v": migration.version})
                     continue
                 with conn.begin():
                     # no_parameters: the file goes to the server as it is ('%' is not a placeholder).

@@ -22,7 +22,7 @@ def run(ctx: HandlerContext) -> StageOutcome:
     layout = overlay.layout
     start = time.perf_counter()
     metrics = evaluate_ocr(ctx.models.get(stage_model("ocr_eval")), overlay.image, layout["text_bbox_px"], layout["text"],
-                           font_size_px=layout.get("font_size"))
+                           font_size_px=layout.get("font_size_px"))
     return evaluation_outcome(
         variant, overlay.overlay_id, "ocr", metrics.to_dict(), elapsed_ms(start),
         {"ocr_accuracy": metrics.ocr_accuracy, "recognized_text": metrics.recognized_text,

@@ -26,7 +26,7 @@ def run(ctx: HandlerContext) -> StageOutcome:
     ) > 127
     start = time.perf_counter()
     metrics = evaluate_readability(background, glyph_mask, tuple(layout["text_bbox_px"]),
-                                   layout["text_color_rgb"], layout["font_size"], bold=bool(layout.get("bold")))
+                                   layout["text_color_rgb"], layout["font_size_px"], bold=bool(layout.get("bold")))
     return evaluation_outcome(
         variant, overlay.overlay_id, "readability", metrics.to_dict(), elapsed_ms(start),
         {"contrast_ratio": metrics.contrast_ratio, "contrast_ratio_p10": metrics.contrast_ratio_p10,

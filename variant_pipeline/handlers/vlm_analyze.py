@@ -36,7 +36,7 @@ def run(ctx: HandlerContext) -> StageOutcome:
     return StageOutcome(
         write=write,
         metadata={"relevance": result.relevance, "valid": result.valid, "mismatch": result.mismatch,
-                  "font_style": font.style, "font_name": font.name, "font_color": font.color_hex,
+                  "font_style": font.style, "font_name": font.name, "text_color": font.color_hex,
                   "unparsed": list(result.unparsed), "latency_ms": latency},
         model=model,
     )

@@ -136,7 +136,7 @@ class OverlayResult:
             "font_source": self.font.source if self.font else None,
             "fallback_fonts": self.font_chain.fallback_report() if self.font_chain else [],
             "fallback_runs": list(self.fallback_runs),
-            "font_size": self.font_size_px, "line_spacing": self.line_spacing_px,
+            "font_size_px": self.font_size_px, "line_spacing_px": self.line_spacing_px,
             "bold": self.bold,
             "wrapped_text": self.wrapped_text, "lines": list(self.lines),
             "text_color": self.color_hex, "text_color_rgb": list(self.color_rgb),

@@ -172,7 +172,7 @@ class ReadabilityMetrics:
             "background_color_rgb": list(self.background_color_rgb),
             "background_pixel_count": self.background_pixel_count,
             "text_bbox_px": list(self.text_bbox_px),
-            "text_size": self.font_size_px,
+            "font_size_px": self.font_size_px,
             "bold": self.bold,
             "is_large_text": self.is_large_text,
             "aa_threshold": self.aa_threshold,

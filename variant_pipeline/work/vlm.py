@@ -128,7 +128,7 @@ def font_prompt(analysis: str, overlay_text: str | None, ad_copy: str | None) ->
         "Use light text where the background is dark and dark text where it is light.\n"
         "Reply with JSON only:\n"
         '{"font_style": "sans-serif | serif | bold", "font_name": "<one of the fonts above>", '
-        '"font_size_category": "small | medium | large", "font_color_hex": "<RRGGBB>", '
+        '"font_size_category": "small | medium | large", "text_color_hex": "<RRGGBB>", '
         '"reasoning": "<one sentence>"}'
     )
 
@@ -419,7 +419,7 @@ def parse_font(answer: str) -> FontRecommendation:
     size = _SIZE_SYNONYMS.get(str(size_raw).strip().strip('."').lower()) if isinstance(size_raw, str) else None
     if size is None:
         unparsed.append("size_category")
-    color = _parse_color(pick("font_color_hex", "font_color", "color_hex", "color", "colour"))
+    color = _parse_color(pick("text_color_hex", "font_color_hex", "text_color", "font_color", "color_hex", "color", "colour"))
     if color is None:
         unparsed.append("color_hex")
     reasoning = pick("reasoning", "reason")
