@@ -98,14 +98,14 @@ def event_count(engine) -> int:
         return audit.event_count(conn)
 
 
-def move(engine, level: str, keys: list[str], step: str, status: str, chunk: int) -> None:
+def move(engine, level: str, keys: list[str], stage: str, status: str, chunk: int) -> None:
     """State writes as a run makes them, ``chunk`` rows per transaction (each fires the triggers)."""
     from variant_pipeline.data.engine import transaction
     from variant_pipeline.data.partition_state import set_states
 
     for start in range(0, len(keys), chunk):
         with transaction(engine, "dagster-run:bench-fill") as conn:
-            set_states(conn, level, keys[start:start + chunk], step, status)
+            set_states(conn, level, keys[start:start + chunk], stage, status)
 
 
 def fill(engine, instance, n_variants: int, n_events: int, batch: int) -> dict[str, Any]:

@@ -104,11 +104,11 @@ def build_models(base: Path, log) -> Path:
     return out
 
 
-def set_variant_state(conn, variant_id: str, step: str, status: str) -> None:
+def set_variant_state(conn, variant_id: str, stage: str, status: str) -> None:
     """Move one variant as an outside system would: a plain UPDATE (the triggers write the event)."""
     from variant_pipeline.data.partition_state import set_state
 
-    set_state(conn, "variant", variant_id, step, status)
+    set_state(conn, "variant", variant_id, stage, status)
 
 
 def create_bench_job(engine, variants: int) -> list[str]:

@@ -211,7 +211,7 @@ def _submit_and_wait(app_url: str, n_jobs: int, timeout_s: float) -> tuple[list[
             if key in ended:
                 continue
             status = get_job_status(engine, job.job_id)
-            if status.status == "failed" or (status.step, status.status) == (LAST_JOB_STAGE, "done"):
+            if status.status == "failed" or (status.stage, status.status) == (LAST_JOB_STAGE, "done"):
                 ended[key] = time.monotonic()
         time.sleep(0.25)
     return jobs, ended, t0

@@ -107,7 +107,7 @@ def run_template_job(environment) -> str:
         job = submit_sample_job(environment.app_url, variants=3)
         status = wait_for_job(environment.app_url, job.job_id, timeout_s=900, log=lambda _m: None)
         if status.status != "done":
-            raise RuntimeError(f"the template job ended {status.step}/{status.status}: {status.error}")
+            raise RuntimeError(f"the template job ended {status.stage}/{status.status}: {status.error}")
         wait_for_runs_to_settle()
     finally:
         services.stop()

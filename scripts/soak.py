@@ -1187,9 +1187,9 @@ class Soak:
             latency = job_latency(conn, list(self.faults.values()))
             variants = audit.variant_outcome_rows(conn)
             attempts = audit.attempt_outcome_counts(conn)
-        def job_outcome(step: str, status: str) -> str:
-            return "done" if (step, status) == ("instagram_feed_gen", "done") else (
-                "failed" if status == "failed" else f"open ({step}/{status})")
+        def job_outcome(stage: str, status: str) -> str:
+            return "done" if (stage, status) == ("instagram_feed_gen", "done") else (
+                "failed" if status == "failed" else f"open ({stage}/{status})")
 
         variant_outcomes = Counter(
             "done" if (s, st) == ("iou_eval", "done") else

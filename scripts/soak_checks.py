@@ -265,9 +265,9 @@ def check_event_chains(conn: Connection) -> list[str]:
     out = []
     rows = audit.current_states(conn)
     events: dict[tuple[str, str], list[tuple]] = defaultdict(list)
-    for kind, key, old_step, old_status, new_step, new_status, event_id in audit.event_transitions(conn):
-        events[(kind, key)].append((old_step, old_status, new_step, new_status, event_id))
-    for kind, key, step, status in rows:
+    for kind, key, old_stage, old_status, new_stage, new_status, event_id in audit.event_transitions(conn):
+        events[(kind, key)].append((old_stage, old_status, new_stage, new_status, event_id))
+    for kind, key, stage, status in rows:
         chain = events.get((kind, key), [])
         if not chain:
             continue  # all of its events pruned (older than the cutoff, read by the sensor)
@@ -277,8 +277,8 @@ def check_event_chains(conn: Connection) -> list[str]:
                            f"(event {before[4]}) -> ... -> {after[0]}/{after[1]} (event {after[4]})")
                 break
         last = chain[-1]
-        if (last[2], last[3]) != (step, status):
-            out.append(f"state change without its event: {kind} {key} is {step}/{status}, its last event "
+        if (last[2], last[3]) != (stage, status):
+            out.append(f"state change without its event: {kind} {key} is {stage}/{status}, its last event "
                        f"{last[4]} says {last[2]}/{last[3]}")
     return out
 
@@ -342,10 +342,10 @@ class DuplicateRunWatch:
 
 def check_all_terminal(conn: Connection) -> list[str]:
     out = []
-    for job_id, step, status in audit.open_jobs(conn, LAST_JOB_STAGE):
-        out.append(f"job not terminal after the quiet period: {job_id} at {step}/{status}")
-    for vid, job_id, step, status in audit.open_variants(conn, LAST_VARIANT_STAGE):
-        out.append(f"variant not terminal after the quiet period: {vid} (job {job_id}) at {step}/{status}")
+    for job_id, stage, status in audit.open_jobs(conn, LAST_JOB_STAGE):
+        out.append(f"job not terminal after the quiet period: {job_id} at {stage}/{status}")
+    for vid, job_id, stage, status in audit.open_variants(conn, LAST_VARIANT_STAGE):
+        out.append(f"variant not terminal after the quiet period: {vid} (job {job_id}) at {stage}/{status}")
     return out
 
 
@@ -358,7 +358,7 @@ def check_failures_explained(conn: Connection, max_attempts: int) -> list[str]:
     """``failed`` only with a recorded input reason, a cancel, a job whose variants all failed, or
     an exhausted retry budget whose attempts are all recorded (in the failing stage's last round)."""
     out = []
-    for level, key, job_id, step, error in audit.failed_rows(conn):
+    for level, key, job_id, stage, error in audit.failed_rows(conn):
         error = error or ""
         if error.startswith("StageInputError") or error.startswith("cancelled:"):
             continue
@@ -368,7 +368,7 @@ def check_failures_explained(conn: Connection, max_attempts: int) -> list[str]:
                 out.append(f"job {key} failed as '{error}' but {n_failed[0]} of {n_failed[1]} variants failed")
             continue
         last_round: list[Attempt] = []
-        for a in load_attempts_at_stage(conn, key, level, step):
+        for a in load_attempts_at_stage(conn, key, level, stage):
             if a.outcome == "skipped":
                 continue
             if a.attempt == 1:
@@ -382,12 +382,12 @@ def check_failures_explained(conn: Connection, max_attempts: int) -> list[str]:
             except (IndexError, ValueError):
                 n = -1
             if numbers != list(range(1, n + 1)) or not ended or n != max_attempts:
-                out.append(f"{level} {key} failed at {step} with '{error[:120]}' but its last round of attempts "
+                out.append(f"{level} {key} failed at {stage} with '{error[:120]}' but its last round of attempts "
                            f"is {[(a.attempt, a.outcome) for a in last_round]} (VP_MAX_ATTEMPTS {max_attempts})")
             continue
         if max_attempts == 1 and numbers == [1] and ended:
             continue
-        out.append(f"{level} {key} failed at {step} without a recorded reason or exhausted budget: '{error[:160]}' "
+        out.append(f"{level} {key} failed at {stage} without a recorded reason or exhausted budget: '{error[:160]}' "
                    f"(attempts {[(a.attempt, a.outcome) for a in last_round]})")
     return out
 
@@ -423,7 +423,7 @@ def check_outbox_read(conn: Connection, cursor: str | None) -> list[str]:
     unread, _ = read_events_after(conn, cursor, limit=50)
     if not unread:
         return []
-    return [f"outbox event {e.id} ({e.level} {e.job_variants_id or e.job_id} {e.new_step}/{e.new_status}, "
+    return [f"outbox event {e.id} ({e.level} {e.job_variants_id or e.job_id} {e.new_stage}/{e.new_status}, "
             f"origin {e.origin}) is past the outbox sensor's saved cursor {cursor}" for e in unread[:10]]
 
 
@@ -456,8 +456,8 @@ def compare_results(conn: Connection, job_id: str, answer: Mapping[str, Any], st
     """``variant-pipeline results JOB --json`` against the rows."""
     out = []
     job = audit.job_result_row(conn, job_id)
-    if (answer.get("step"), answer.get("status"), answer.get("error")) != (job[0], job[1], job[2]):
-        out.append(f"results {job_id}: job {answer.get('step')}/{answer.get('status')} vs rows {job[0]}/{job[1]}")
+    if (answer.get("stage"), answer.get("status"), answer.get("error")) != (job[0], job[1], job[2]):
+        out.append(f"results {job_id}: job {answer.get('stage')}/{answer.get('status')} vs rows {job[0]}/{job[1]}")
     said = (answer.get("partitions_removed_at") is not None, answer.get("files_removed_at") is not None)
     if said != (job[4], job[5]):
         out.append(f"results {job_id}: says partitions/files removed {said} vs rows {(job[4], job[5])}")
@@ -465,12 +465,12 @@ def compare_results(conn: Connection, job_id: str, answer: Mapping[str, Any], st
     listed = {v["job_variants_id"]: v for v in answer.get("variants", [])}
     if set(listed) != set(rows):
         out.append(f"results {job_id}: variants {sorted(listed)} vs rows {sorted(rows)}")
-    for vid, (step, status, path) in rows.items():
+    for vid, (stage, status, path) in rows.items():
         v = listed.get(vid)
         if v is None:
             continue
-        if (v.get("step"), v.get("status")) != (step, status):
-            out.append(f"results {job_id}: variant {vid} {v.get('step')}/{v.get('status')} vs rows {step}/{status}")
+        if (v.get("stage"), v.get("status")) != (stage, status):
+            out.append(f"results {job_id}: variant {vid} {v.get('stage')}/{v.get('status')} vs rows {stage}/{status}")
         expected = store.uri_for(path) if path else None
         if v.get("image_path") != expected:
             out.append(f"results {job_id}: variant {vid} image {v.get('image_path')} vs rows {expected}")

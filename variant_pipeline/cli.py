@@ -190,7 +190,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:
-    status = sub.add_parser("status", help="a job's state and each variant's step, status, timings and error")
+    status = sub.add_parser("status", help="a job's state and each variant's stage, status, timings and error")
     status.add_argument("job_id")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument("--attempts", action="store_true",
@@ -214,7 +214,7 @@ def _status(args: argparse.Namespace) -> int:
             data["attempts"] = {key: [_plain_attempt(a) for a in rows] for key, rows in attempts.items()}
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return EXIT_OK
-    print(f"job {job.job_id}  tenant {job.tenant_id}  {job.step}/{job.status}  "
+    print(f"job {job.job_id}  tenant {job.tenant_id}  {job.stage}/{job.status}  "
           f"variants {len(job.variants)}/{job.expected_variants}")
     print(f"  created {_ts(job.created_at)}  started {_ts(job.started_at)}  "
           f"finished {_ts(job.finished_at)}  took {_took(job.started_at, job.finished_at)}")
@@ -226,7 +226,7 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  {pruned}")
     _print_attempts(attempts.get(str(job.job_id), []))
     for v in job.variants:
-        line = (f"  variant {v.creation_order} {v.job_variants_id}  {v.step}/{v.status}  "
+        line = (f"  variant {v.creation_order} {v.job_variants_id}  {v.stage}/{v.status}  "
                 f"started {_ts(v.started_at)}  finished {_ts(v.finished_at)}  took {_took(v.started_at, v.finished_at)}")
         print(line)
         if v.error:
@@ -314,7 +314,7 @@ def _results(args: argparse.Namespace) -> int:
 def _print_results(results) -> None:
     from variant_pipeline.data.results import retention_line
 
-    print(f"job {results.job_id}  {results.state} ({results.step}/{results.status})  "
+    print(f"job {results.job_id}  {results.state} ({results.stage}/{results.status})  "
           f"variants {len(results.variants)}/{results.expected_variants}")
     if results.error:
         print(f"  error: {results.error}")
@@ -322,7 +322,7 @@ def _print_results(results) -> None:
     if pruned:
         print(f"  {pruned}")
     for v in results.variants:
-        print(f"  variant {v.creation_order} {v.job_variants_id}  {v.state} ({v.step}/{v.status})")
+        print(f"  variant {v.creation_order} {v.job_variants_id}  {v.state} ({v.stage}/{v.status})")
         if v.error:
             print(f"    error: {v.error}")
         if v.image_path:

@@ -35,6 +35,6 @@ defs = dg.Definitions(
     schedules=retention_schedules(),  # prune: the partition budget (on by default) and VP_PRUNE_OLDER_THAN
     resources=default_resources(),
     # Every run, the implicit asset job's included, runs its steps in one process: models load
-    # once per run and no step pays a process spawn (measured: ~2 s each on this machine).
+    # once per run and no Dagster step pays a process spawn (measured: ~2 s each on this machine).
     executor=dg.in_process_executor,
 )

@@ -112,7 +112,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"submitted job {job.job_id} with {len(job.variant_ids)} variants; following its progress:")
         status = wait_for_job(env.app_url, job.job_id)
         elapsed = time.monotonic() - started
-        print(f"job {job.job_id} ended at ({status.step}, {status.status}) after {elapsed:.0f} s")
+        print(f"job {job.job_id} ended at ({status.stage}, {status.status}) after {elapsed:.0f} s")
         for line in _summary(env.app_url, str(job.job_id), env.settings):
             print(line)
         base = f"http://127.0.0.1:{args.port}"

@@ -54,10 +54,10 @@ def _fmt(value: object) -> str:
 
 def _state_line(v: VariantResult) -> str:
     if v.state == "failed":
-        return f"failed at {v.step}: {v.error or 'no reason recorded'}"
+        return f"failed at {v.stage}: {v.error or 'no reason recorded'}"
     if v.state == "done":
         return "done"
-    return f"{v.state}: {v.step}/{v.status}"
+    return f"{v.state}: {v.stage}/{v.status}"
 
 
 def _score_rows(v: VariantResult) -> list[tuple[str, str]]:
@@ -101,7 +101,7 @@ def markdown_gallery(results: JobResults, store: AssetStore, max_px: int = 192) 
         rows.append(f"| check {check.name} | "
                     + " | ".join(_cell(_check_cell(v.checks[i])) for v in variants) + " |")
     copy = [
-        f"**Job** `{results.job_id}`: {results.state} ({results.step}/{results.status})"
+        f"**Job** `{results.job_id}`: {results.state} ({results.stage}/{results.status})"
         + (f", error: {results.error}" if results.error else ""),
         f"**Korean ad copy**: {_fmt(results.ad_copy_kor)}",
         f"**Instagram copy**: {_fmt(results.instagram_copy)}",
@@ -141,7 +141,7 @@ def html_gallery(results: JobResults, store: AssetStore, max_px: int = 640) -> s
     return (
         f'<!doctype html><html lang="ko"><head><meta charset="utf-8"><title>job {e(results.job_id)}</title>'
         f"<style>{_CSS}</style></head><body><h1>Job {e(results.job_id)}</h1>"
-        f"<p>tenant {e(results.tenant_id)} · {e(results.state)} ({e(results.step)}/{e(results.status)})"
+        f"<p>tenant {e(results.tenant_id)} · {e(results.state)} ({e(results.stage)}/{e(results.status)})"
         f"{' · error: ' + e(results.error) if results.error else ''}</p>"
         f"{'<p>' + e(pruned) + '</p>' if pruned else ''}"
         f'<div class="variants">{"".join(cards)}</div><div class="copy">'

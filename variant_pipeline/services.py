@@ -211,15 +211,15 @@ def wait_for_job(app_url: str, job_id, *, timeout_s: float = 1800, log=print, po
     while True:
         status = get_job_status(engine, job_id)
         for v in status.variants:
-            state = (v.step, v.status)
+            state = (v.stage, v.status)
             if seen.get(str(v.job_variants_id)) != state:
                 seen[str(v.job_variants_id)] = state
                 extra = f"  error: {v.error}" if v.error else ""
-                log(f"  variant {v.creation_order}: {v.step:<17} {v.status}{extra}")
-        job_state = (status.step, status.status)
+                log(f"  variant {v.creation_order}: {v.stage:<17} {v.status}{extra}")
+        job_state = (status.stage, status.status)
         if seen.get("job") != job_state:
             seen["job"] = job_state
-            log(f"  job: {status.step:<17} {status.status}" + (f"  error: {status.error}" if status.error else ""))
+            log(f"  job: {status.stage:<17} {status.status}" + (f"  error: {status.error}" if status.error else ""))
         if job_state == (LAST_JOB_STAGE, "done") or status.status == "failed":
             return status
         if time.monotonic() > deadline:

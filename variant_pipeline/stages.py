@@ -1,7 +1,7 @@
 """The one declaration of the stage graph.
 
-Everything that needs to know the stages (the Dagster assets, the next-step rule, the SQL
-step names stored in ``pipeline_stages``, the docs) derives from ``STAGES``. Adding a stage
+Everything that needs to know the stages (the Dagster assets, the next-stage rule, the SQL
+stage names stored in ``pipeline_stages``, the docs) derives from ``STAGES``. Adding a stage
 means adding one entry here plus the stage's own work function and asset glue.
 """
 

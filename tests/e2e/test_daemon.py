@@ -41,10 +41,10 @@ def test_daemon_runs_a_submitted_job_to_its_instagram_feed(pipeline_env, monkeyp
         services.stop()
 
     daemon_log = services.logs["daemon"].read_text(errors="replace")[-3000:]
-    assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), daemon_log
+    assert (status.stage, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), daemon_log
     assert in_flight == 0, daemon_log
     for variant in status.variants:
-        assert (variant.step, variant.status) == (stage_graph.LAST_VARIANT_STAGE, "done"), variant.error
+        assert (variant.stage, variant.status) == (stage_graph.LAST_VARIANT_STAGE, "done"), variant.error
 
     with dg.DagsterInstance.get() as instance:
         runs = instance.get_runs()

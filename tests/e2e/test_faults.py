@@ -98,7 +98,7 @@ def _assert_settled(engine, job_ids: list[str], log_text: str) -> None:
         if not unread:
             break
         time.sleep(1)
-    assert unread == [], [(e.id, e.level, e.new_step, e.new_status, e.origin) for e in unread]
+    assert unread == [], [(e.id, e.level, e.new_stage, e.new_status, e.origin) for e in unread]
     # The outputs are unique per variant by constraint; what must not happen is a stage's work
     # done (and committed) twice: one 'done' attempt per partition and stage at most.
     twice = _scalar(engine, """SELECT count(*) FROM (
@@ -134,13 +134,13 @@ def test_killed_worker_failing_stage_and_hanging_stage_in_one_job(pipeline_env, 
 
         status = wait_for_job(env.app_url, job.job_id, timeout_s=900, log=lambda _msg: None)
         log_text = services.logs["daemon"].read_text(errors="replace")[-4000:]
-        assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
+        assert (status.stage, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
         _assert_settled(engine, [str(job.job_id)], log_text)
 
         by_id = {str(v.job_variants_id): v for v in status.variants}
-        assert (by_id[v1].step, by_id[v1].status) == (stage_graph.LAST_VARIANT_STAGE, "done")
-        assert (by_id[v3].step, by_id[v3].status) == (stage_graph.LAST_VARIANT_STAGE, "done")
-        assert (by_id[v2].step, by_id[v2].status) == ("vlm_analyze", "failed")
+        assert (by_id[v1].stage, by_id[v1].status) == (stage_graph.LAST_VARIANT_STAGE, "done")
+        assert (by_id[v3].stage, by_id[v3].status) == (stage_graph.LAST_VARIANT_STAGE, "done")
+        assert (by_id[v2].stage, by_id[v2].status) == ("vlm_analyze", "failed")
         assert by_id[v2].error.startswith("failed after 3 attempts: InjectedFault")
 
         def history(variant_id: str, stage: str) -> list[tuple[int, str]]:
@@ -182,7 +182,7 @@ def test_daemon_stopped_mid_job_and_started_again(pipeline_env, monkeypatch) -> 
         took = time.monotonic() - started
         log_text = services.logs["daemon"].read_text(errors="replace")[-4000:]
         for status in statuses:
-            assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
+            assert (status.stage, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
         _assert_settled(engine, [str(first.job_id), str(second.job_id)], log_text)
         interrupted = [a for a in partition_state.attempts_of(engine, str(first.variant_ids[0])) +
                        partition_state.attempts_of(engine, str(first.variant_ids[1])) if a["outcome"] == "lost"]
@@ -212,9 +212,9 @@ def test_database_server_restarted_while_runs_are_in_flight(pipeline_env, pg_adm
         status = wait_for_job(env.app_url, job.job_id, timeout_s=900, log=lambda _msg: None)
         took = time.monotonic() - restarted
         log_text = services.logs["daemon"].read_text(errors="replace")[-4000:]
-        assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
+        assert (status.stage, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
         for variant in status.variants:
-            assert (variant.step, variant.status) == (stage_graph.LAST_VARIANT_STAGE, "done"), variant.error
+            assert (variant.stage, variant.status) == (stage_graph.LAST_VARIANT_STAGE, "done"), variant.error
         _assert_settled(engine, [str(job.job_id)], log_text)
     print(f"\nafter the server restart the job finished in {took:.0f} s")
 
@@ -249,9 +249,9 @@ def test_a_run_cancelled_mid_stage_fails_for_good_and_a_manual_retry_finishes_it
         time.sleep(3 * float(RECOVERY_ENV["VP_RECOVERY_INTERVAL_S"]))  # recovery ticks: nothing restarts it
 
         status = get_job_status(engine, job.job_id)
-        assert (status.variants[0].step, status.variants[0].status) == ("img_gen", "failed")
+        assert (status.variants[0].stage, status.variants[0].status) == ("img_gen", "failed")
         assert status.variants[0].error == f"cancelled: run {attempt['run_id']} was cancelled in Dagster"
-        assert (status.step, status.status, status.error) == ("iou_eval", "failed", "all 1 variants failed")
+        assert (status.stage, status.status, status.error) == ("iou_eval", "failed", "all 1 variants failed")
         assert [(a["attempt"], a["outcome"], a["will_retry"]) for a in partition_state.attempts_of(engine, key)] == [
             (1, "failed", False)]
         assert wait_for_runs_to_settle(timeout_s=60) == 0
@@ -263,7 +263,7 @@ def test_a_run_cancelled_mid_stage_fails_for_good_and_a_manual_retry_finishes_it
         assert (request.stage, request.previous) == ("img_gen", ("img_gen", "failed"))
         status = wait_for_job(env.app_url, job.job_id, timeout_s=600, log=lambda _msg: None)
         log_text = services.logs["daemon"].read_text(errors="replace")[-4000:]
-        assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
+        assert (status.stage, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
         _assert_settled(engine, [str(job.job_id)], log_text)
         img_gen = [(a["attempt"], a["outcome"]) for a in partition_state.attempts_of(engine, key) if a["stage"] == "img_gen"]
         assert img_gen == [(1, "failed"), (1, "done")]  # the manual retry is a new round
@@ -309,7 +309,7 @@ def test_a_run_killed_before_its_first_stage_restarts_without_the_stall_rule(pip
 
         status = wait_for_job(env.app_url, job.job_id, timeout_s=600, log=lambda _msg: None)
         log_text = services.logs["daemon"].read_text(errors="replace")[-4000:]
-        assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
+        assert (status.stage, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
         _assert_settled(engine, [str(job.job_id)], log_text)
         with dg.DagsterInstance.get() as instance:
             runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": key}))

@@ -70,7 +70,7 @@ def finished_variant(pipeline_env, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     try:
         job = submit_sample(env.app_url, variants=1)
         status = wait_for_job(env.app_url, job.job_id, timeout_s=900, log=lambda _msg: None)
-        assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), status
+        assert (status.stage, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), status
         yield env, services, str(job.variant_ids[0]), port
     finally:
         services.stop()
@@ -106,7 +106,7 @@ def _assert_continued(env: Environment, services: Services, hand_run_id: str, va
                 dg.AssetRecordsFilter(asset_key=dg.AssetKey(stage.name), asset_partitions=[variant]), limit=1).records
             assert records and records[0].run_id == continuation.run_id, stage.name
     status = get_job_status(get_engine(env.app_url), _job_of(env, variant))
-    assert [(v.step, v.status) for v in status.variants] == [(stage_graph.LAST_VARIANT_STAGE, "done")]
+    assert [(v.stage, v.status) for v in status.variants] == [(stage_graph.LAST_VARIANT_STAGE, "done")]
 
 
 def _job_of(env: Environment, variant: str) -> str:

@@ -94,7 +94,7 @@ def test_daemon_web_server_and_cli_on_three_homes_share_only_the_database_and_th
                                         "--image", str(SAMPLE_PRODUCT), "--variants", "1", "--json"))
             job_id, variant = submitted["job_id"], submitted["variant_ids"][0]
             status = wait_for_job(env.app_url, job_id, timeout_s=900, log=lambda _msg: None)
-            assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), \
+            assert (status.stage, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), \
                 daemon.logs["daemon"].read_text(errors="replace")[-3000:]
 
             # Re-rendered by hand through the web server: that host's run worker reads the bucket.
@@ -107,7 +107,7 @@ def test_daemon_web_server_and_cli_on_three_homes_share_only_the_database_and_th
             assert continuation.status == dg.DagsterRunStatus.SUCCESS
             assert wait_for_runs_to_settle(timeout_s=300) == 0
             status = get_job_status(get_engine(env.app_url), job_id)
-            assert [(v.step, v.status) for v in status.variants] == [(stage_graph.LAST_VARIANT_STAGE, "done")]
+            assert [(v.stage, v.status) for v in status.variants] == [(stage_graph.LAST_VARIANT_STAGE, "done")]
 
             # Results on the command-line host: the images come from the bucket into the page.
             page = homes["cli"] / "gallery.html"

@@ -110,7 +110,7 @@ def test_prometheus_fires_the_stuck_and_failure_alerts_and_the_webhook_gets_one_
             job = submit_sample(env.app_url, variants=3)
             _ghost_job(engine, _tenant_of(engine, str(job.job_id)))
             status = wait_for_job(env.app_url, job.job_id, timeout_s=900, log=lambda _m: None)
-            assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done")
+            assert (status.stage, status.status) == (stage_graph.LAST_JOB_STAGE, "done")
 
             wanted = {"VariantPipelineStuck", "VariantPipelineFailed", "VariantPipelineStageFailing"}
             _wait_for(lambda: wanted <= set(_firing(prometheus_url)), 180,

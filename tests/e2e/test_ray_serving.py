@@ -44,7 +44,7 @@ def test_two_jobs_through_the_daemon_survive_a_replica_killed_mid_call(pipeline_
         statuses = [wait_for_job(env.app_url, j.job_id, timeout_s=600, log=lambda _m: None) for j in jobs]
         log_text = services.logs["daemon"].read_text(errors="replace")[-3000:]
         for status in statuses:
-            assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
+            assert (status.stage, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
         _assert_settled(engine, [str(j.job_id) for j in jobs], log_text)
 
     lost = []
@@ -107,7 +107,7 @@ def test_ray_stopped_while_a_job_waits_then_its_retry_finishes_after_ray_is_back
 
     assert failed["stage"] == "img_gen" and failed["will_retry"], failed
     assert f"Ray cluster at 127.0.0.1:{TEST_RAY_PORT} is not reachable" in failed["error"], failed
-    assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
+    assert (status.stage, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), log_text
     img_gen = [(a["attempt"], a["outcome"]) for a in partition_state.attempts_of(engine, variant) if a["stage"] == "img_gen"]
     assert img_gen[0] == (1, "failed") and img_gen[-1][1] == "done", img_gen
     assert sum(1 for _n, outcome in img_gen if outcome == "done") == 1

@@ -85,8 +85,8 @@ def test_prune_while_the_daemon_runs_new_jobs_loses_no_event_and_stops_no_run(pi
     assert not {str(old.variant_ids[0]), str(old.job_id)} & {r.tags.get("dagster/partition") for r in runs}
     for job in new:
         status = get_job_status(engine, job.job_id)
-        assert (status.step, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), daemon_log
-        assert all((v.step, v.status) == (stage_graph.LAST_VARIANT_STAGE, "done") for v in status.variants)
+        assert (status.stage, status.status) == (stage_graph.LAST_JOB_STAGE, "done"), daemon_log
+        assert all((v.stage, v.status) == (stage_graph.LAST_VARIANT_STAGE, "done") for v in status.variants)
     # The old job was pruned: partitions and files gone, rows and status kept, its events trimmed.
     assert f"job {old.job_id} (done" in output
     assert str(old.variant_ids[0]) not in variants and str(old.job_id) not in jobs

@@ -119,7 +119,7 @@ def _insert_job(engine: Engine, *, expected: int = 1, desc: str = "얼큰한 부
                 photo: str | None = None, variants: tuple[tuple[str, str | None], ...] = (("img_gen", None),),
                 ) -> tuple[str, list[str], str | None]:
     """One INSERT transaction: the job, its inputs (``photo``: a relative path in the asset
-    store), and variant rows at ``(step, 'queued')`` with an optional image asset path each.
+    store), and variant rows at ``(stage, 'queued')`` with an optional image asset path each.
     Returns (job id, variant ids, product asset id)."""
     with engine.begin() as conn:
         job_id = str(conn.execute(
@@ -133,12 +133,12 @@ def _insert_job(engine: Engine, *, expected: int = 1, desc: str = "얼큰한 부
             {"j": job_id, "d": desc, "ae": ad_copy_eng, "ak": ad_copy_kor, "a": photo_id},
         )
         variant_ids = []
-        for order, (step, image) in enumerate(variants, start=1):
+        for order, (stage, image) in enumerate(variants, start=1):
             image_id = _insert_asset(conn, image, "generated") if image else None
             variant_ids.append(str(conn.execute(
                 sa.text("INSERT INTO jobs_variants (job_id, creation_order, current_step, status, img_asset_id) "
                         "VALUES (:j, :o, :s, 'queued', :img) RETURNING job_variants_id"),
-                {"j": job_id, "o": order, "s": step, "img": image_id},
+                {"j": job_id, "o": order, "s": stage, "img": image_id},
             ).scalar_one()))
     return job_id, variant_ids, photo_id
 

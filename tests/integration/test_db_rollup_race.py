@@ -34,8 +34,8 @@ def _finish_concurrently(engine: Engine, variant_ids: list[uuid.UUID], outcomes:
             with engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))  # connection ready before the barrier
                 barrier.wait(timeout=30)
-                step = LAST_VARIANT_STAGE if outcome == "done" else PENULTIMATE_STAGE
-                set_variant_state(conn, variant_id, step, outcome, error=None if outcome == "done" else "x")
+                stage = LAST_VARIANT_STAGE if outcome == "done" else PENULTIMATE_STAGE
+                set_variant_state(conn, variant_id, stage, outcome, error=None if outcome == "done" else "x")
                 conn.commit()
         except BaseException as exc:  # reported by the test
             errors.append(exc)

@@ -30,10 +30,10 @@ def job_state(engine: Engine, job_id: uuid.UUID) -> tuple[str, str, str | None]:
     return row.current_step, row.status, row.error
 
 
-def set_variant(engine: Engine, variant_id: uuid.UUID, step: str, status: str, origin: str | None = None,
+def set_variant(engine: Engine, variant_id: uuid.UUID, stage: str, status: str, origin: str | None = None,
                 error: str | None = None) -> None:
     with transaction(engine, origin) as conn:
-        assert set_variant_state(conn, variant_id, step, status, error=error)
+        assert set_variant_state(conn, variant_id, stage, status, error=error)
 
 
 def test_submit_writes_one_event_per_row_inserted(engine: Engine) -> None:
@@ -96,7 +96,7 @@ def test_direct_insert_by_another_system_goes_through_the_same_triggers(engine: 
     last = events(engine, job.job_id)
     inserted = [r for r in last if r.kind == "variant" and r.new_status == "done"]
     assert len(inserted) == 1 and inserted[0].origin == "external" and inserted[0].old_status is None
-    # The rollup saw a variant leave 'queued': the job is running at the least-advanced step.
+    # The rollup saw a variant leave 'queued': the job is running at the least-advanced stage.
     assert job_state(engine, job.job_id)[:2] == (FIRST_VARIANT_STAGE, "running")
 
 
@@ -130,18 +130,18 @@ def test_notify_is_not_sent_for_a_rolled_back_change(engine: Engine, db_url: str
 
 
 @pytest.mark.parametrize(
-    ("step", "status", "error_fragment"),
+    ("stage", "status", "error_fragment"),
     [
         (FIRST_JOB_STAGE, "running", "not a variant-level stage"),
         ("no_such_stage", "running", "foreign key"),
         (FIRST_VARIANT_STAGE, "paused", "check constraint"),
     ],
 )
-def test_invalid_variant_states_are_rejected(engine: Engine, step: str, status: str, error_fragment: str) -> None:
+def test_invalid_variant_states_are_rejected(engine: Engine, stage: str, status: str, error_fragment: str) -> None:
     job = create_job(engine, variants=1)
     with pytest.raises(sa.exc.DBAPIError) as info, engine.begin() as conn:
         conn.execute(sa.text("UPDATE jobs_variants SET current_step = :s, status = :st WHERE job_id = :j"),
-                     {"s": step, "st": status, "j": str(job.job_id)})
+                     {"s": stage, "st": status, "j": str(job.job_id)})
     assert error_fragment in str(info.value).lower()
 
 
@@ -201,7 +201,7 @@ def test_job_follows_the_least_advanced_unfinished_variant(engine: Engine) -> No
     assert job_state(engine, job.job_id)[:2] == (FIRST_VARIANT_STAGE, "queued")
     third, fifth = VARIANT_STAGES[2].name, VARIANT_STAGES[4].name
     set_variant(engine, a, fifth, "running")
-    # b and c have not left (first stage, queued) but a has: the job runs at the least advanced step.
+    # b and c have not left (first stage, queued) but a has: the job runs at the least advanced stage.
     assert job_state(engine, job.job_id)[:2] == (FIRST_VARIANT_STAGE, "running")
     set_variant(engine, b, third, "done")
     set_variant(engine, c, fifth, "queued")

@@ -60,7 +60,7 @@ def test_a_scrape_counts_each_attempt_ending_once(engine, collector, tmp_path, m
     job = create_job(engine, variants=3)
     first, second, third = (str(k) for k in job.variant_ids)
     before = _scrape(collector)
-    assert _value(before, "variant_pipeline_variants", step=STAGE, status="queued") == 3
+    assert _value(before, "variant_pipeline_variants", stage=STAGE, status="queued") == 3
     assert _value(before, "variant_pipeline_unfinished", level="variant") == 3
     assert _value(before, "variant_pipeline_stage_attempts_total", stage=STAGE, outcome="done") == 0
 
@@ -78,8 +78,8 @@ def test_a_scrape_counts_each_attempt_ending_once(engine, collector, tmp_path, m
     assert _value(after, "variant_pipeline_stage_attempt_duration_seconds_count", stage=STAGE) == 3
     assert _value(after, "variant_pipeline_stage_attempt_duration_seconds_bucket", stage=STAGE, le="+Inf") == 3
     assert _value(after, "variant_pipeline_failures_total", level="variant", stage=STAGE) == 1
-    assert _value(after, "variant_pipeline_variants", step=STAGE, status="done") == 1
-    assert _value(after, "variant_pipeline_variants", step=STAGE, status="failed") == 1
+    assert _value(after, "variant_pipeline_variants", stage=STAGE, status="done") == 1
+    assert _value(after, "variant_pipeline_variants", stage=STAGE, status="failed") == 1
 
     # An ending whose transaction is still open at a scrape: not counted yet, and not skipped later,
     # although an ending committed after it (a higher transaction id) is already visible. (The open
@@ -132,7 +132,7 @@ def test_a_scrape_does_not_wait_on_the_pipelines_locks(engine, collector) -> Non
         scraper.start()
         scraper.join(30)
         holder.rollback()
-    assert result and _value(result[0], "variant_pipeline_variants", step=STAGE, status="queued") == 1
+    assert result and _value(result[0], "variant_pipeline_variants", stage=STAGE, status="queued") == 1
     assert _value(result[0], "variant_pipeline_scrape_errors_total", part="database") == 0
 
 

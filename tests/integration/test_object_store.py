@@ -124,7 +124,7 @@ def test_the_stages_results_gallery_and_prune_work_on_a_bucket(pipeline_env, dag
     assert len(replaced) == 2 and len(_keys(store) - first_run) == 2  # overlaid image and glyph mask, anew
     assert _materialize(dagster_instance, JOB_ASSETS, str(job.job_id)).success
     status = get_job_status(engine, job.job_id)
-    assert (status.step, status.status) == ("instagram_feed_gen", "done")
+    assert (status.stage, status.status) == ("instagram_feed_gen", "done")
 
     named = _named(engine, job.job_id)
     assert len(named) == 1 + 2 * 5 and named == _keys(store) - replaced  # the photo, five images per variant
@@ -197,7 +197,7 @@ def test_a_stage_whose_s3_server_dies_fails_as_transient_and_its_retry_finishes(
     [attempt] = attempts_of(engine, key)
     assert attempt["outcome"] == "failed" and "cannot reach asset store" in attempt["error"], attempt
     variant = get_job_status(engine, job.job_id).variants[0]
-    assert (variant.step, variant.status) == ("img_gen", "queued")  # a retry is scheduled, not a failure
+    assert (variant.stage, variant.status) == ("img_gen", "queued")  # a retry is scheduled, not a failure
 
     monkeypatch.delenv("VP_FAULTS")
     monkeypatch.delenv("VP_S3_RETRY_TIMEOUT_S")  # the default: a request rides out a server still warming up

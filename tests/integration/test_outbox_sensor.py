@@ -21,12 +21,12 @@ JOB = uuid.uuid4()
 VARIANT = uuid.uuid4()
 
 
-def event(event_id: int, step: str, status: str, *, kind: str = "variant", origin: str = "external",
+def event(event_id: int, stage: str, status: str, *, kind: str = "variant", origin: str = "external",
           variant: uuid.UUID | None = VARIANT, job: uuid.UUID = JOB) -> Event:
     return Event(
         id=event_id, xid=1000 + event_id, created_at=datetime.now(UTC), level=Level(kind),
         job_variants_id=variant if kind == "variant" else None, job_id=job, tenant_id="t",
-        old_step=None, old_status=None, new_step=step, new_status=status, error=None, origin=origin,
+        old_stage=None, old_status=None, new_stage=stage, new_status=status, error=None, origin=origin,
     )
 
 

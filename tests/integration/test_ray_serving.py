@@ -63,7 +63,7 @@ def test_concurrent_variant_runs_share_batched_calls_and_import_no_model_library
         assert report["success"], err[-3000:]
         assert report["loaded"] == [], report  # the run worker imported no model library
     status = get_job_status(get_engine(pipeline_env.app_url), job.job_id)
-    assert {(v.step, v.status) for v in status.variants} == {(stage_graph.LAST_VARIANT_STAGE, "done")}
+    assert {(v.stage, v.status) for v in status.variants} == {(stage_graph.LAST_VARIANT_STAGE, "done")}
 
     stats = replica_stats_by_family()
     assert set(stats) == {"vlm", "detector", "image_generator", "text_model"}

@@ -39,7 +39,7 @@ JOB_ORDER = [s.name for s in stage_graph.JOB_STAGES]
 # --- restart_stage (pure) ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("level", "step", "status", "expected"), [
+@pytest.mark.parametrize(("level", "stage", "status", "expected"), [
     ("variant", "img_gen", "done", "vlm_analyze"),
     ("variant", "planner", "done", "overlay"),
     ("variant", "overlay", "done", "vlm_judge"),
@@ -56,8 +56,8 @@ JOB_ORDER = [s.name for s in stage_graph.JOB_STAGES]
     ("job", "instagram_feed_gen", "queued", "instagram_feed_gen"),
     ("job", "overlay", "queued", None),  # not a job stage: nothing for the job itself to run
 ])
-def test_restart_stage_follows_the_stage_graph(level, step, status, expected) -> None:
-    assert restart_stage(level, step, status) == expected
+def test_restart_stage_follows_the_stage_graph(level, stage, status, expected) -> None:
+    assert restart_stage(level, stage, status) == expected
 
 
 def test_every_done_stage_restarts_at_the_next_position() -> None:
@@ -67,9 +67,9 @@ def test_every_done_stage_restarts_at_the_next_position() -> None:
 
 
 def test_restart_follows_positions_where_text_order_would_differ() -> None:
-    """The original compared step names as text; for planner that picks the wrong next stage."""
-    def next_by_text(step: str) -> str | None:
-        return min((name for name in VARIANT_ORDER if name > step), default=None)
+    """The original compared stage names as text; for planner that picks the wrong next stage."""
+    def next_by_text(stage: str) -> str | None:
+        return min((name for name in VARIANT_ORDER if name > stage), default=None)
 
     assert "overlay" < "planner"  # text order puts overlay before planner ...
     assert VARIANT_ORDER.index("planner") < VARIANT_ORDER.index("overlay")  # ... the pipeline after it
@@ -82,9 +82,9 @@ def test_restart_follows_positions_where_text_order_would_differ() -> None:
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _set_variant(engine: Engine, key: str, step: str, status: str, origin: str = "test:setup") -> None:
+def _set_variant(engine: Engine, key: str, stage: str, status: str, origin: str = "test:setup") -> None:
     with transaction(engine, origin) as conn:
-        assert set_variant_state(conn, key, step, status)
+        assert set_variant_state(conn, key, stage, status)
 
 
 _TABLES = {"variant": ("jobs_variants", "job_variants_id"), "job": ("jobs", "job_id")}
@@ -375,7 +375,7 @@ def test_recovery_writes_start_no_outbox_run_except_the_job_rollup(engine, db_ur
         [lost] = recovery.recover_lost_claims(engine, RetryPolicy(max_attempts=1, backoff_s=0))
     assert lost.partition_key == failing
     events, cursor = read_events_after(engine, cursor, limit=10_000)
-    assert [(e.level, e.new_step, e.new_status, e.origin) for e in events] == [
+    assert [(e.level, e.new_stage, e.new_status, e.origin) for e in events] == [
         ("variant", "overlay", "failed", RECOVERY_ORIGIN)]  # the job stays (vlm_analyze, running)
     assert plan_tick(events, [retried, failing, done], [str(job.job_id)]).runs == []
 
@@ -393,7 +393,7 @@ def test_recovery_writes_start_no_outbox_run_except_the_job_rollup(engine, db_ur
     recovery.recover_lost_claims(engine, RetryPolicy(max_attempts=1, backoff_s=0))
     events, cursor = read_events_after(engine, cursor, limit=10_000)
     assert ("job", "iou_eval", "done", RECOVERY_ORIGIN) in {
-        (e.level, e.new_step, e.new_status, e.origin) for e in events}
+        (e.level, e.new_stage, e.new_status, e.origin) for e in events}
     [run] = plan_tick(events, [retried, failing, done], [str(job.job_id)]).runs
     assert (run.level, run.partition_key, run.start_stage) == ("job", str(job.job_id), "ad_copy_gen_kor")
 

@@ -50,7 +50,7 @@ def test_a_job_whose_variants_finished_but_whose_job_stages_never_started_is_res
     job = submit_sample(pipeline_env.app_url, variants=1)
     with transaction(engine, "external") as conn:
         set_variant_state(conn, job.variant_ids[0], "iou_eval", "done")  # the rollup: job (iou_eval, done)
-    assert (get_job_status(engine, job.job_id).step, get_job_status(engine, job.job_id).status) == (
+    assert (get_job_status(engine, job.job_id).stage, get_job_status(engine, job.job_id).status) == (
         "iou_eval", "done")
     _clock_ahead(monkeypatch, seconds=1)  # past the 0.5 s stall rule, without waiting for it
     first = _tick(dagster_instance)
@@ -95,7 +95,7 @@ def test_materializing_a_failed_stage_by_hand_is_a_new_recorded_round_and_reopen
     with engine.connect() as conn:
         job_state = conn.execute(sa.text("SELECT current_step, status FROM jobs WHERE job_id = :j"),
                                  {"j": str(job.job_id)}).one()
-    # Back in its variant phase (the least advanced variant step), so its job stages run again
+    # Back in its variant phase (the least advanced variant stage), so its job stages run again
     # when the variant finishes.
     assert tuple(job_state) == ("vlm_analyze", "running")
 
@@ -117,10 +117,10 @@ def test_a_partition_whose_run_a_person_cancelled_is_failed_not_restarted(
     result = _tick(dagster_instance)
     assert isinstance(result, dg.SensorResult) and result.run_requests == []
     status = get_job_status(engine, job.job_id)
-    assert (status.variants[0].step, status.variants[0].status) == ("overlay", "failed")
+    assert (status.variants[0].stage, status.variants[0].status) == ("overlay", "failed")
     assert status.variants[0].error == (f"cancelled: run {cancelled.run_id} was cancelled in Dagster "
                                         "before overlay started")
-    assert (status.step, status.status) == ("iou_eval", "failed")  # the job rolls up: nothing left to run
+    assert (status.stage, status.status) == ("iou_eval", "failed")  # the job rolls up: nothing left to run
 
 
 def test_a_lost_worker_is_retried_in_the_tick_that_finds_it_without_the_backoff(

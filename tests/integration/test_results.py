@@ -72,14 +72,14 @@ def test_results_of_a_queued_a_running_and_a_partly_failed_job(pipeline_env, dag
     feed_run = _materialize(dagster_instance, JOB_ASSETS, job_id)
     assert feed_run.success
     done = _results_json(capsys, job_id)
-    assert (done["state"], done["step"], done["status"]) == ("done", "instagram_feed_gen", "done")
+    assert (done["state"], done["stage"], done["status"]) == ("done", "instagram_feed_gen", "done")
     assert done["instagram_copy"] and done["hashtags"] and done["ad_copy_kor"]
     first, second = done["variants"]
     assert first["state"] == "done" and Image.open(first["image_path"]).size == (256, 256)
     assert [c["name"] for c in first["checks"]] == [c.name for c in CHECKS]
     assert all(c["outcome"] in ("passed", "failed", "not_evaluated") for c in first["checks"])
     assert 0.0 <= first["scores"]["ocr_accuracy"] <= 1.0 and first["scores"]["contrast_ratio"] >= 1.0
-    assert second["state"] == "failed" and second["step"] == "vlm_analyze"
+    assert second["state"] == "failed" and second["stage"] == "vlm_analyze"
     assert "not found" in second["error"] and second["image_path"] is None
 
     # The gallery: one metadata entry on the job asset, both variants side by side.

@@ -30,9 +30,9 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     return code, out, err
 
 
-def _set_variant(engine: Engine, key: str, step: str, status: str, error: str | None = None) -> None:
+def _set_variant(engine: Engine, key: str, stage: str, status: str, error: str | None = None) -> None:
     with transaction(engine, "dagster-run:earlier") as conn:
-        assert set_variant_state(conn, key, step, status, error=error)
+        assert set_variant_state(conn, key, stage, status, error=error)
 
 
 def _variant(engine: Engine, key: str) -> dict:
@@ -94,7 +94,7 @@ def test_a_failed_variant_is_queued_again_at_its_failed_stage(engine, job) -> No
         "vlm_analyze", "queued", 0, None, None)
 
     variant_events = [e for e in _events_since(engine, cursor) if e.level == "variant"]
-    assert [(str(e.job_variants_id), e.new_step, e.new_status, e.origin) for e in variant_events] == [
+    assert [(str(e.job_variants_id), e.new_stage, e.new_status, e.origin) for e in variant_events] == [
         (key, "vlm_analyze", "queued", "cli:retry")]
     assert _planned(engine, cursor, job) == {("variant", key, "vlm_analyze")}
 

@@ -55,8 +55,8 @@ def test_variant_stages_write_one_answer_per_stage_and_rerun_replaces_it(pipelin
     result = _materialize(dagster_instance, VARIANT_ASSETS, key)
     assert result.success
     status = get_job_status(engine, job.job_id)
-    assert (status.variants[0].step, status.variants[0].status) == ("iou_eval", "done")
-    assert (status.step, status.status) == ("iou_eval", "done")  # the one variant rolled the job up
+    assert (status.variants[0].stage, status.variants[0].status) == ("iou_eval", "done")
+    assert (status.stage, status.status) == ("iou_eval", "done")  # the one variant rolled the job up
     counts = _output_counts(engine)
     # product photo + generated + forbidden mask + planner viz + overlaid + glyph mask
     assert counts == {"image_assets": 6, "detection_runs": 1, "planner_proposals": 1, "overlay_layouts": 1,
@@ -126,7 +126,7 @@ def test_broken_product_photo_fails_img_gen_with_the_reason_stored(pipeline_env,
     result = _materialize(dagster_instance, VARIANT_ASSETS, key)
     assert not result.success
     variant = get_job_status(engine, job.job_id).variants[0]
-    assert (variant.step, variant.status) == ("img_gen", "failed")
+    assert (variant.stage, variant.status) == ("img_gen", "failed")
     assert "product photo" in variant.error and "not a readable image" in variant.error
     failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
     assert "not a readable image" in failure.event_specific_data.error.message
@@ -142,7 +142,7 @@ def test_job_stages_refuse_a_job_with_no_finished_variant(pipeline_env, dagster_
     result = _materialize(dagster_instance, JOB_ASSETS, key)
     assert not result.success
     status = get_job_status(engine, job.job_id)
-    assert (status.step, status.status) == ("ad_copy_gen_kor", "failed")
+    assert (status.stage, status.status) == ("ad_copy_gen_kor", "failed")
     assert "no variant that finished iou_eval" in status.error
     assert count_rows(engine, "instagram_feeds") == 0
 

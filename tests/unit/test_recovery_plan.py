@@ -12,10 +12,10 @@ from variant_pipeline.state.recovery import MAX_FAST_RESTARTS, FailedRun, Restar
 T0 = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 
 
-def _row(key: str = "v1", *, level: str = "variant", step: str = "planner", status: str = "done",
+def _row(key: str = "v1", *, level: str = "variant", stage: str = "planner", status: str = "done",
          updated: float = 0.0, retry_at: float | None = None) -> dict:
     """A waiting row, ``updated`` (and ``retry_at``) seconds after T0."""
-    return {"level": level, "key": key, "job_id": "j1", "current_step": step, "status": status, "attempt": 1,
+    return {"level": level, "key": key, "job_id": "j1", "current_step": stage, "status": status, "attempt": 1,
             "run_id": "r1", "updated_at": T0 + timedelta(seconds=updated),
             "retry_at": None if retry_at is None else T0 + timedelta(seconds=retry_at)}
 
@@ -39,7 +39,7 @@ def test_each_stall_period_gets_its_own_run_key_so_a_lost_restart_is_tried_again
 
 
 def test_a_retry_backing_off_waits_and_a_due_one_restarts_counting_on_named_by_its_last_attempt() -> None:
-    row = _row(status="queued", step="overlay", retry_at=30)
+    row = _row(status="queued", stage="overlay", retry_at=30)
     assert _plan([row], at=29) == []
     [retry] = _plan([row], at=30, last_attempts={("v1", "overlay"): (41, "run-a")})
     assert (retry.why, retry.start_stage, retry.continues_attempts, retry.retries_run) == (
@@ -48,7 +48,7 @@ def test_a_retry_backing_off_waits_and_a_due_one_restarts_counting_on_named_by_i
 
 
 def test_a_due_retry_nobody_picked_up_for_a_stall_period_restarts_as_a_stall() -> None:
-    [restart] = _plan([_row(status="queued", step="overlay", retry_at=30)], at=330)
+    [restart] = _plan([_row(status="queued", stage="overlay", retry_at=30)], at=330)
     assert (restart.why, restart.continues_attempts) == ("stalled", True)
 
 
@@ -58,7 +58,7 @@ def test_partitions_with_a_run_in_flight_are_skipped() -> None:
 
 
 def test_a_variant_done_with_its_last_stage_is_not_restarted() -> None:
-    assert _plan([_row(step="iou_eval")], at=10_000) == []
+    assert _plan([_row(stage="iou_eval")], at=10_000) == []
 
 
 def test_the_orphan_of_a_failed_run_restarts_at_once_until_the_chain_is_too_long() -> None:
@@ -74,5 +74,5 @@ def test_the_orphan_of_a_failed_run_restarts_at_once_until_the_chain_is_too_long
 
 
 def test_a_job_whose_variants_all_finished_restarts_at_its_first_job_stage() -> None:
-    [restart] = _plan([_row("j1", level="job", step="iou_eval", status="done")], at=300)
+    [restart] = _plan([_row("j1", level="job", stage="iou_eval", status="done")], at=300)
     assert (restart.level, restart.start_stage) == ("job", "ad_copy_gen_kor")

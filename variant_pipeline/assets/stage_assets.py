@@ -156,7 +156,7 @@ def build_stage_asset(stage: stage_graph.Stage) -> dg.AssetsDefinition:
                 metadata={"skipped": str(exc), "run_launched_by": context.run.tags.get(LAUNCHED_BY_TAG, "")}))
             return
         except StageFailed as exc:
-            # The reason is already stored on the row; the step fails with the same message.
+            # The reason is already stored on the row; the Dagster step fails with the same message.
             raise dg.Failure(description=str(exc),
                              metadata={"reason": exc.reason, "retry_scheduled": exc.will_retry}) from exc
         except ClaimRefused as exc:

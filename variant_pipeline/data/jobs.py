@@ -140,10 +140,10 @@ def submit_job(engine: Engine, request: JobRequest, store: Any | None = None, or
                 sa.text(
                     """
                     INSERT INTO jobs (tenant_id, current_step, status, expected_variants)
-                    VALUES (:t, :step, 'queued', :n) RETURNING job_id
+                    VALUES (:t, :stage, 'queued', :n) RETURNING job_id
                     """
                 ),
-                {"t": request.tenant_id, "step": stage_graph.FIRST_VARIANT_STAGE, "n": request.variants},
+                {"t": request.tenant_id, "stage": stage_graph.FIRST_VARIANT_STAGE, "n": request.variants},
             ).scalar_one()
             job_id = _as_uuid(job_id)
             asset_id = None
@@ -173,11 +173,11 @@ def submit_job(engine: Engine, request: JobRequest, store: Any | None = None, or
                 sa.text(
                     """
                     INSERT INTO jobs_variants (job_id, creation_order, current_step, status)
-                    SELECT :j, n, :step, 'queued' FROM generate_series(1, :count) AS n
+                    SELECT :j, n, :stage, 'queued' FROM generate_series(1, :count) AS n
                     RETURNING job_variants_id, creation_order
                     """
                 ),
-                {"j": str(job_id), "step": stage_graph.FIRST_VARIANT_STAGE, "count": request.variants},
+                {"j": str(job_id), "stage": stage_graph.FIRST_VARIANT_STAGE, "count": request.variants},
             ).all()
     except BaseException:
         if stored is not None:
@@ -197,7 +197,7 @@ def _as_uuid(value: Any) -> uuid.UUID:
 class VariantStatus:
     job_variants_id: uuid.UUID
     creation_order: int
-    step: str
+    stage: str  # the row's current_step
     status: str
     error: str | None
     created_at: datetime
@@ -210,7 +210,7 @@ class VariantStatus:
 class JobStatus:
     job_id: uuid.UUID
     tenant_id: str
-    step: str
+    stage: str  # the row's current_step
     status: str
     expected_variants: int
     error: str | None

@@ -45,7 +45,7 @@ def oldest_in_flight_xid(conn: Connection) -> int:
 @dataclass(frozen=True)
 class StateCount:
     level: str  # "variant" | "job"
-    step: str
+    stage: str
     status: str
     n: int
 
@@ -105,7 +105,7 @@ def attempt_tallies(conn: Connection, from_xid: int, below_xid: int) -> list[Att
 @dataclass(frozen=True)
 class EventTally:
     level: str
-    new_step: str
+    new_stage: str
     new_status: str
     origin_kind: str  # "run" (a stage's own progress), "recovery", "retry" (cli:retry), "other"
     n: int

@@ -44,9 +44,9 @@ class Event:
     job_variants_id: uuid.UUID | None
     job_id: uuid.UUID
     tenant_id: str
-    old_step: str | None
+    old_stage: str | None  # the column old_step: the row's current_step before
     old_status: str | None
-    new_step: str
+    new_stage: str  # new_step: its current_step after
     new_status: str
     error: str | None
     origin: str
@@ -118,9 +118,9 @@ def _event(row: Any) -> Event:
         job_variants_id=uuid.UUID(variant) if variant else None,
         job_id=uuid.UUID(row["job_id"]),
         tenant_id=row["tenant_id"],
-        old_step=row["old_step"],
+        old_stage=row["old_step"],
         old_status=row["old_status"],
-        new_step=row["new_step"],
+        new_stage=row["new_step"],
         new_status=row["new_status"],
         error=row["error"],
         origin=row["origin"],

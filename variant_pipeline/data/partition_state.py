@@ -119,7 +119,7 @@ def _rows(conn: Connection, variant_filter: str, job_filter: str, **params: Any)
 
 def running_rows(conn: Connection) -> list[dict[str, Any]]:
     """Every row in a stage now: variants running one, and jobs running a job-level stage
-    (a job ``running`` at a variant step only says that its variants are under way)."""
+    (a job ``running`` at a variant stage only says that its variants are under way)."""
     return _rows(conn, "status = 'running'", f"status = 'running' AND current_step IN {_JOB_STEPS}")
 
 
@@ -316,8 +316,8 @@ def cancel(conn: Connection, level: str, partition_key: str, stage: str, error: 
     table, id_column = _table(level)
     return conn.execute(
         sa.text(f"""UPDATE {table} SET current_step = :stage, status = 'failed', retry_at = NULL, error = :error
-                     WHERE {id_column} = CAST(:k AS uuid) AND current_step = :step AND status = :status"""),
-        {"stage": stage, "k": partition_key, "step": found[0], "status": found[1], "error": error},
+                     WHERE {id_column} = CAST(:k AS uuid) AND current_step = :found_stage AND status = :found_status"""),
+        {"stage": stage, "k": partition_key, "found_stage": found[0], "found_status": found[1], "error": error},
     ).rowcount == 1
 
 
@@ -337,31 +337,31 @@ def requeue(conn: Connection, level: str, partition_key: str, stage: str) -> Non
     )
 
 
-def set_state(conn: Connection, level: str, partition_key: str, step: str, status: Status | str, *,
+def set_state(conn: Connection, level: str, partition_key: str, stage: str, status: Status | str, *,
               error: str | None = None, expected: tuple[str, str] | None = None) -> bool:
-    """Another system's direct write: the row to ``(step, status)``, as a producer writing straight into
-    the table would (the same triggers and outbox events fire). With ``expected=(step, status)``, only
+    """Another system's direct write: the row to ``(stage, status)``, as a producer writing straight into
+    the table would (the same triggers and outbox events fire). With ``expected=(stage, status)``, only
     from that state (a compare-and-set: one that lost a race returns False and changes nothing)."""
     table, id_column = _table(level)
-    params: dict[str, Any] = {"k": str(partition_key), "step": step, "status": _status(status),
+    params: dict[str, Any] = {"k": str(partition_key), "stage": stage, "status": _status(status),
                               "error": error}
     condition = ""
     if expected is not None:
-        condition = " AND current_step = :expected_step AND status = :expected_status"
-        params.update(expected_step=expected[0], expected_status=expected[1])
+        condition = " AND current_step = :expected_stage AND status = :expected_status"
+        params.update(expected_stage=expected[0], expected_status=expected[1])
     return conn.execute(
-        sa.text(f"UPDATE {table} SET current_step = :step, status = :status, error = :error "
+        sa.text(f"UPDATE {table} SET current_step = :stage, status = :status, error = :error "
                 f"WHERE {id_column} = CAST(:k AS uuid){condition}"),
         params,
     ).rowcount == 1
 
 
-def set_states(conn: Connection, level: str, partition_keys: Sequence[str], step: str, status: Status | str) -> int:
+def set_states(conn: Connection, level: str, partition_keys: Sequence[str], stage: str, status: Status | str) -> int:
     """``set_state`` for many rows in one statement (a bulk load, a benchmark's fill); returns how many moved."""
     table, id_column = _table(level)
     moved: int = conn.execute(
-        sa.text(f"UPDATE {table} SET current_step = :step, status = :status "
+        sa.text(f"UPDATE {table} SET current_step = :stage, status = :status "
                 f"WHERE {id_column} = ANY(CAST(:keys AS uuid[]))"),
-        {"step": step, "status": _status(status), "keys": [str(k) for k in partition_keys]},
+        {"stage": stage, "status": _status(status), "keys": [str(k) for k in partition_keys]},
     ).rowcount
     return moved

@@ -43,7 +43,7 @@ class VariantResult:
     job_variants_id: str
     creation_order: int
     state: str  # done | failed | running | queued
-    step: str
+    stage: str
     status: str
     error: str | None
     # The final (overlaid) image: an absolute path, or an s3:// URI when the asset root is a
@@ -59,7 +59,7 @@ class JobResults:
     job_id: str
     tenant_id: str
     state: str  # done | failed | running | queued
-    step: str
+    stage: str
     status: str
     error: str | None
     expected_variants: int
@@ -92,10 +92,10 @@ def retention_line(partitions_removed_at: str | None, files_removed_at: str | No
     return None
 
 
-def _state(step: str, status: str, last_stage: str) -> str:
+def _state(stage: str, status: str, last_stage: str) -> str:
     if status == "failed":
         return "failed"
-    if status == "done" and step == last_stage:
+    if status == "done" and stage == last_stage:
         return "done"
     return "running" if status in ("running", "done") else "queued"
 
@@ -152,14 +152,14 @@ def job_results(engine: Engine, job_id: uuid.UUID | str, settings: Settings,
         stored = records[vid]
         variants.append(VariantResult(
             job_variants_id=vid, creation_order=v.creation_order,
-            state=_state(v.step, v.status, stage_graph.LAST_VARIANT_STAGE), step=v.step, status=v.status,
+            state=_state(v.stage, v.status, stage_graph.LAST_VARIANT_STAGE), stage=v.stage, status=v.status,
             error=v.error, image_path=store.uri_for(path) if path else None, overlay_text=text,
             scores={name: (stored.get(stage) or {}).get(key) for name, (stage, key) in SCORES.items()},
             checks=evaluate_all(stored, settings),
         ))
     return JobResults(
         job_id=jid, tenant_id=status.tenant_id,
-        state=_state(status.step, status.status, stage_graph.LAST_JOB_STAGE), step=status.step,
+        state=_state(status.stage, status.status, stage_graph.LAST_JOB_STAGE), stage=status.stage,
         status=status.status, error=status.error, expected_variants=status.expected_variants,
         ad_copy_kor=ad_copy, instagram_copy=feed[0] if feed else None, hashtags=list(feed[1]) if feed else [],
         partitions_removed_at=_iso(status.partitions_removed_at), files_removed_at=_iso(status.pruned_at),

@@ -40,22 +40,22 @@ def insert_image_asset(conn: Connection, tenant_id: str, job_id: str, image_type
     return str(image_asset_id)
 
 
-def insert_variant(conn: Connection, job_id: str, creation_order: int, step: str, status: str, *,
+def insert_variant(conn: Connection, job_id: str, creation_order: int, stage: str, status: str, *,
                    img_asset_id: str | None = None) -> str:
-    """A variant row at ``(step, status)``, with its generated image when it has one; returns its id."""
+    """A variant row at ``(stage, status)``, with its generated image when it has one; returns its id."""
     variant_id = conn.execute(sa.text(
         """INSERT INTO jobs_variants (job_id, creation_order, current_step, status, img_asset_id)
-           VALUES (:j, :o, :step, :status, :a) RETURNING job_variants_id"""),
-        {"j": job_id, "o": creation_order, "step": step, "status": status, "a": img_asset_id}).scalar_one()
+           VALUES (:j, :o, :stage, :status, :a) RETURNING job_variants_id"""),
+        {"j": job_id, "o": creation_order, "stage": stage, "status": status, "a": img_asset_id}).scalar_one()
     return str(variant_id)
 
 
-def insert_variant_if_absent(conn: Connection, job_id: str, creation_order: int, step: str, status: str) -> bool:
+def insert_variant_if_absent(conn: Connection, job_id: str, creation_order: int, stage: str, status: str) -> bool:
     """``insert_variant`` unless the job already has a variant of that number; returns whether it inserted."""
     inserted = conn.execute(sa.text(
         """INSERT INTO jobs_variants (job_id, creation_order, current_step, status)
-           VALUES (:j, :o, :step, :status) ON CONFLICT DO NOTHING"""),
-        {"j": job_id, "o": creation_order, "step": step, "status": status}).rowcount
+           VALUES (:j, :o, :stage, :status) ON CONFLICT DO NOTHING"""),
+        {"j": job_id, "o": creation_order, "stage": stage, "status": status}).rowcount
     return inserted == 1
 
 

@@ -2,7 +2,7 @@
 
 A handler does the heavy work outside any transaction and returns a ``StageOutcome`` whose
 ``write`` runs inside the one short transaction that also marks the stage done, so a stage's
-outputs and its ``(step, done)`` commit together or not at all. Handlers return data; the assets
+outputs and its ``(stage, done)`` commit together or not at all. Handlers return data; the assets
 turn it into what the Dagster UI shows (``assets/rendering.py``). Reads are in ``rows.py``,
 writes in ``outputs.py``.
 """

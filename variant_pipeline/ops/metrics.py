@@ -74,8 +74,8 @@ class _Totals:
     def add_events(self, tallies: list[queries.EventTally]) -> None:
         for t in tallies:
             if t.new_status == "failed":
-                self.failures[t.level, t.new_step] += t.n
-            elif t.level == "job" and t.new_status == "done" and t.new_step == stage_graph.LAST_JOB_STAGE:
+                self.failures[t.level, t.new_stage] += t.n
+            elif t.level == "job" and t.new_status == "done" and t.new_stage == stage_graph.LAST_JOB_STAGE:
                 self.finished_jobs += t.n
 
 
@@ -147,8 +147,8 @@ class PipelineCollector(Collector):
 
     def _state_metrics(self, states: list[queries.StateCount]) -> list[Metric]:
         families = {
-            level: GaugeMetricFamily(f"{PREFIX}_{level}s", f"{level.capitalize()}s by (step, status)",
-                                     labels=["step", "status"])
+            level: GaugeMetricFamily(f"{PREFIX}_{level}s", f"{level.capitalize()}s by (stage, status)",
+                                     labels=["stage", "status"])
             for level in ("variant", "job")
         }
         unfinished = GaugeMetricFamily(f"{PREFIX}_unfinished", "Variants and jobs not yet done or failed",
@@ -156,8 +156,8 @@ class PipelineCollector(Collector):
         last = {"variant": stage_graph.LAST_VARIANT_STAGE, "job": stage_graph.LAST_JOB_STAGE}
         waiting: Counter[str] = Counter()
         for s in states:
-            families[s.level].add_metric([s.step, s.status], s.n)
-            if s.status != "failed" and not (s.status == "done" and s.step == last[s.level]):
+            families[s.level].add_metric([s.stage, s.status], s.n)
+            if s.status != "failed" and not (s.status == "done" and s.stage == last[s.level]):
                 waiting[s.level] += s.n
         for level in ("variant", "job"):
             unfinished.add_metric([level], waiting[level])

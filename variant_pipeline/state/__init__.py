@@ -24,7 +24,7 @@ of its level with one status::
   the job moves to ``(last variant stage, done)``, or ``failed`` if none finished; that change
   starts its job-level stages (``transitions.start_stage_for``).
 
-Where each rule is enforced: the level of a step, timings and the rollup in the database
+Where each rule is enforced: the level of a stage, timings and the rollup in the database
 triggers (sql/002_events.sql), the attempt columns and ``stage_attempts`` in sql/003_attempts.sql;
 one worker per partition by ``data.locks``; the fence and the attempt records by ``claims``; what
 runs next by ``transitions`` (used by the outbox sensor and by ``recovery``). This package decides;

@@ -5,10 +5,10 @@ The recovery sensor (sensors/recovery.py) calls these on every tick; the CLI's `
 
 Three kinds of stopped work:
 
-- **lost claims**: a row says ``(step, running)`` but nobody holds its partition lock, so the
+- **lost claims**: a row says ``(stage, running)`` but nobody holds its partition lock, so the
   worker that claimed it is gone. The attempt is recorded as ``lost`` and counts like a failure:
   retried with backoff while attempts remain, else the row fails with the reason.
-- **due retries**: ``(step, queued)`` with ``retry_at`` in the past.
+- **due retries**: ``(stage, queued)`` with ``retry_at`` in the past.
 - **orphans of a failed run**: a row waiting for its next stage (or a due retry) whose latest run
   failed after the row last changed, with no run in flight: the run that was carrying it died
   between stages or before its first one (a killed worker, a lost database, a launch that failed).
@@ -63,7 +63,7 @@ class Restart:
     why: str  # "retry" | "run_failed" | "stalled"
     run_key: str
     continues_attempts: bool  # automatic retries count on; stalls restart a stage afresh
-    state: tuple[str, str] = ("", "")  # the row's (step, status) when it was found
+    state: tuple[str, str] = ("", "")  # the row's (stage, status) when it was found
     retries_run: str | None = None  # for retries and run_failed: the run that failed
     chain: int = 0  # for run_failed: how many fast restarts in a row this one is
 

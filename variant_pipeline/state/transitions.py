@@ -1,7 +1,7 @@
 """The transition rule: which stage a row's state asks to run next. Pure functions of the stage graph.
 
 Everything is decided in pipeline order from the stage graph (``stages.py``), never by comparing
-step names as text (alphabetical order is not pipeline order: ``planner`` sorts after ``overlay``).
+stage names as text (alphabetical order is not pipeline order: ``planner`` sorts after ``overlay``).
 A job row at the last variant stage ``done`` is the rollup of its variants: its job-level stages
 come next.
 """
@@ -16,15 +16,15 @@ from variant_pipeline.stages import Level
 from variant_pipeline.state.origins import RECOVERY_ORIGIN_PREFIX, RUN_ORIGIN_PREFIX
 
 
-def restart_stage(level: str, step: str, status: str) -> str | None:
-    """The first unfinished stage of a row in state (step, status), on the row's own level."""
+def restart_stage(level: str, at: str, status: str) -> str | None:
+    """The first unfinished stage of a row in state (at, status), on the row's own level."""
     if status in ("queued", "running", "failed"):
-        return step if stage_graph.stage(step).level == level else None
-    if level == "job" and step == stage_graph.LAST_VARIANT_STAGE:
+        return at if stage_graph.stage(at).level == level else None
+    if level == "job" and at == stage_graph.LAST_VARIANT_STAGE:
         # The last variant stage done, on a job row, is the rollup: the job stages come next.
         # (next_stage stays within a level, so this must be said here.)
         return stage_graph.FIRST_JOB_STAGE
-    following = stage_graph.next_stage(step)
+    following = stage_graph.next_stage(at)
     if following is None or following.level != level:
         return None
     return following.name
@@ -33,13 +33,13 @@ def restart_stage(level: str, step: str, status: str) -> str | None:
 def start_stage_for(event: Event) -> str | None:
     """Which stage a state change asks to run next, on its row's level, or None.
 
-    ``queued`` asks for its own step (an external system queued it); ``done`` for the next step of
-    the same level. The last variant stage done for a job is the rollup: the job stages start.
+    ``queued`` asks for its own stage (an external system queued it); ``done`` for the next stage
+    of the same level. The last variant stage done for a job is the rollup: the job stages start.
     ``running`` and ``failed`` ask for nothing here (recovery is a separate concern).
     """
     if event.new_status not in ("queued", "done"):
         return None
-    return restart_stage(event.level, event.new_step, event.new_status)
+    return restart_stage(event.level, event.new_stage, event.new_status)
 
 
 def is_own_run_write(origin: str) -> bool:
@@ -53,7 +53,7 @@ def is_request(event: Event) -> bool:
         return False
     # A job's rollup is written inside the transaction of its last variant's write, so it carries
     # that run's origin; it is still the signal for the job stages.
-    rollup = event.level == Level.JOB and event.new_step == stage_graph.LAST_VARIANT_STAGE
+    rollup = event.level == Level.JOB and event.new_stage == stage_graph.LAST_VARIANT_STAGE
     return rollup or not is_own_run_write(event.origin)
 
 
@@ -67,21 +67,21 @@ def continuation_start(materialized_stage_names: Iterable[str]) -> str | None:
     return following.name if following else None
 
 
-def stale_reason(level: str, step: str, status: str, *, retry_pending: bool, stage: str,
+def stale_reason(level: str, at: str, status: str, *, retry_pending: bool, stage: str,
                  continues_attempts: bool) -> str | None:
-    """Why a run the pipeline launched must not run ``stage`` on a row in state (step, status), or
+    """Why a run the pipeline launched must not run ``stage`` on a row in state (at, status), or
     None when the row asks for exactly that stage.
 
     A launched run acts on the state it was launched for. A duplicate of it (a replayed tick, a
     second daemon, a recovery restart racing a slow run) arrives after the row has moved on; run
     anyway, it would redo finished work and move the row back. Runs a person starts never ask.
     """
-    here = f"the {level} is at ({step}, {status})"
+    here = f"the {level} is at ({at}, {status})"
     if status == "running":
         return f"{here}: another run is working on it"
     if status == "failed":
         return f"{here}: only a retry or a hand run restarts it"
-    wanted = restart_stage(level, step, status)
+    wanted = restart_stage(level, at, status)
     if wanted != stage:
         return f"{here}, which asks for {wanted or 'no further stage'}, not {stage}"
     if retry_pending and not continues_attempts:
