@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -424,6 +425,28 @@ def load_settings() -> Settings:
         return Settings(s3=s3, environ=environ)
     except ValidationError as exc:
         raise SettingsError(_first_problem(Settings, exc)) from None
+
+
+def with_values(settings: Settings, values: Mapping[str, str], *, source: str,
+                environ: Mapping[str, str] | None = None) -> Settings:
+    """``settings`` with some fields given as text by field name (``{"device": "cpu"}``), read and
+    checked as their ``VP_`` variables are; ``source`` names where they came from in the one-line
+    error. ``environ`` replaces the settings' ``VP_`` environment (the families' location settings)."""
+    fields = Settings.model_fields
+    for name in values:
+        if name not in fields or name in ("s3", "environ"):
+            raise SettingsError(f"{source} {name!r} is not a setting")
+    # Every field passes through its validators again (they are idempotent); by alias where it has one.
+    current = {(field.validation_alias if isinstance(field.validation_alias, str) else name): getattr(settings, name)
+               for name, field in fields.items()}
+    given = {(fields[name].validation_alias if isinstance(fields[name].validation_alias, str) else name): text
+             for name, text in values.items()}
+    if environ is not None:
+        current["environ"] = dict(environ)
+    try:
+        return Settings(**{**current, **given})
+    except ValidationError as exc:
+        raise SettingsError(f"{source}: {_first_problem(Settings, exc)}") from None
 
 
 # How a value pydantic could not read as its field's type is said; our validators say the rest.

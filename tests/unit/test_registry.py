@@ -90,8 +90,13 @@ def test_resource_overrides_replace_settings_by_name() -> None:
     assert ModelResource(family="vlm", overrides={"vlm_model": "/m"}).location() == "/m"
     with pytest.raises(SettingsError, match="'no_such' is not a setting"):
         _with_overrides(base, {"no_such": "1"})
-    with pytest.raises(SettingsError, match="vlm_load_in_8bit must be a boolean"):
+    with pytest.raises(SettingsError, match="model resource override: VP_VLM_LOAD_IN_8BIT must be a boolean"):
         _with_overrides(base, {"vlm_load_in_8bit": "maybe"})
+    # An override passes the same checks as its variable (the range, not only the type).
+    with pytest.raises(SettingsError, match="model resource override: VP_STAGE_TIMEOUT_S must be a finite number of seconds, more than 0"):
+        _with_overrides(base, {"stage_timeout_s": "-1"})
+    assert _with_overrides(base, {"stage_timeout_s": "90"}).stage_timeout_s == 90.0
+    assert _with_overrides(base, {}) is base
 
 
 def _toy_load(settings) -> dict[str, str]:

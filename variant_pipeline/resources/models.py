@@ -15,7 +15,7 @@ from typing import Any
 
 import dagster as dg
 
-from variant_pipeline.config import Settings, SettingsError, load_settings
+from variant_pipeline.config import Settings, load_settings, with_values
 from variant_pipeline.models import registry
 from variant_pipeline.models.registry import (
     ModelFamily,
@@ -59,31 +59,15 @@ class ModelResource(dg.ConfigurableResource):
 def _with_overrides(settings: Settings, overrides: dict[str, str]) -> Settings:
     if not overrides:
         return settings
-    fields = set(type(settings).model_fields) - {"environ"}
     locations = tiny_defaults(settings.models_dir)
-    values: dict[str, Any] = {}
     environ = dict(settings.environ)
+    values: dict[str, str] = {}
     for name, text in overrides.items():
         if name in locations:  # a family's location setting: read from the settings' environment
             environ[setting_variable(name)] = text
-            continue
-        if name not in fields:
-            raise SettingsError(f"model resource override {name!r} is not a setting")
-        current = getattr(settings, name)
-        if isinstance(current, bool):
-            if text.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise SettingsError(f"model resource override {name} must be a boolean, got {text!r}")
-            values[name] = text.lower() in ("1", "true", "yes", "on")
-        elif isinstance(current, int | float):
-            try:
-                values[name] = type(current)(text)
-            except ValueError:
-                raise SettingsError(f"model resource override {name} must be a number, got {text!r}") from None
-        elif current is None or isinstance(current, str):
-            values[name] = text
         else:
-            raise SettingsError(f"model resource override {name!r} is not a plain value setting")
-    return settings.model_copy(update={**values, "environ": environ})
+            values[name] = text
+    return with_values(settings, values, source="model resource override", environ=environ)
 
 
 def model_resources() -> dict[str, ModelResource]:
