@@ -75,6 +75,10 @@ STAGES: tuple[Stage, ...] = (
           "Instagram feed post and hashtags for the job."),
 )
 
+# The brief (the job's texts that any stage may be the first to need: handlers/brief.py) is copy,
+# written by the family that writes the job's copy. Every stage's asset holds its resource.
+BRIEF_MODEL = "text_model"
+
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 STAGES_BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 VARIANT_STAGES: tuple[Stage, ...] = tuple(s for s in STAGES if s.level == Level.VARIANT)

@@ -25,6 +25,7 @@ def test_every_stage_model_names_a_registered_family() -> None:
     for stage in stage_graph.STAGES:
         if stage.model is not None:
             assert registry.family(stage.model).name == stage.model, stage.name
+    assert registry.family(stage_graph.BRIEF_MODEL).name == stage_graph.BRIEF_MODEL
 
 
 def test_stages_using_follows_the_stage_graph() -> None:

@@ -23,7 +23,6 @@ from variant_pipeline.assets.rendering import result_metadata
 from variant_pipeline.config import load_settings
 from variant_pipeline.data.locks import ClaimRefused
 from variant_pipeline.handlers import HandlerContext, execute_stage
-from variant_pipeline.handlers.brief import BRIEF_MODEL
 from variant_pipeline.models.registry import family, kinds_for, wants_accelerator
 from variant_pipeline.state.attempts import RunIsStale, StageFailed, record_cancellation, stage_timeout_s
 from variant_pipeline.state.origins import run_origin
@@ -98,7 +97,7 @@ def build_stage_asset(stage: stage_graph.Stage) -> dg.AssetsDefinition:
         deps.append(dg.AssetDep(upstream.name, partition_mapping=mapping))
     # Every stage may need the brief's model: the job's brief (English copy, short Korean line) is
     # written lazily, once per job, by whichever stage first reads a missing text.
-    resource_keys = {"database", "asset_storage", BRIEF_MODEL} | ({stage.model} if stage.model else set())
+    resource_keys = {"database", "asset_storage", stage_graph.BRIEF_MODEL} | ({stage.model} if stage.model else set())
     partitions = variant_partitions if stage.level == "variant" else job_partitions
     # A one-asset multi_asset rather than @asset for two things @asset cannot say: the asset is
     # skippable (a stale launched run yields no materialization, and Dagster then skips the run's

@@ -16,14 +16,12 @@ from collections.abc import Iterable
 from variant_pipeline.data.engine import transaction
 from variant_pipeline.data.locks import wait_for_lock
 from variant_pipeline.data.stage_outputs import update_brief_texts, upsert_ad_copy, upsert_llm_trace
-from variant_pipeline.handlers.base import HandlerContext, stage_model
+from variant_pipeline.handlers.base import HandlerContext
 from variant_pipeline.handlers.rows import JobInputsRow, load_job_inputs
+from variant_pipeline.stages import BRIEF_MODEL
 from variant_pipeline.work.types import Brief
 
 BRIEF_FIELDS = ("desc_eng", "ad_copy_eng", "ad_copy_kor")
-# The brief is copy: the model family of the stage that writes the job's copy writes it too. Any
-# stage may ask for it first, so every stage's asset holds this family's resource.
-BRIEF_MODEL = stage_model("ad_copy_gen_kor")
 
 
 def _lock_key(job_id: str) -> int:
