@@ -9,11 +9,12 @@ of its level with one status::
              (raised, timed out, worker lost; attempts remain)
 
 - **queued → running** (``claims.claim``, under the partition lock ``data.locks.PartitionLock``): a
-  new ``stage_attempts`` row; an automatic retry counts on, any other run starts at attempt 1.
+  new ``stage_attempts`` row; an automatic retry counts on, any other run starts at attempt 1
+  (``claims.next_attempt``).
 - **running → done** (``attempts.execute_stage``): the outputs and ``done`` in one transaction,
-  only if the row still names the attempt (the fence, ``claims.check_fence``).
+  only if the row still names the attempt (the fence, ``claims.is_current``).
 - **running → queued + retry_at** (``claims.mark_failed``): a failure, a timeout or a lost worker
-  while attempts remain (``retry.RetryPolicy``: backoff doubling); **→ failed** after the last
+  while attempts remain (``retry.after_failure``: backoff doubling); **→ failed** after the last
   one, at once for bad input (``attempts.StageInputError``) or a run cancelled by a person.
 - **running, worker gone → lost** (``recovery.recover_lost_claims``): the lock is free, so the
   attempt is recorded ``lost`` and counts as a failure.
@@ -30,7 +31,11 @@ one worker per partition by ``data.locks``; the fence and the attempt records by
 runs next by ``transitions`` (used by the outbox sensor and by ``recovery``). This package decides;
 it speaks no SQL: each decision is said to the database by a named transition of
 ``data.partition_state`` (``claim``, ``complete``, ``schedule_retry``, ``fail``, ``requeue``,
-``cancel``, ``reopen_job``) or ``data.retention`` (``prune_job``). Every write records an
+``cancel``, ``reopen_job``) or ``data.retention`` (``prune_job``). The decisions themselves
+(``claims.next_attempt`` and ``is_current``, ``retry.after_failure``, ``recovery.plan_restarts``,
+``transitions``, prune's ``retention.orphans``) are pure functions of what was read and the time
+passed in, tested without a database (tests/unit/test_retry_decisions.py, test_recovery_plan.py,
+test_retention_rules.py). Every write records an
 origin (``origins``), which tells the outbox sensor the pipeline's own progress from requests.
 docs/state-machine.md draws the same in more detail. This package runs no stage work and knows
 no orchestrator: the stage's handler is passed in.

@@ -13,15 +13,17 @@ Under the partition lock (``locks.PartitionLock``, held for the whole stage):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from variant_pipeline import stages as stage_graph
 from variant_pipeline.data import partition_state as rows
 from variant_pipeline.data.engine import Connection
 from variant_pipeline.data.locks import ClaimRefused
 from variant_pipeline.stages import Level, Outcome, Status
-from variant_pipeline.state.retry import RetryPolicy, failure_message
+from variant_pipeline.state.retry import RetryPolicy, after_failure
 
 
 class AttemptSuperseded(ClaimRefused):
@@ -56,13 +58,25 @@ def claim(conn: Connection, *, stage: str, partition_key: str, run_id: str, orig
     row = rows.read_row(conn, level, partition_key, lock=True)
     if row is None:
         raise PartitionMissing(f"{level} {partition_key} does not exist")
-    attempt = row["attempt"] + 1 if continues_attempts and row["current_step"] == stage else 1
+    attempt = next_attempt(row["current_step"], row["attempt"], stage, continues_attempts=continues_attempts)
     job_id = str(row["job_id"])
     if level == Level.VARIANT:
         rows.reopen_job(conn, job_id, stage)
     attempt_id = rows.claim(conn, level=level, partition_key=partition_key, job_id=job_id, stage=stage,
                             attempt=attempt, run_id=run_id, origin=origin)
     return Claim(attempt_id, level, partition_key, job_id, stage, attempt, run_id, row["creation_order"])
+
+
+def next_attempt(row_stage: str, row_attempt: int, stage: str, *, continues_attempts: bool) -> int:
+    """The number of a new attempt at ``stage`` on a row last at ``row_stage`` after ``row_attempt``:
+    an automatic retry counts on at the same stage; anything else starts a round at 1."""
+    return row_attempt + 1 if continues_attempts and row_stage == stage else 1
+
+
+def is_current(row: Mapping[str, Any] | None, claim_: Claim) -> bool:
+    """The fence: whether the row still names this claim's attempt as running."""
+    return row is not None and (row["current_step"], row["status"], row["attempt"], row["run_id"]) == (
+        claim_.stage, Status.RUNNING, claim_.attempt, claim_.run_id)
 
 
 def record_skipped(conn: Connection, *, stage: str, partition_key: str, run_id: str, origin: str,
@@ -91,8 +105,8 @@ def running_attempt(conn: Connection, level: str, partition_key: str) -> Claim |
 def check_fence(conn: Connection, claim_: Claim) -> None:
     """Raise ``AttemptSuperseded`` unless the row still names this attempt as running; locks the row."""
     row = rows.read_row(conn, claim_.level, claim_.partition_key, lock=True)
-    current = row and (row["current_step"], row["status"], row["attempt"], row["run_id"])
-    if current != (claim_.stage, Status.RUNNING, claim_.attempt, claim_.run_id):
+    if not is_current(row, claim_):
+        current = row and (row["current_step"], row["status"], row["attempt"], row["run_id"])
         raise AttemptSuperseded(
             f"{claim_.stage} attempt {claim_.attempt} of run {claim_.run_id} was superseded "
             f"(the row is now {current}); its results were discarded"
@@ -111,13 +125,11 @@ def mark_failed(conn: Connection, *, level: str, partition_key: str, stage: str,
                 attempt_id: int | None, reason: str, retryable: bool, policy: RetryPolicy,
                 outcome: Outcome = Outcome.FAILED) -> bool:
     """Record a failed (or lost) attempt; schedule the next one or fail the row. Returns will_retry."""
-    will_retry = retryable and attempt < policy.max_attempts
-    message = failure_message(reason, attempt, policy, will_retry, outcome)
-    if will_retry:
-        delay = timedelta(seconds=policy.delay_after(attempt, outcome))
-        rows.schedule_retry(conn, level, partition_key, stage, message, delay)
+    decided = after_failure(policy, attempt, reason, retryable=retryable, outcome=outcome)
+    if decided.will_retry:
+        rows.schedule_retry(conn, level, partition_key, stage, decided.message, timedelta(seconds=decided.delay_s))
     else:
-        rows.fail(conn, level, partition_key, stage, message)
+        rows.fail(conn, level, partition_key, stage, decided.message)
     if attempt_id is not None:  # None: the row was set running by hand, with no attempt behind it
-        rows.end_attempt(conn, attempt_id, outcome, reason, will_retry)
-    return will_retry
+        rows.end_attempt(conn, attempt_id, outcome, reason, decided.will_retry)
+    return decided.will_retry

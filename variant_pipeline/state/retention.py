@@ -43,7 +43,7 @@ is written after its claim and named by a row when its stage commits).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -52,7 +52,7 @@ from variant_pipeline.data import partition_state
 from variant_pipeline.data import retention as queries
 from variant_pipeline.data.engine import Engine
 from variant_pipeline.data.outbox import decode_cursor
-from variant_pipeline.data.storage import AssetStore, StorageError
+from variant_pipeline.data.storage import AssetStore, StorageError, StoredFile
 from variant_pipeline.validation import InputError
 
 
@@ -276,17 +276,23 @@ def _remove_orphans(engine: Engine, store: AssetStore, report: PruneReport, min_
     # is paged (an object store answers a thousand keys a request).
     assert report.cutoff is not None
     limit = min(report.cutoff, min_age_cutoff)
-    candidates = {f.relative_path: f for f in store.files("tenants") if f.modified < limit}
+    candidates = [f for f in store.files("tenants") if f.modified < limit]
     if not candidates:
         return
     with engine.connect() as conn:
         oldest_running = queries.oldest_running_attempt(conn)
-        named = queries.live_paths(conn, list(candidates))
-    for rel in sorted(set(candidates) - named):
-        found = candidates[rel]
-        if oldest_running is not None and found.modified >= oldest_running:
-            continue
+        named = queries.live_paths(conn, [f.relative_path for f in candidates])
+    for found in orphans(candidates, named, oldest_running):
         if not report.dry_run:
-            store.delete(rel)
-        report.orphans.append(rel)
+            store.delete(found.relative_path)
+        report.orphans.append(found.relative_path)
         report.orphan_bytes += found.size
+
+
+def orphans(candidates: Iterable[StoredFile], named: Set[str], oldest_running: datetime | None) -> list[StoredFile]:
+    """The orphan rule, of files already older than the cutoffs: those no live row names, and
+    older than the oldest attempt still running (its file may be written and not yet named), in
+    path order."""
+    return sorted((f for f in candidates
+                   if f.relative_path not in named and (oldest_running is None or f.modified < oldest_running)),
+                  key=lambda f: f.relative_path)

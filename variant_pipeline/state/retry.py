@@ -30,13 +30,22 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     return RetryPolicy(max_attempts=settings.max_attempts, backoff_s=settings.retry_backoff_s)
 
 
-def failure_message(reason: str, attempt: int, policy: RetryPolicy, will_retry: bool,
-                    outcome: str = "failed") -> str:
-    """The error stored on the row: the reason, and whether (and when) another attempt follows."""
-    if will_retry:
+@dataclass(frozen=True)
+class AfterFailure:
+    """What a failed (or lost) attempt leads to: another attempt after ``delay_s``, or ``failed``."""
+
+    will_retry: bool
+    delay_s: float  # 0 when the row fails, or when the retry is due at once
+    message: str  # the error stored on the row
+
+
+def after_failure(policy: RetryPolicy, attempt: int, reason: str, *, retryable: bool,
+                  outcome: str = "failed") -> AfterFailure:
+    """Attempt ``attempt`` ended ``outcome`` with ``reason``: retry while attempts remain and the
+    failure may be retried (bad input may not), else fail the row. The stored error says which,
+    and when the next attempt is due."""
+    if retryable and attempt < policy.max_attempts:
         delay = policy.delay_after(attempt, outcome)
-        return (f"attempt {attempt} of {policy.max_attempts} failed: {reason} "
-                + (f"(retrying in {delay:g} s)" if delay else "(retrying now)"))
-    if attempt > 1:
-        return f"failed after {attempt} attempts: {reason}"
-    return reason
+        return AfterFailure(True, delay, f"attempt {attempt} of {policy.max_attempts} failed: {reason} "
+                                         + (f"(retrying in {delay:g} s)" if delay else "(retrying now)"))
+    return AfterFailure(False, 0.0, f"failed after {attempt} attempts: {reason}" if attempt > 1 else reason)
