@@ -49,7 +49,7 @@ from variant_pipeline.config import apply_offline_defaults  # noqa: E402
 apply_offline_defaults()  # the model libraries' offline switches, before any of them is imported
 
 BENCH_TENANT = "bench-latency"
-EVENT_STEP, EVENT_STATUS = "readability_eval", "done"  # the sensor answers with a run of iou_eval
+EVENT_STAGE, EVENT_STATUS = "readability_eval", "done"  # the sensor answers with a run of iou_eval
 IDLE_STATE = ("readability_eval", "running")  # asks for no run
 _INHERITED = ("DATABASE_URL", "DAGSTER_DATABASE_URL", "VP_DAGSTER_STORAGE_URL", "DAGSTER_HOME")
 
@@ -131,7 +131,7 @@ def fire_event(engine, variant_id: str) -> tuple[int, float, float]:
     from variant_pipeline.data.engine import transaction
 
     with transaction(engine, origin="bench:latency") as conn:
-        set_variant_state(conn, variant_id, EVENT_STEP, EVENT_STATUS)
+        set_variant_state(conn, variant_id, EVENT_STAGE, EVENT_STATUS)
         event = own_variant_event(conn)
         if event is None:
             raise RuntimeError(f"variant {variant_id}: the update wrote no outbox event (already in that state?)")

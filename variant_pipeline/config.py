@@ -436,6 +436,9 @@ def with_values(settings: Settings, values: Mapping[str, str], *, source: str,
     for name in values:
         if name not in fields or name in ("s3", "environ"):
             raise SettingsError(f"{source} {name!r} is not a setting")
+        # Paths, lists and maps stay with the environment: other defaults derive from some (home).
+        if not isinstance(getattr(settings, name), str | bool | int | float | None):
+            raise SettingsError(f"{source} {name!r} is not a plain value setting")
     # Every field passes through its validators again (they are idempotent); by alias where it has one.
     current = {(field.validation_alias if isinstance(field.validation_alias, str) else name): getattr(settings, name)
                for name, field in fields.items()}

@@ -63,25 +63,34 @@ def test_rewording_an_applied_files_comments_is_not_a_change(engine: Engine, sql
     assert upgrade(engine, sql_copy) == []
 
 
-def test_checksums_recorded_before_statement_checksums_are_brought_up_to_date(engine: Engine) -> None:
+def test_checksums_recorded_before_statement_checksums_still_match(engine: Engine, sql_copy: Path) -> None:
     """A database migrated when a checksum covered the whole file (comments included), and before
-    001's comments were reworded, is up to date: its records are rewritten, nothing is re-applied;
-    a checksum that is neither is still refused."""
+    001's comments were reworded, is up to date, and its records stay as they are (a host still on
+    the earlier code checks them with its own checksums). A statement edit is still refused, and so
+    is a checksum that is neither form."""
     files = {m.version: m for m in discover_migrations()}
-    old_001 = sorted(REWORDED["001"])[0]
+    [old_001] = REWORDED["001"]
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE schema_migrations SET checksum = :c WHERE version = '001'"), {"c": old_001})
         conn.execute(sa.text("UPDATE schema_migrations SET checksum = :c WHERE version = '003'"),
                      {"c": files["003"].file_checksum})
+    before = _recorded(engine)
     assert migration_status(engine).changed == []
     assert upgrade(engine) == []
-    with engine.connect() as conn:
-        recorded = dict(conn.execute(sa.text("SELECT version, checksum FROM schema_migrations")).all())
-    assert recorded == {v: m.checksum for v, m in files.items()}
+    assert _recorded(engine) == before
+    # 001's earlier text stands for its statements as they were, not for whatever they become.
+    path = sql_copy / "001_schema.sql"
+    path.write_text(path.read_text() + "\nCREATE TABLE added_after_release (id int);\n")
+    assert migration_status(engine, sql_copy).changed == ["001_schema.sql"]
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE schema_migrations SET checksum = 'f00d' WHERE version = '002'"))
     with pytest.raises(MigrationError, match="002_events.sql changed after it was applied"):
         upgrade(engine)
+
+
+def _recorded(engine: Engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.text("SELECT version, checksum FROM schema_migrations")).all())
 
 
 def test_010_renames_the_stored_font_size_keys_and_keeps_updated_at(engine: Engine) -> None:
@@ -112,6 +121,23 @@ def test_010_renames_the_stored_font_size_keys_and_keeps_updated_at(engine: Engi
     assert metrics == {"contrast_ratio": 4.5, "font_size_px": 31.0}
     assert touched == evaluated == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert triggers == 2  # enabled again
+
+
+def test_a_layout_written_with_the_keys_before_010_reads_with_todays(engine: Engine) -> None:
+    """A host still on the code before 010 may write the old keys after the migration ran."""
+    from tests.fixtures.db import create_job
+    from variant_pipeline.data.stage_inputs import overlay_layout
+
+    job = create_job(engine, variants=1)
+    variant = str(job.variant_ids[0])
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            """INSERT INTO overlay_layouts (job_variants_id, job_id, x_ratio, y_ratio, width_ratio, height_ratio, layout)
+               VALUES (:v, :j, 0.1, 0.1, 0.5, 0.2, '{"text": "t", "font_size": 31, "line_spacing": 6}')"""),
+            {"v": variant, "j": str(job.job_id)})
+    with engine.connect() as conn:
+        row = overlay_layout(conn, variant)
+    assert row is not None and row.layout == {"text": "t", "font_size_px": 31, "line_spacing_px": 6}
 
 
 def test_a_failing_migration_applies_nothing_of_itself(engine: Engine, sql_copy: Path) -> None:

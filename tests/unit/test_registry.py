@@ -97,6 +97,8 @@ def test_resource_overrides_replace_settings_by_name() -> None:
     with pytest.raises(SettingsError, match="model resource override: VP_STAGE_TIMEOUT_S must be a finite number of seconds, more than 0"):
         _with_overrides(base, {"stage_timeout_s": "-1"})
     assert _with_overrides(base, {"stage_timeout_s": "90"}).stage_timeout_s == 90.0
+    with pytest.raises(SettingsError, match="'home' is not a plain value setting"):
+        _with_overrides(base, {"home": "/elsewhere"})  # models_dir and asset_root derive from it
     assert _with_overrides(base, {}) is base
 
 

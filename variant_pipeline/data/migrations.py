@@ -26,19 +26,24 @@ class MigrationError(RuntimeError):
     pass
 
 
-# Checksums recorded before a migration's comments were reworded, by version: the file's
-# statements did not change, so a database that applied the earlier text is up to date. (Until
-# then a checksum covered the whole file, comments included; see ``statement_checksum``.)
-REWORDED: dict[str, frozenset[str]] = {
+# Checksums recorded before a migration's comments were reworded, by version: the whole-file
+# checksum of the earlier text -> the statement checksum of that text. A database that applied
+# the earlier text is up to date while the file's statements are still those (a later statement
+# edit is refused as any other is). Until then a checksum covered the whole file, comments included.
+REWORDED: dict[str, dict[str, str]] = {
     # 001 and 002 named sections of a document outside the repository; they say what it said now.
-    "001": frozenset({"a05691e5d969d940aa254ad6a77b9db177826abf9b2f0e6f37b3c52d747e5469"}),
-    "002": frozenset({"a7ffbfa3f1f793d486ec09ce7b4de80e9893f1f35a9cecfccdc78b31fae30334"}),
+    "001": {"a05691e5d969d940aa254ad6a77b9db177826abf9b2f0e6f37b3c52d747e5469":
+            "187009c7f26d940290c8ffdfb8290e938736f34ebb0f554aba58b097e04cd127"},
+    "002": {"a7ffbfa3f1f793d486ec09ce7b4de80e9893f1f35a9cecfccdc78b31fae30334":
+            "4a58164420570c5a59a24849e588adf3a843eb4d244e340fea16c66c5400d288"},
 }
 
 
 def statement_checksum(text: str) -> str:
     """sha256 of a migration's statements: its lines without the comment lines (``--`` first) and
-    trailing blanks. Rewording a comment is not a schema change; any other edit is."""
+    trailing blanks. Rewording a comment line is not a schema change; any other edit is (a comment
+    after a statement on its line counts as part of it: telling it from ``--`` in a string would
+    need a SQL lexer)."""
     lines = [line.rstrip() for line in text.splitlines() if not line.lstrip().startswith("--")]
     return hashlib.sha256("\n".join(line for line in lines if line).encode()).hexdigest()
 
@@ -52,8 +57,10 @@ class Migration:
     file_checksum: str  # sha256 of the whole file: what a database recorded before statement checksums
 
     def recorded_as_applied(self, recorded: str) -> bool:
-        """Whether a recorded checksum is this file's: its statements, or an earlier recording of them."""
-        return recorded in (self.checksum, self.file_checksum) or recorded in REWORDED.get(self.version, ())
+        """Whether a recorded checksum is this file's: its statements, the whole file (recorded
+        before statement checksums), or the earlier text of a file whose comments were reworded."""
+        return (recorded in (self.checksum, self.file_checksum)
+                or REWORDED.get(self.version, {}).get(recorded) == self.checksum)
 
     @property
     def sql(self) -> str:
@@ -132,8 +139,8 @@ def upgrade(engine: Engine, sql_dir: Path = SQL_DIR) -> list[Migration]:
     """Apply pending migrations in order (each in its own transaction), then sync pipeline_stages.
 
     Returns the migrations applied now (empty when up to date). A file whose statements changed
-    after it was applied is an error: write a new migration instead. A file whose comments alone
-    changed is not; its recorded checksum is brought up to date.
+    after it was applied is an error: write a new migration instead. A file whose comment lines
+    alone changed is not.
     """
     files = discover_migrations(sql_dir)
     applied_now: list[Migration] = []
@@ -156,10 +163,8 @@ def upgrade(engine: Engine, sql_dir: Path = SQL_DIR) -> list[Migration]:
                             f"(recorded checksum {done.checksum[:12]}, file {migration.checksum[:12]}); "
                             "add a new migration file instead of editing an applied one"
                         )
-                    if done.checksum != migration.checksum:
-                        with conn.begin():
-                            conn.execute(sa.text("UPDATE schema_migrations SET checksum = :c WHERE version = :v"),
-                                         {"c": migration.checksum, "v": migration.version})
+                    # An older checksum form stays as recorded: a host still on the earlier code
+                    # checks the same records with its own (whole-file) checksums.
                     continue
                 with conn.begin():
                     # no_parameters: the file goes to the server as it is ('%' is not a placeholder).

@@ -35,8 +35,8 @@ _TABLES = {Level.VARIANT: ("jobs_variants", "job_variants_id"), Level.JOB: ("job
 # The stage_attempts rows of one partition (:k): a variant's, or a job's own job-level ones.
 _OF_PARTITION = "(job_variants_id = CAST(:k AS uuid) OR (level = 'job' AND job_id = CAST(:k AS uuid)))"
 
-# Steps that are job-level stages, as a subquery (the stage names are in pipeline_stages).
-_JOB_STEPS = "(SELECT name FROM pipeline_stages WHERE level = 'job')"
+# The job-level stages, as a subquery (the stage names are in pipeline_stages).
+_JOB_STAGES = "(SELECT name FROM pipeline_stages WHERE level = 'job')"
 
 
 def _table(level: str) -> tuple[str, str]:
@@ -120,7 +120,7 @@ def _rows(conn: Connection, variant_filter: str, job_filter: str, **params: Any)
 def running_rows(conn: Connection) -> list[dict[str, Any]]:
     """Every row in a stage now: variants running one, and jobs running a job-level stage
     (a job ``running`` at a variant stage only says that its variants are under way)."""
-    return _rows(conn, "status = 'running'", f"status = 'running' AND current_step IN {_JOB_STEPS}")
+    return _rows(conn, "status = 'running'", f"status = 'running' AND current_step IN {_JOB_STAGES}")
 
 
 def waiting_rows(conn: Connection, *, last_variant_stage: str, last_job_stage: str) -> list[dict[str, Any]]:
@@ -129,9 +129,9 @@ def waiting_rows(conn: Connection, *, last_variant_stage: str, last_job_stage: s
     return _rows(
         conn,
         "(status = 'queued' OR (status = 'done' AND current_step <> :last_variant))",
-        f"""(status = 'queued' AND current_step IN {_JOB_STEPS})
+        f"""(status = 'queued' AND current_step IN {_JOB_STAGES})
             OR (status = 'done' AND current_step <> :last_job
-                AND (current_step IN {_JOB_STEPS} OR current_step = :last_variant))""",
+                AND (current_step IN {_JOB_STAGES} OR current_step = :last_variant))""",
         last_variant=last_variant_stage, last_job=last_job_stage,
     )
 
@@ -263,7 +263,7 @@ def reopen_job(conn: Connection, job_id: str, variant_stage: str) -> None:
     conn.execute(
         sa.text(f"""UPDATE jobs SET current_step = :stage, status = 'running', error = NULL, attempt = 0,
                            retry_at = NULL
-                     WHERE job_id = CAST(:j AS uuid) AND current_step IN {_JOB_STEPS}"""),
+                     WHERE job_id = CAST(:j AS uuid) AND current_step IN {_JOB_STAGES}"""),
         {"stage": variant_stage, "j": job_id},
     )
 

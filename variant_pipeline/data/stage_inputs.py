@@ -108,10 +108,21 @@ def planner_proposal(conn: Connection, job_variants_id: str) -> LayoutRow | None
     return LayoutRow(row[0], row[1]) if row else None
 
 
+# Keys of a layout written by code older than migration 010 (which renamed them in the rows it
+# found): a host still on that code, sharing the database during an upgrade, may write more.
+_LAYOUT_KEYS_BEFORE_010 = {"font_size": "font_size_px", "line_spacing": "line_spacing_px"}
+
+
 def overlay_layout(conn: Connection, job_variants_id: str) -> LayoutRow | None:
     row = conn.execute(sa.text("SELECT overlay_id::text, layout FROM overlay_layouts WHERE job_variants_id = :v"),
                        {"v": job_variants_id}).first()
-    return LayoutRow(row[0], row[1]) if row else None
+    if row is None:
+        return None
+    layout = dict(row[1])
+    for old, new in _LAYOUT_KEYS_BEFORE_010.items():
+        if old in layout and new not in layout:
+            layout[new] = layout.pop(old)
+    return LayoutRow(row[0], layout)
 
 
 def font_recommendation(conn: Connection, job_variants_id: str) -> dict[str, Any] | None:
