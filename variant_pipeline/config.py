@@ -439,11 +439,13 @@ def with_values(settings: Settings, values: Mapping[str, str], *, source: str,
         # Paths, lists and maps stay with the environment: other defaults derive from some (home).
         if not isinstance(getattr(settings, name), str | bool | int | float | None):
             raise SettingsError(f"{source} {name!r} is not a plain value setting")
-    # Every field passes through its validators again (they are idempotent); by alias where it has one.
-    current = {(field.validation_alias if isinstance(field.validation_alias, str) else name): getattr(settings, name)
-               for name, field in fields.items()}
-    given = {(fields[name].validation_alias if isinstance(fields[name].validation_alias, str) else name): text
-             for name, text in values.items()}
+    def key(name: str) -> str:  # what Settings(...) takes: the alias where a field has one
+        alias = fields[name].validation_alias
+        return alias if isinstance(alias, str) else name
+
+    # Every field passes through its validators again (they are idempotent).
+    current = {key(name): getattr(settings, name) for name in fields}
+    given = {key(name): text for name, text in values.items()}
     if environ is not None:
         current["environ"] = dict(environ)
     try:

@@ -73,10 +73,14 @@ def next_attempt(row_stage: str, row_attempt: int, stage: str, *, continues_atte
     return row_attempt + 1 if continues_attempts and row_stage == stage else 1
 
 
+def _fenced_by(row: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
+    """What the fence compares: the row's stage, status, attempt and run."""
+    return None if row is None else (row["current_step"], row["status"], row["attempt"], row["run_id"])
+
+
 def is_current(row: Mapping[str, Any] | None, claim_: Claim) -> bool:
     """The fence: whether the row still names this claim's attempt as running."""
-    return row is not None and (row["current_step"], row["status"], row["attempt"], row["run_id"]) == (
-        claim_.stage, Status.RUNNING, claim_.attempt, claim_.run_id)
+    return _fenced_by(row) == (claim_.stage, Status.RUNNING, claim_.attempt, claim_.run_id)
 
 
 def record_skipped(conn: Connection, *, stage: str, partition_key: str, run_id: str, origin: str,
@@ -106,10 +110,9 @@ def check_fence(conn: Connection, claim_: Claim) -> None:
     """Raise ``AttemptSuperseded`` unless the row still names this attempt as running; locks the row."""
     row = rows.read_row(conn, claim_.level, claim_.partition_key, lock=True)
     if not is_current(row, claim_):
-        current = row and (row["current_step"], row["status"], row["attempt"], row["run_id"])
         raise AttemptSuperseded(
             f"{claim_.stage} attempt {claim_.attempt} of run {claim_.run_id} was superseded "
-            f"(the row is now {current}); its results were discarded"
+            f"(the row is now {_fenced_by(row)}); its results were discarded"
         )
 
 
